@@ -1,0 +1,49 @@
+"""Shared pytest fixtures: where the real data and model live, and small helpers.
+
+Real data and weights are read from ``../shared`` relative to the repository root, or from
+``$BRATS_SHARED``. A test that needs them and cannot find them is skipped *with the reason*.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    """The shared data / model folder (``$BRATS_SHARED`` or ``<repo>/../shared``)."""
+    env = os.environ.get("BRATS_SHARED")
+    return Path(env) if env else (REPO_ROOT.parent / "shared")
+
+
+BRATS_CASES = [
+    "Brats18_CBICA_ABM_1",
+    "Brats18_TCIA01_201_1",
+    "Brats18_TCIA01_378_1",
+    "Brats18_TCIA02_135_1",
+    "Brats18_TCIA02_370_1",
+    "Brats18_TCIA03_265_1",
+    "Brats18_TCIA10_628_1",
+    "Brats18_TCIA13_623_1",
+]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    if not (root / "data").is_dir() or not (root / "models").is_dir():
+        pytest.skip(f"shared data/model folder not found at {root} (set BRATS_SHARED)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def brats_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "brats18"
+
+
+@pytest.fixture(scope="session")
+def cascade_weights_dir(shared_dir: Path) -> Path:
+    return shared_dir / "models" / "brats17-cascade"
