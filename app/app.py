@@ -1,0 +1,74 @@
+"""The MONAI Deploy application: the operator graph.
+
+DICOM study -> StudyLoader -> ModalitySelector -> (registration / normalisation ->
+segmentation -> DICOM-SEG writer) -> ReportWriter.
+
+Inputs and outputs follow the MAP contract: ``-i/-o/-m/-w`` on the command line, else
+``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT_PATH``, ``HOLOSCAN_MODEL_PATH``,
+``HOLOSCAN_WORKDIR`` (resolved by the SDK's ``init_app_context``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from holoscan.conditions import CountCondition
+from monai.deploy.core import AppContext, Application
+
+from app import __version__
+from app.settings import AppSettings
+from operators.errors import InputError
+from operators.modality_selector_operator import ModalitySelectorOperator
+from operators.output_staging import OutputStaging, check_writable, remove_stale_staging
+from operators.report import base_report, selection_section
+from operators.report_writer_operator import ReportWriterOperator
+from operators.study_loader_operator import StudyLoaderOperator
+from operators.study_model import ModalitySelection
+
+APP_NAME = "brats-seg-map"
+
+
+class BrainTumorSegApp(Application):
+    """Brain tumour segmentation on multi-sequence MRI (FLAIR, T1, T1ce, T2)."""
+
+    name = APP_NAME
+    description = "BraTS 2017 cascade (Wang et al.) on a DICOM MR study; writes a DICOM-SEG"
+    version = __version__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Command-line arguments are read from sys.argv (Holoscan strips its own first).
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.output_dir: Path | None = None
+        self.staging: OutputStaging | None = None
+        super().__init__(*args, **kwargs)
+
+    def discard_outputs(self) -> None:
+        """Drop everything staged by this run (called on failure)."""
+        if self.staging is not None:
+            self.staging.discard()
+
+    def compose(self) -> None:
+        app_context: AppContext = Application.init_app_context(self.argv)
+        settings = AppSettings.from_context(app_context)
+        self.output_dir = settings.output_dir
+        check_writable(settings.output_dir)  # fail before any work
+        remove_stale_staging(settings.output_dir)
+        if not settings.input_dir.is_dir():
+            raise InputError(f"input folder {settings.input_dir} does not exist")
+        self.staging = OutputStaging(settings.output_dir)
+        self._logger.info("Settings: %s", settings.describe())
+
+        loader = StudyLoaderOperator(self, CountCondition(self, 1), input_folder=settings.input_dir, name="study_loader")
+        selector = ModalitySelectorOperator(self, rules_path=settings.rules_path, name="modality_selector")
+        reporter = ReportWriterOperator(
+            self, staging=self.staging, build_report=self._build_report, name="report_writer"
+        )
+        self.add_flow(loader, selector, {("study", "study")})
+        self.add_flow(selector, reporter, {("selection", "result")})
+
+    def _build_report(self, result: Any) -> dict:
+        report = base_report(APP_NAME, __version__)
+        selection = result if isinstance(result, ModalitySelection) else result.selection
+        report["input"] = selection_section(selection)
+        return report

@@ -1,0 +1,46 @@
+"""Holoscan operator: :class:`LoadedStudy` -> :class:`ModalitySelection`."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.errors import NoUsableSeriesError
+from operators.modality_selector import SelectionRules, select_modalities
+
+
+class ModalitySelectorOperator(Operator):
+    """Finds the FLAIR, T1, T1ce and T2 series of a study and says which are missing.
+
+    Named input:
+        study: :class:`operators.study_model.LoadedStudy`.
+
+    Named output:
+        selection: :class:`operators.study_model.ModalitySelection` (one series per
+        modality at most, availability map, per-series scores and reasons).
+
+    The rules come from a site-editable JSON file (``app/modality_rules.json`` by default).
+    A study with no usable MR series raises :class:`operators.errors.NoUsableSeriesError`.
+    """
+
+    def __init__(self, fragment: Fragment, *args, rules_path: Path | None = None, **kwargs) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.rules = SelectionRules.load(rules_path)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("study")
+        spec.output("selection")
+
+    def compute(self, op_input, op_output, context) -> None:
+        study = op_input.receive("study")
+        selection = select_modalities(study, self.rules)
+        if not selection.selected:
+            described = "; ".join(
+                f"'{c.series_description}': {c.reasons[0]}" for c in selection.candidates
+            )
+            raise NoUsableSeriesError(
+                f"none of the {len(study.series)} series is a usable FLAIR/T1/T1ce/T2 MR series ({described})"
+            )
+        op_output.emit(selection, "selection")

@@ -1,0 +1,109 @@
+"""Atomic outputs: nothing partial is ever visible in the output folder.
+
+Every file a run produces is first written into a hidden staging folder *inside* the output
+folder (same file system, so the final ``os.replace`` is an atomic rename). Only when the
+whole run succeeded are the files moved to their final names; ``report.json`` is written
+last. A failed or interrupted run removes the staging folder and leaves only a
+``report.json`` whose ``status`` is ``"failed"`` with a one-line reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "report.json"
+STAGING_PREFIX = ".staging-"
+
+
+def write_json_atomically(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False, default=_json_default)
+            handle.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are for other users (PACS, orchestrator)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove it is writable, before any work is done.
+
+    Raises
+    ------
+    operators.errors.OutputNotWritableError
+    """
+    from operators.errors import OutputNotWritableError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputNotWritableError(f"output folder {folder} is not writable ({exc.strerror or exc})") from exc
+
+
+class OutputStaging:
+    """A hidden staging folder inside the output folder; ``publish()`` moves its files out."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = Path(output_dir)
+        self.staging_dir = self.output_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        self.staging_dir.mkdir(parents=True, exist_ok=False)
+        self.published: list[Path] = []
+
+    def path(self, name: str) -> Path:
+        """Where to write the output ``name`` (a plain file name, never a path from DICOM text)."""
+        if Path(name).name != name or name.startswith("."):
+            raise ValueError(f"output names must be plain file names, got {name!r}")
+        return self.staging_dir / name
+
+    def publish(self) -> list[Path]:
+        """Move every staged file to the output folder (atomic renames), then drop staging."""
+        for staged in sorted(self.staging_dir.iterdir()):
+            final = self.output_dir / staged.name
+            os.replace(staged, final)
+            self.published.append(final)
+        self.staging_dir.rmdir()
+        return self.published
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def remove_stale_staging(output_dir: Path) -> None:
+    """Remove staging folders left by a killed earlier run (never touches other files)."""
+    for stale in Path(output_dir).glob(f"{STAGING_PREFIX}*"):
+        if stale.is_dir():
+            logger.warning("Removing staging folder of an interrupted run: %s", stale.name)
+            shutil.rmtree(stale, ignore_errors=True)

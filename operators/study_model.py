@@ -1,0 +1,118 @@
+"""The objects that flow between the operators of the graph.
+
+Data flows one way: loader -> modality selector -> registration / normalisation ->
+segmentation -> DICOM-SEG writer -> report writer. Each operator emits one of the
+dataclasses below; none of them is mutated downstream (each stage adds its own record).
+
+Conventions used everywhere in this project
+-------------------------------------------
+* Physical space is DICOM / ITK **LPS** millimetres. NIfTI (RAS) never enters the graph.
+* ``SimpleITK.Image`` objects carry geometry; NumPy arrays taken from them are in
+  ``sitk.GetArrayFromImage`` order **(Z, Y, X) = (slices, rows, columns)**.
+* Modality keys are ``"flair"``, ``"t1"``, ``"t1ce"``, ``"t2"``, always in the model's channel
+  order :data:`MODALITIES`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+"""Model input channel order (the BraTS 2017 cascade's): FLAIR, T1, T1ce, T2."""
+
+MODALITY_DISPLAY = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1CE", "t2": "T2"}
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """The header facts of one series that selection and reporting need.
+
+    Values are taken from the first instance of the series (after sorting); numbers in ms
+    (TR, TE, TI) and mm (slice thickness, pixel spacing) as DICOM stores them.
+    """
+
+    series_instance_uid: str
+    series_number: int | None
+    series_description: str
+    protocol_name: str
+    sop_class_uid: str
+    modality: str
+    image_type: tuple[str, ...]
+    scanning_sequence: tuple[str, ...]
+    sequence_variant: tuple[str, ...]
+    mr_acquisition_type: str
+    repetition_time_ms: float | None
+    echo_time_ms: float | None
+    inversion_time_ms: float | None
+    contrast_bolus_agent: str
+    slice_thickness_mm: float | None
+    pixel_spacing_mm: tuple[float, float] | None
+    image_orientation: tuple[float, ...] | None
+    acquisition_time: str
+    series_time: str
+    number_of_instances: int
+    number_of_frames: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class LoadedSeries:
+    """One image series of the study: its header summary and its instances.
+
+    ``datasets`` are full pydicom datasets (pixel data included), in the order they were
+    found; geometry-aware ordering happens when the series becomes a volume.
+    """
+
+    header: SeriesHeader
+    datasets: list[Any]
+    files: list[Path]
+
+
+@dataclass
+class LoadedStudy:
+    """What the loader found in the input folder."""
+
+    study_instance_uid: str
+    patient_id: str
+    series: list[LoadedSeries]
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    """Files / instances left out, each ``{"what": ..., "reason": ...}``."""
+    duration_s: float = 0.0
+
+
+@dataclass
+class SeriesCandidate:
+    """How the selector judged one series."""
+
+    series_instance_uid: str
+    series_description: str
+    modality: str  # one of MODALITIES or "other"
+    scores: dict[str, float]
+    reasons: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ModalitySelection:
+    """One series per modality (or none), with the reasons behind every choice."""
+
+    study: LoadedStudy
+    selected: dict[str, LoadedSeries]
+    candidates: list[SeriesCandidate]
+    reasons: dict[str, str]
+    """Per modality: why this series was chosen, or why the modality is missing."""
+    duration_s: float = 0.0
+
+    @property
+    def availability(self) -> dict[str, bool]:
+        return {m: m in self.selected for m in MODALITIES}
+
+    @property
+    def missing(self) -> list[str]:
+        return [m for m in MODALITIES if m not in self.selected]

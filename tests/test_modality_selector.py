@@ -1,0 +1,105 @@
+"""Modality classification and selection from headers (unit level, no pixel data)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from operators.modality_selector import SelectionRules, classify, select_modalities
+from operators.study_model import LoadedSeries, LoadedStudy, SeriesHeader
+
+RULES = SelectionRules.load()
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def header(desc: str, *, tr=None, te=None, ti=None, seq=("SE",), agent="", uid=None, number=1,
+           thickness=5.0, orientation=AXIAL, image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+           acq_type="2D", time="120000", frames=30, modality="MR", protocol="") -> SeriesHeader:
+    return SeriesHeader(
+        series_instance_uid=uid or f"1.2.3.{abs(hash((desc, number))) % 10**8}",
+        series_number=number, series_description=desc, protocol_name=protocol,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.4", modality=modality, image_type=image_type,
+        scanning_sequence=seq, sequence_variant=(), mr_acquisition_type=acq_type,
+        repetition_time_ms=tr, echo_time_ms=te, inversion_time_ms=ti, contrast_bolus_agent=agent,
+        slice_thickness_mm=thickness, pixel_spacing_mm=(1.0, 1.0), image_orientation=orientation,
+        acquisition_time=time, series_time=time, number_of_instances=frames, number_of_frames=frames,
+    )
+
+
+FLAIR = header("AX FLAIR", tr=9000, te=81, ti=2500, seq=("SE", "IR"), number=4)
+T1 = header("AX T1 SE", tr=550, te=10, number=2, time="110000")
+T1CE = header("AX T1 POST GD", tr=550, te=10, agent="Gadobutrol", number=5, time="130000")
+T2 = header("t2_tse_tra", tr=5000, te=100, number=3)
+
+
+@pytest.mark.parametrize("h, expected", [(FLAIR, "flair"), (T1, "t1"), (T1CE, "t1ce"), (T2, "t2")])
+def test_site_style_series_are_classified(h: SeriesHeader, expected: str) -> None:
+    assert classify(h, RULES).modality == expected
+
+
+def test_parameters_outweigh_a_lying_description() -> None:
+    # Described FLAIR, acquired as a T1 spin echo (short TR/TE, no inversion).
+    liar = header("AX FLAIR", tr=500, te=9, seq=("SE",))
+    assert classify(liar, RULES).modality == "t1"
+
+
+def test_contrast_decides_between_t1_and_t1ce() -> None:
+    plain = header("t1_mprage_tra", tr=2000, te=3, ti=900, seq=("GR", "IR"))
+    post = dataclasses.replace(plain, contrast_bolus_agent="Dotarem")
+    assert classify(plain, RULES).modality == "t1"
+    assert classify(post, RULES).modality == "t1ce"
+
+
+def test_t1_after_contrast_injection_counts_as_post_contrast() -> None:
+    # No agent on the series itself and a neutral name, but acquired after a series that had one.
+    late = header("T1 3D", tr=600, te=12, time="140000", number=9)
+    assert classify(late, RULES, after_contrast=True).modality == "t1ce"
+    assert classify(late, RULES, after_contrast=False).modality == "t1"
+
+
+@pytest.mark.parametrize(
+    "h, reason_part",
+    [
+        (header("3-plane loc", tr=8, te=2, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")), "LOCALIZER"),
+        (header("ADC map", tr=5000, te=90, image_type=("DERIVED", "PRIMARY", "ADC")), "DERIVED"),
+        (header("CT head", modality="CT"), "not MR"),
+        (header("AX T2", tr=5000, te=100, frames=3), "slice"),
+    ],
+)
+def test_unusable_series_are_other_with_reason(h: SeriesHeader, reason_part: str) -> None:
+    candidate = classify(h, RULES)
+    assert candidate.modality == "other"
+    assert reason_part in candidate.reasons[0]
+
+
+def _study(*headers: SeriesHeader) -> LoadedStudy:
+    return LoadedStudy("1.2.3", "P1", [LoadedSeries(h, [], []) for h in headers])
+
+
+def test_selection_reports_missing_and_reasons() -> None:
+    selection = select_modalities(_study(T1CE, T2), RULES)
+    assert selection.availability == {"flair": False, "t1": False, "t1ce": True, "t2": True}
+    assert selection.missing == ["flair", "t1"]
+    assert selection.reasons["flair"].startswith("missing")
+    assert "only candidate" in selection.reasons["t1ce"]
+
+
+def test_preference_axial_then_thinnest() -> None:
+    sag = header("T2 SAG", tr=5000, te=100, orientation=SAGITTAL, thickness=1.0, number=7)
+    thick = header("T2 AX thick", tr=5000, te=100, thickness=6.0, number=8)
+    thin = header("T2 AX thin", tr=5000, te=100, thickness=3.0, number=9)
+    selection = select_modalities(_study(sag, thick, thin), RULES)
+    assert selection.selected["t2"].header.series_number == 9
+    assert "chosen over series" in selection.reasons["t2"]
+
+
+def test_rules_file_is_validated(tmp_path: Path) -> None:
+    bad = json.loads(Path("app/modality_rules.json").read_text())
+    bad["selections"][0]["name"] = "pd"
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="selections must be named"):
+        SelectionRules.load(path)
