@@ -19,12 +19,15 @@ from monai.deploy.core import AppContext, Application
 from app import __version__
 from app.settings import AppSettings
 from operators.errors import InputError
+from operators.dicom_seg_writer_operator import DicomSegWriterOperator
 from operators.modality_selector_operator import ModalitySelectorOperator
 from operators.output_staging import OutputStaging, check_writable, remove_stale_staging
-from operators.report import base_report, selection_section
+from operators.registration_operator import RegistrationOperator
+from operators.report import base_report, pipeline_sections, selection_section
 from operators.report_writer_operator import ReportWriterOperator
+from operators.segmentation_operator import SegmentationOperator
 from operators.study_loader_operator import StudyLoaderOperator
-from operators.study_model import ModalitySelection
+from operators.study_model import ModalitySelection, PipelineResult
 
 APP_NAME = "brats-seg-map"
 
@@ -61,14 +64,27 @@ class BrainTumorSegApp(Application):
 
         loader = StudyLoaderOperator(self, CountCondition(self, 1), input_folder=settings.input_dir, name="study_loader")
         selector = ModalitySelectorOperator(self, rules_path=settings.rules_path, name="modality_selector")
+        registration = RegistrationOperator(self, seed=settings.seed, name="registration")
+        segmentation = SegmentationOperator(
+            self, model_dir=settings.model_dir, engine=settings.engine, seed=settings.seed, name="segmentation"
+        )
+        seg_writer = DicomSegWriterOperator(
+            self, staging=self.staging, algorithm_version=__version__, name="dicom_seg_writer"
+        )
         reporter = ReportWriterOperator(
             self, staging=self.staging, build_report=self._build_report, name="report_writer"
         )
+        # Data flows one way: study -> selection -> model input -> labels -> SEG -> report.
         self.add_flow(loader, selector, {("study", "study")})
-        self.add_flow(selector, reporter, {("selection", "result")})
+        self.add_flow(selector, registration, {("selection", "selection")})
+        self.add_flow(registration, segmentation, {("model_input", "model_input")})
+        self.add_flow(segmentation, seg_writer, {("segmentation", "segmentation")})
+        self.add_flow(seg_writer, reporter, {("result", "result")})
 
     def _build_report(self, result: Any) -> dict:
         report = base_report(APP_NAME, __version__)
         selection = result if isinstance(result, ModalitySelection) else result.selection
         report["input"] = selection_section(selection)
+        if isinstance(result, PipelineResult):
+            report.update(pipeline_sections(result))
         return report

@@ -10,7 +10,7 @@ import datetime as _dt
 import platform
 from typing import Any
 
-from operators.study_model import MODALITIES, MODALITY_DISPLAY, ModalitySelection
+from operators.study_model import MODALITIES, MODALITY_DISPLAY, ModalitySelection, PipelineResult
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -80,3 +80,60 @@ def modalities_line(available: dict[str, bool]) -> str:
     used = ",".join(MODALITY_DISPLAY[m] for m in MODALITIES if available.get(m))
     missing = ",".join(MODALITY_DISPLAY[m] for m in MODALITIES if not available.get(m)) or "none"
     return f"used {used}; missing {missing}"
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 3) for k, v in timings.items()}
+
+
+def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
+    """Registration, segmentation, outputs and per-stage timings of a successful run."""
+    outcome = result.outcome
+    model_input = outcome.model_input
+    available = dict(zip(MODALITIES, model_input.available))
+    grid = model_input.grid
+    study = model_input.selection.study
+    stage_timings = {
+        "load": study.duration_s,
+        "select": model_input.selection.duration_s,
+        "register_and_resample": model_input.timings.get("total", 0.0),
+        "segment": outcome.timings.get("operator_total", 0.0),
+        "write_seg": result.timings.get("total", 0.0),
+    }
+    return {
+        "modalities": {
+            "used": [MODALITY_DISPLAY[m] for m in MODALITIES if available[m]],
+            "missing": [MODALITY_DISPLAY[m] for m in MODALITIES if not available[m]],
+            "imputed_for_network": outcome.imputed_channels,
+            "summary": modalities_line(available),
+        },
+        "registration": {
+            "reference_modality": MODALITY_DISPLAY[model_input.reference_modality],
+            "reference_series_instance_uid": model_input.selection.selected[
+                model_input.reference_modality
+            ].header.series_instance_uid,
+            "model_grid": {
+                "size_xyz": list(grid.GetSize()),
+                "spacing_mm": [round(v, 4) for v in grid.GetSpacing()],
+                "origin_lps_mm": [round(v, 3) for v in grid.GetOrigin()],
+                "direction": [round(v, 6) for v in grid.GetDirection()],
+            },
+            "series": {MODALITY_DISPLAY[m]: r for m, r in model_input.registrations.items()},
+            "timings_s": _rounded(model_input.timings),
+        },
+        "segmentation": {
+            "engine": outcome.engine,
+            "notes": outcome.notes,
+            "timings_s": _rounded(outcome.timings),
+        },
+        "result": {
+            "seg_file": result.seg_file,
+            "overlay_file": result.overlay_file,
+            "seg_series_instance_uid": result.seg_series_instance_uid,
+            "seg_sop_instance_uid": result.seg_sop_instance_uid,
+            "tumour_volumes_ml": result.volumes_ml,
+            "empty": result.empty,
+            "empty_note": "no tumour voxel found: the SEG holds empty segments" if result.empty else "",
+        },
+        "timings_s": _rounded(stage_timings),
+    }

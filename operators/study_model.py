@@ -116,3 +116,77 @@ class ModalitySelection:
     @property
     def missing(self) -> list[str]:
         return [m for m in MODALITIES if m not in self.selected]
+
+
+@dataclass
+class ModelInput:
+    """All available series on the model grid, ready for the network.
+
+    Attributes
+    ----------
+    selection
+        Upstream selection (availability, reasons).
+    volumes
+        float32 ``(4, Z, Y, X)``: FLAIR, T1, T1ce, T2 on the model grid (1 mm, identity
+        direction in LPS). Absent channels are all zeros here and are *recorded* as absent
+        in ``available``; what the network is fed for them is decided (and recorded) by the
+        inference protocol.
+    available
+        4 bools in :data:`MODALITIES` order.
+    grid
+        The model grid (an image whose geometry defines ``volumes``' voxels).
+    reference_modality
+        Key of the series that defines the patient space and that the SEG references.
+    reference
+        The reference series as a :class:`operators.series_volume.SeriesImage` (its own grid,
+        its instances slice by slice).
+    registrations
+        Per moving modality: the registration record (JSON-able; identity for the reference).
+    transforms
+        Per modality: the rigid transform mapping reference points to that series' points.
+    """
+
+    selection: ModalitySelection
+    volumes: Any
+    available: tuple[bool, bool, bool, bool]
+    grid: Any
+    reference_modality: str
+    reference: Any
+    registrations: dict[str, dict[str, Any]]
+    transforms: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SegmentationOutcome:
+    """The cascade's labels on the model grid plus how they were obtained."""
+
+    model_input: ModelInput
+    labels: Any
+    """uint8 ``(Z, Y, X)`` BraTS labels {0, 1, 2, 4} on the model grid."""
+    engine: dict[str, Any]
+    imputed_channels: list[str]
+    notes: list[str]
+    timings: dict[str, float]
+
+    @property
+    def selection(self) -> ModalitySelection:
+        return self.model_input.selection
+
+
+@dataclass
+class PipelineResult:
+    """What the DICOM-SEG writer produced; the report writer's input."""
+
+    outcome: SegmentationOutcome
+    seg_file: str
+    overlay_file: str
+    seg_series_instance_uid: str
+    seg_sop_instance_uid: str
+    volumes_ml: dict[str, float]
+    empty: bool
+    timings: dict[str, float]
+
+    @property
+    def selection(self) -> ModalitySelection:
+        return self.outcome.selection

@@ -1,0 +1,187 @@
+"""Write the model folder the app's ``-m`` takes: state dicts, ONNX files and a manifest.
+
+Usage::
+
+    python -m engines.prepare --out models [--weights ../shared/models/brats17-cascade] \
+        [--networks wt32 tc32 ...]
+
+For each network ``<name>`` this writes ``<out>/<name>.pt`` (PyTorch ``state_dict``),
+``<out>/<name>.onnx`` (opset 17, dynamic ``N, D, H, W`` axes) and finally
+``<out>/manifest.json``. Each ONNX file is checked with ``onnx.checker`` and its ONNX
+Runtime logits are compared with the PyTorch logits on a small input (tolerance 1e-3).
+The exported graph computes the batch statistics itself (``ReduceMean`` etc.); there are
+no ``BatchNormalization`` nodes and no running statistics.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.msnet import MSNet
+from engines.weights import NETWORKS, default_weights_dir, load_network, npz_path
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAME = "slabs"
+OUTPUT_NAME = "logits"
+INPUT_AXES = ["N", "C", "D", "H", "W"]
+OUTPUT_AXES = ["N", "classes", "D_out", "H", "W"]
+VERIFY_TOLERANCE = 1e-3
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verification_input(net: MSNet, seed: int = 0) -> np.ndarray:
+    """Small deterministic input ``(2, 4, 13, H, W)`` (H, W = 32, 40) for the ORT check.
+
+    Deliberately a different shape from the export example so that the dynamic axes are
+    exercised.
+    """
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((2, 4, 13, 32, 40), dtype=np.float32)
+
+
+def export_onnx(net: MSNet, path: Path) -> str:
+    """Export ``net`` to ONNX (opset 17, dynamic N/D/H/W); return the exporter used.
+
+    The TorchScript exporter (``dynamo=False``) is tried first; the dynamo exporter is the
+    fallback.
+    """
+    example = torch.zeros((1, 4, 11, 16, 16), dtype=torch.float32)
+    dyn = {
+        INPUT_NAME: {0: "N", 2: "D", 3: "H", 4: "W"},
+        OUTPUT_NAME: {0: "N", 2: "D_out", 3: "H", 4: "W"},
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes=dyn, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )  # fmt: skip
+        return "torchscript"
+    except Exception as exc:  # pragma: no cover - depends on the torch version
+        log.warning("TorchScript ONNX export failed (%s); trying dynamo", exc)
+        n, d, h, w = (torch.export.Dim(k) for k in ("N", "D", "H", "W"))
+        torch.onnx.export(
+            net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes={"x": {0: n, 2: d, 3: h, 4: w}}, opset_version=OPSET, dynamo=True,
+            external_data=False,
+        )  # fmt: skip
+        return "dynamo"
+
+
+def verify_onnx(net: MSNet, path: Path) -> dict[str, Any]:
+    """``onnx.checker`` + ORT-vs-torch comparison; raises on failure, returns the facts."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = sorted({node.op_type for node in model.graph.node})
+    if "BatchNormalization" in ops:
+        raise RuntimeError(f"{path}: BatchNormalization node found; batch statistics must be explicit")
+    x = verification_input(net)
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(x)).numpy()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {INPUT_NAME: x})
+    err = float(np.abs(got - ref).max())
+    if got.shape != ref.shape or not err < VERIFY_TOLERANCE:
+        raise RuntimeError(f"{path}: ORT vs torch mismatch, shape {got.shape} vs {ref.shape}, max|d| {err}")
+    return {"ops": ops, "verify_input_shape": list(x.shape), "ort_vs_torch_max_abs": err}
+
+
+def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS) -> dict[str, Any]:
+    """Write ``.pt``, ``.onnx`` and ``manifest.json`` for ``networks`` into ``out``.
+
+    Returns
+    -------
+    dict
+        The manifest (also written to ``out/manifest.json``).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {
+        "format": "brats17-cascade-models/1",
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "onnxruntime_version": ort.__version__,
+        "opset": OPSET,
+        "weights_dir": str(weights_dir),
+        "networks": {},
+    }
+    for name in networks:
+        t0 = time.perf_counter()
+        net = load_network(name, weights_dir)
+        pt = out / f"{name}.pt"
+        onnx_path = out / f"{name}.onnx"
+        torch.save(net.state_dict(), pt)
+        exporter = export_onnx(net, onnx_path)
+        facts = verify_onnx(net, onnx_path)
+        src = npz_path(name, weights_dir)
+        manifest["networks"][name] = {
+            "kind": net.kind,
+            "files": {"pt": pt.name, "onnx": onnx_path.name},
+            "sha256": {pt.name: sha256(pt), onnx_path.name: sha256(onnx_path)},
+            "source_npz": {"file": src.name, "sha256": sha256(src)},
+            "exporter": exporter,
+            "opset": OPSET,
+            "input": {"name": INPUT_NAME, "dtype": "float32", "axes": INPUT_AXES,
+                      "shape": ["N", 4, "D", "H", "W"],
+                      "channels": ["FLAIR", "T1", "T1ce", "T2"]},
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "axes": OUTPUT_AXES,
+                       "shape": ["N", 2, "D-8", "H", "W"], "classes": ["background", "foreground"]},
+            "constraints": {"D_min": 9, "H_W_multiple_of": net.spatial_multiple,
+                            "normalisation": "batch statistics over (N, D, H, W)"},
+            **facts,
+        }  # fmt: skip
+        log.info("%s: exported (%s), ORT vs torch max|d| %.2e, %.1f s",
+                 name, exporter, facts["ort_vs_torch_max_abs"], time.perf_counter() - t0)  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="folder of msnet_*_20000.npz (default $BRATS_SHARED/models/brats17-cascade "
+                        "or <repo>/../shared/models/brats17-cascade)")  # fmt: skip
+    p.add_argument("--networks", nargs="+", default=NETWORKS, choices=NETWORKS)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    weights = args.weights or default_weights_dir()
+    if not weights.is_dir():
+        p.error(f"weights folder not found: {weights}")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    prepare(args.out, weights, args.networks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Holoscan operator: labels on the model grid -> DICOM-SEG on the reference series + QA PNG."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import SimpleITK as sitk
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.output_staging import OutputStaging
+from operators.registration import labels_to_reference
+from operators.report import modalities_line
+from operators.seg_builder import build_segmentation, render_overlay_png
+from operators.study_model import MODALITIES, MODALITY_DISPLAY, PipelineResult, SegmentationOutcome
+
+SEG_FILE = "segmentation.dcm"
+OVERLAY_FILE = "overlay.png"
+BRATS_REGIONS = {"whole_tumor": (1, 2, 4), "tumor_core": (1, 4), "enhancing_tumor": (4,)}
+
+
+def tumour_volumes_ml(labels: np.ndarray, voxel_volume_mm3: float) -> dict[str, float]:
+    """Volumes (ml) of the BraTS regions and label classes of a label map."""
+    out = {name: float(np.isin(labels, values).sum()) * voxel_volume_mm3 / 1000.0 for name, values in BRATS_REGIONS.items()}
+    out.update(
+        {
+            "necrotic_non_enhancing_core": float((labels == 1).sum()) * voxel_volume_mm3 / 1000.0,
+            "edema": float((labels == 2).sum()) * voxel_volume_mm3 / 1000.0,
+        }
+    )
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+class DicomSegWriterOperator(Operator):
+    """Writes the tumour segmentation as a DICOM-SEG referencing the reference series.
+
+    Named input:
+        segmentation: :class:`operators.study_model.SegmentationOutcome`.
+
+    Named output:
+        result: :class:`operators.study_model.PipelineResult` (file names, SEG UIDs,
+        tumour volumes in ml), for the report writer.
+
+    The label map is resampled (nearest neighbour) from the model grid onto the reference
+    series' own grid, slice ``k`` of which is the reference instance ``k``; one BINARY SEG
+    with one segment per BraTS label class (see :mod:`operators.seg_builder`) is staged as
+    ``segmentation.dcm``, plus a QA overlay ``overlay.png``. An empty result still gives a
+    valid SEG (empty segments), flagged in the report.
+    """
+
+    def __init__(self, fragment: Fragment, *args, staging: OutputStaging, algorithm_version: str, **kwargs) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.staging = staging
+        self.algorithm_version = algorithm_version
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("segmentation")
+        spec.output("result")
+
+    def compute(self, op_input, op_output, context) -> None:
+        outcome: SegmentationOutcome = op_input.receive("segmentation")
+        op_output.emit(write_outputs(outcome, self.staging, self.algorithm_version, self._logger), "result")
+
+
+def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorithm_version: str,
+                  logger: logging.Logger) -> PipelineResult:
+    """The work of :class:`DicomSegWriterOperator`, callable without Holoscan."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model_input = outcome.model_input
+    reference = model_input.reference
+    labels_grid = sitk.GetImageFromArray(np.ascontiguousarray(outcome.labels, dtype=np.uint8))
+    labels_grid.CopyInformation(model_input.grid)
+    # Back to patient space: the reference series' own grid, slice k = reference instance k.
+    on_reference = labels_to_reference(labels_grid, reference.image)
+    labels_ref = sitk.GetArrayFromImage(on_reference).astype(np.uint8)  # (slices, rows, cols)
+    timings["to_reference_grid"] = time.perf_counter() - t0
+
+    available = dict(zip(MODALITIES, model_input.available))
+    used = [MODALITY_DISPLAY[m] for m in MODALITIES if available[m]]
+    missing = [MODALITY_DISPLAY[m] for m in MODALITIES if not available[m]]
+    empty = not bool(labels_ref.any())
+    t1 = time.perf_counter()
+    seg = build_segmentation(
+        labels_ref,
+        reference.slice_datasets,
+        used_modalities=used,
+        missing_modalities=missing,
+        algorithm_name="BraTS17 cascaded anisotropic CNN",
+        algorithm_version=algorithm_version,
+        omit_empty_frames=not empty,
+    )
+    seg_path = staging.path(SEG_FILE)
+    seg.save_as(seg_path, enforce_file_format=True)
+    timings["seg_build_write"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    reference_array = sitk.GetArrayFromImage(reference.image)
+    render_overlay_png(
+        reference_array,
+        labels_ref,
+        staging.path(OVERLAY_FILE),
+        title=f"{model_input.reference_modality.upper()} reference; {modalities_line(available)}"
+        + ("; NO TUMOUR FOUND" if empty else ""),
+    )
+    timings["overlay"] = time.perf_counter() - t2
+    voxel_ml_grid = float(np.prod(model_input.grid.GetSpacing()))
+    volumes = tumour_volumes_ml(np.asarray(outcome.labels), voxel_ml_grid)
+    timings["total"] = time.perf_counter() - t0
+    logger.info(
+        "SEG %s: %d frames, volumes (ml) %s%s (%.1f s)",
+        SEG_FILE, int(seg.NumberOfFrames), volumes, " [empty]" if empty else "", timings["total"],
+    )
+    return PipelineResult(
+        outcome=outcome,
+        seg_file=SEG_FILE,
+        overlay_file=OVERLAY_FILE,
+        seg_series_instance_uid=str(seg.SeriesInstanceUID),
+        seg_sop_instance_uid=str(seg.SOPInstanceUID),
+        volumes_ml=volumes,
+        empty=empty,
+        timings=timings,
+    )

@@ -1,0 +1,106 @@
+"""Holoscan operator: selected series -> all of them on the model grid."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import SimpleITK as sitk
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.registration import choose_reference, model_grid, register_rigid, resample_to_grid
+from operators.series_volume import series_to_image
+from operators.study_model import MODALITIES, ModalitySelection, ModelInput
+
+
+class RegistrationOperator(Operator):
+    """Puts every selected series onto one grid, as the model was trained.
+
+    Named input:
+        selection: :class:`operators.study_model.ModalitySelection`.
+
+    Named output:
+        model_input: :class:`operators.study_model.ModelInput` (``(4, Z, Y, X)`` volumes on
+        the 1 mm model grid, availability, the reference series, the transforms and the
+        registration records).
+
+    The reference is T1ce when present, else T1, T2, FLAIR (``registration.REFERENCE_ORDER``).
+    Every other series is rigidly registered to it (SimpleITK, Mattes mutual information,
+    multi-resolution, fixed seed), then all are resampled (linear) onto the model grid: 1 mm
+    isotropic, identity direction in LPS, covering the reference's field of view. Series
+    are registered even when their headers claim the same frame of reference: patients
+    move between sequences.
+    """
+
+    def __init__(self, fragment: Fragment, *args, seed: int = 0, **kwargs) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.seed = seed
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("selection")
+        spec.output("model_input")
+
+    def compute(self, op_input, op_output, context) -> None:
+        selection: ModalitySelection = op_input.receive("selection")
+        op_output.emit(build_model_input(selection, self.seed, self._logger), "model_input")
+
+
+def build_model_input(selection: ModalitySelection, seed: int, logger: logging.Logger) -> ModelInput:
+    """The work of :class:`RegistrationOperator`, callable without Holoscan."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    images = {}
+    for modality, series in selection.selected.items():
+        images[modality] = series_to_image(series.datasets, series.header.series_description)
+    timings["series_to_volume"] = time.perf_counter() - t0
+    reference_key = choose_reference({m: s.image for m, s in images.items()})
+    reference = images[reference_key]
+    grid = model_grid(reference.image)
+    logger.info(
+        "Reference %s: size %s spacing %s; model grid %s",
+        reference_key,
+        reference.image.GetSize(),
+        tuple(round(s, 3) for s in reference.image.GetSpacing()),
+        grid.GetSize(),
+    )
+    registrations: dict[str, dict] = {reference_key: {"reference": True}}
+    transforms: dict[str, sitk.Transform] = {reference_key: sitk.Euler3DTransform()}
+    volumes = np.zeros((4, *sitk.GetArrayViewFromImage(grid).shape), dtype=np.float32)
+    for modality in MODALITIES:
+        if modality not in images:
+            continue
+        moving = images[modality].image
+        if modality != reference_key:
+            t1 = time.perf_counter()
+            result = register_rigid(reference.image, moving, seed=seed + 1)
+            transforms[modality] = result.transform
+            registrations[modality] = result.as_dict()
+            timings[f"register_{modality}"] = time.perf_counter() - t1
+            logger.info(
+                "Registered %s -> %s: angles %s deg, translation %s mm, MI %.4f -> %.4f (%.1f s)",
+                modality,
+                reference_key,
+                [round(a, 2) for a in registrations[modality]["angles_deg"]],
+                [round(t, 2) for t in registrations[modality]["translation_mm"]],
+                result.metric_before,
+                result.metric_after,
+                result.duration_s,
+            )
+        t2 = time.perf_counter()
+        on_grid = resample_to_grid(moving, grid, transforms[modality], sitk.sitkLinear, 0.0)
+        volumes[MODALITIES.index(modality)] = sitk.GetArrayFromImage(on_grid).astype(np.float32)
+        timings[f"resample_{modality}"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    available = tuple(m in images for m in MODALITIES)
+    return ModelInput(
+        selection=selection,
+        volumes=volumes,
+        available=available,  # type: ignore[arg-type]
+        grid=grid,
+        reference_modality=reference_key,
+        reference=reference,
+        registrations=registrations,
+        transforms=transforms,
+        timings=timings,
+    )

@@ -1,0 +1,111 @@
+"""Holoscan operator: model-grid volumes -> BraTS label map, through an inference engine."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+
+from operators.errors import ModelFolderError
+from operators.study_model import MODALITY_DISPLAY, MODALITIES, ModelInput, SegmentationOutcome
+
+ENGINE_PREFERENCE = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime", "torch")
+"""``auto`` picks the first of these that can run here (see :func:`resolve_engine`)."""
+
+
+def check_model_folder(model_dir: Path) -> dict:
+    """Read and check the model folder written by ``python -m engines.prepare``."""
+    manifest_path = Path(model_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        raise ModelFolderError(
+            f"{model_dir} is not a model folder (no manifest.json); build it with "
+            "'python -m engines.prepare --out <models dir>'"
+        )
+    try:
+        return json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(f"{manifest_path} is not valid JSON ({exc})") from exc
+
+
+def resolve_engine(requested: str, model_dir: Path):
+    """Create the engine the settings ask for; ``auto`` = best available, logged.
+
+    Returns the engine and a list of notes (fallbacks taken, with reasons).
+    """
+    from engines.base import available_engines, create_engine
+
+    logger = logging.getLogger(__name__)
+    notes: list[str] = []
+    if requested != "auto":
+        return create_engine(requested, model_dir=model_dir), notes
+    for name in ENGINE_PREFERENCE:
+        if name not in available_engines():
+            continue
+        try:
+            engine = create_engine(name, model_dir=model_dir)
+            logger.info("Engine: %s (auto)", name)
+            return engine, notes
+        except Exception as exc:  # noqa: BLE001 - any failure means: try the next one
+            notes.append(f"engine {name} unavailable: {type(exc).__name__}: {str(exc)[:160]}")
+            logger.warning("Engine %s unavailable (%s); falling back", name, exc)
+    raise ModelFolderError(f"no inference engine could be created from {model_dir}: {notes}")
+
+
+class SegmentationOperator(Operator):
+    """Runs the BraTS 2017 cascade (WT -> TC -> EN, three views each) on the model grid.
+
+    Named input:
+        model_input: :class:`operators.study_model.ModelInput`.
+
+    Named output:
+        segmentation: :class:`operators.study_model.SegmentationOutcome` (labels on the
+        model grid, the engine's description, which channels were imputed and how).
+
+    The engine comes from the settings (``auto``: TensorRT > ONNX Runtime CUDA > PyTorch
+    CUDA > ONNX Runtime CPU > PyTorch CPU, the first that works here). Absent modalities
+    are fed as documented by :mod:`engines.cascade` and listed in the outcome.
+    """
+
+    def __init__(self, fragment: Fragment, *args, model_dir: Path, engine: str = "auto", seed: int = 0, **kwargs):
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.model_dir = Path(model_dir)
+        self.manifest = check_model_folder(self.model_dir)
+        self.engine_name = engine
+        self.seed = seed
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("model_input")
+        spec.output("segmentation")
+
+    def compute(self, op_input, op_output, context) -> None:
+        model_input: ModelInput = op_input.receive("model_input")
+        op_output.emit(segment(model_input, self.model_dir, self.engine_name, self.seed, self._logger), "segmentation")
+
+
+def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: int, logger: logging.Logger) -> SegmentationOutcome:
+    """The work of :class:`SegmentationOperator`, callable without Holoscan."""
+    from engines.cascade import segment_brats_full
+
+    t0 = time.perf_counter()
+    engine, notes = resolve_engine(engine_name, model_dir)
+
+    def progress(stage: str, fraction: float) -> None:
+        logger.info("Segmentation: stage %s done (%d%%, %.0f s)", stage.upper(), round(100 * fraction), time.perf_counter() - t0)
+
+    missing = [MODALITY_DISPLAY[m] for m, a in zip(MODALITIES, model_input.available) if not a]
+    if missing:
+        logger.warning("Missing modalities %s: the network gets the documented substitute for them", missing)
+    result = segment_brats_full(model_input.volumes, model_input.available, engine, seed=seed, progress=progress)
+    timings = {k: float(v) for k, v in result.timings.items()}
+    timings["operator_total"] = time.perf_counter() - t0
+    return SegmentationOutcome(
+        model_input=model_input,
+        labels=result.labels,
+        engine=result.engine,
+        imputed_channels=[MODALITY_DISPLAY[m] for m in result.imputed_channels],
+        notes=notes + list(result.notes),
+        timings=timings,
+    )
