@@ -8,27 +8,22 @@ is left in the output folder.
 from __future__ import annotations
 
 import logging
-import signal
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
 
 from app import __version__
 from operators.errors import InputError
+from operators import termination
 from operators.output_staging import REPORT_NAME, write_json_atomically
 from operators.report import base_report
+from operators.termination import Terminated
 
 logger = logging.getLogger("app")
 APP_NAME = "brats-seg-map"
-
-
-class Terminated(Exception):
-    """SIGTERM / SIGINT arrived: stop, leave nothing partial."""
-
-
-def _raise_terminated(signum, frame):  # noqa: ARG001
-    raise Terminated(f"terminated by signal {signal.Signals(signum).name}")
 
 
 def _failure_report(output_dir: Path | None, code: str, message: str) -> None:
@@ -43,32 +38,89 @@ def _failure_report(output_dir: Path | None, code: str, message: str) -> None:
         logger.error("could not write the failure report: %s", exc)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from app.app import BrainTumorSegApp  # heavy imports (Holoscan) after sys.path set-up
+def _fail(app, code: str, one_line: str, exit_code: int) -> int:
+    """Log the one-line reason, drop everything the run staged or published, write the
+    failed report; returns ``exit_code``. Further SIGTERMs during the clean-up are ignored."""
+    termination.ignore()
+    logger.error("%s", one_line)
+    if app is not None:
+        app.discard_outputs()
+    _failure_report(getattr(app, "output_dir", None), code, one_line)
+    return exit_code
 
-    if argv is not None:
-        sys.argv = list(argv)  # the SDK and Holoscan read their arguments from sys.argv
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    start = time.perf_counter()
-    app = BrainTumorSegApp()
-    exit_code = 0
+
+def _output_dir_from_args(argv: Sequence[str]) -> Path | None:
+    """The output folder as the SDK will resolve it (``-o/--output``, else
+    ``HOLOSCAN_OUTPUT_PATH``); None when neither is given (the SDK's default applies)."""
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
+        if arg in ("-o", "--output") and i + 1 < len(args):
+            return Path(args[i + 1])
+        if arg.startswith("--output="):
+            return Path(arg.split("=", 1)[1])
+    env = os.environ.get("HOLOSCAN_OUTPUT_PATH")
+    return Path(env) if env else None
+
+
+def _run_graph(app, outcome: dict) -> None:
     try:
         app.run()
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        outcome["error"] = exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = list(argv)  # the SDK and Holoscan read their arguments from sys.argv
+    termination.install()
+    start = time.perf_counter()
+    output_dir = _output_dir_from_args(sys.argv)
+    if output_dir is not None:
+        # Before Holoscan and the SDK are even imported (the SDK's argument parser would
+        # fail on it with a traceback).
+        from operators.output_staging import check_writable
+
+        try:
+            check_writable(output_dir)
+        except InputError as exc:
+            if not logging.getLogger().handlers:
+                logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] (%(name)s) - %(message)s")
+            logger.error("%s", exc.one_line())
+            logger.info("Finished with exit code %d in %.1f s", exc.exit_code, time.perf_counter() - start)
+            return exc.exit_code
+
+    from app.app import BrainTumorSegApp  # heavy imports (Holoscan) after sys.path set-up
+
+    app = None
+    runner: threading.Thread | None = None
+    exit_code = 0
+    try:
+        app = BrainTumorSegApp()
+        # The graph runs in a worker thread; the main thread stays in Python so that SIGTERM
+        # is handled promptly (see operators.termination).
+        outcome: dict = {}
+        runner = threading.Thread(target=_run_graph, args=(app, outcome), name="graph", daemon=True)
+        runner.start()
+        while runner.is_alive():
+            runner.join(termination.POLL_S)
+            termination.install()  # Holoscan replaces the handlers when the graph starts
+        if "error" in outcome:
+            raise outcome["error"]
     except InputError as exc:
-        logger.error("%s", exc.one_line())
-        app.discard_outputs()
-        _failure_report(app.output_dir, exc.code, exc.one_line())
-        exit_code = exc.exit_code
+        exit_code = _fail(app, exc.code, exc.one_line(), exc.exit_code)
     except (Terminated, KeyboardInterrupt) as exc:
-        logger.error("run stopped: %s", exc or "interrupted")
-        app.discard_outputs()
-        _failure_report(app.output_dir, "terminated", f"terminated: {exc or 'interrupted'}")
-        exit_code = 143
+        exit_code = _fail(app, "terminated", f"terminated: {exc or 'interrupted'}", termination.EXIT_CODE)
+        if runner is not None:
+            # The graph may be inside a long C++ call: do not wait for it, and do not let the
+            # interpreter's shutdown meet Holoscan's threads. Outputs are discarded and the
+            # staging is closed (nothing more can be published).
+            logger.info("Finished with exit code %d in %.1f s", exit_code, time.perf_counter() - start)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(exit_code)
     except Exception as exc:  # noqa: BLE001 - last line of defence: report, never leave partial output
         logger.exception("unexpected error")
-        app.discard_outputs()
-        one_line = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-        _failure_report(app.output_dir, "internal_error", one_line)
-        exit_code = 1
+        one_line = " ".join(f"internal_error: {type(exc).__name__}: {exc}".split())[:500]
+        exit_code = _fail(app, "internal_error", one_line, 1)
     logger.info("Finished with exit code %d in %.1f s", exit_code, time.perf_counter() - start)
     return exit_code

@@ -67,6 +67,11 @@ class InferenceEngine(abc.ABC):
 _REGISTRY: dict[str, str] = {
     "torch": "engines.torch_engine:TorchEngine",
     "onnxruntime": "engines.onnx_engine:OnnxRuntimeEngine",
+    "openvino": "engines.openvino_engine:OpenVinoEngine",
+    "torch-compile": "engines.torch_compile_engine:TorchCompileEngine",
+    "tensorrt": "engines.tensorrt_engine:TensorRTEngine",
+    "torch-cuda": "engines.cuda_engines:TorchCudaEngine",
+    "onnxruntime-cuda": "engines.cuda_engines:OnnxRuntimeCudaEngine",
 }
 
 

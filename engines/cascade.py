@@ -454,7 +454,7 @@ def fuse_labels(wt: np.ndarray, tc: np.ndarray, en: np.ndarray) -> np.ndarray:
     core = closing((TC | EN) & WT), drop core outside WT, largest two components;
     ET = EN & core, dropped when 0 < size < 30.
     """
-    whole_mask = largest_components(close(wt | tc | en), WT_COMPONENT_THRESHOLD) if (wt | tc | en).any() else wt
+    whole_mask = largest_components(close(wt | tc | en), WT_COMPONENT_THRESHOLD)
     whole = wt & whole_mask
     core = close((tc | en) & whole_mask)
     core = remove_external_core(whole, core)

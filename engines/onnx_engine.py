@@ -28,6 +28,8 @@ class OnnxRuntimeEngine(InferenceEngine):
         execution, graph optimisation level ALL.
     providers
         ONNX Runtime execution providers; default ``["CPUExecutionProvider"]``.
+    cpu_mem_arena
+        Keep ORT's CPU memory arena (default off: see the note in ``_session``).
     """
 
     name = "onnxruntime"
@@ -38,12 +40,14 @@ class OnnxRuntimeEngine(InferenceEngine):
         weights_dir: Path | None = None,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        cpu_mem_arena: bool = False,
     ) -> None:
         if model_dir is None:
             raise ValueError("the onnxruntime engine needs model_dir (run python -m engines.prepare)")
         self.model_dir = Path(model_dir)
         self.threads = threads or os.cpu_count() or 1
         self.providers = list(providers or ["CPUExecutionProvider"])
+        self.cpu_mem_arena = cpu_mem_arena
         self._sessions: dict[str, Any] = {}
 
     def _session(self, network: str) -> Any:
@@ -57,6 +61,13 @@ class OnnxRuntimeEngine(InferenceEngine):
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Memory: each session's CPU arena otherwise keeps its peak for every input shape it
+        # has seen (the cascade feeds many: 3 views x 3 stages x box-dependent patches);
+        # nine WT/TC/EN sessions then held > 13 GB and were OOM-killed on a 24 GB host.
+        # Without the arena (and memory patterns, useless with dynamic shapes) buffers are
+        # returned after each run; measured cost on speed: negligible against the convs.
+        so.enable_cpu_mem_arena = self.cpu_mem_arena
+        so.enable_mem_pattern = self.cpu_mem_arena
         sess = ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
         log.info("onnxruntime engine: loaded %s (%s)", path, sess.get_providers())
         return sess
@@ -85,4 +96,5 @@ class OnnxRuntimeEngine(InferenceEngine):
             "precision": "fp32",
             "threads": self.threads,
             "graph_optimization": "ORT_ENABLE_ALL",
+            "cpu_mem_arena": self.cpu_mem_arena,
         }

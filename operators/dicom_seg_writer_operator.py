@@ -90,6 +90,7 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         algorithm_name="BraTS17 cascaded anisotropic CNN",
         algorithm_version=algorithm_version,
         omit_empty_frames=not empty,
+        source_frames=reference.slice_frames,  # Enhanced MR reference: its frame numbers
     )
     seg_path = staging.path(SEG_FILE)
     seg.save_as(seg_path, enforce_file_format=True)

@@ -15,6 +15,8 @@ class InputError(Exception):
 
     def one_line(self) -> str:
         text = " ".join(str(self).split())
+        if len(text) > 600:  # one line, bounded: DICOM text can be long
+            text = text[:597] + "..."
         return f"{self.code}: {text}"
 
 
@@ -44,6 +46,26 @@ class UnreadablePixelDataError(InputError):
 
 class UnsupportedTransferSyntaxError(InputError):
     code = "unsupported_transfer_syntax"
+
+
+class CorruptDicomFileError(InputError):
+    """A file that is DICOM (``DICM`` preamble) but cannot be parsed: an incomplete transfer.
+    Refused rather than skipped: a silently dropped instance would be a missing slice."""
+
+    code = "corrupt_dicom_file"
+
+
+class DegenerateIntensityError(InputError):
+    """A series whose intensities cannot be normalised: constant, no positive voxel,
+    non-finite (NaN / inf) or implausibly large values."""
+
+    code = "degenerate_intensities"
+
+
+class UnsupportedInputError(InputError):
+    """A valid input the application does not handle (documented limitation)."""
+
+    code = "unsupported_input"
 
 
 class OutputNotWritableError(InputError):

@@ -13,9 +13,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +74,26 @@ def check_writable(folder: Path) -> None:
         raise OutputNotWritableError(f"output folder {folder} is not writable ({exc.strerror or exc})") from exc
 
 
+class StagingClosedError(RuntimeError):
+    """The run was stopped (outputs discarded): nothing may be published any more."""
+
+
 class OutputStaging:
-    """A hidden staging folder inside the output folder; ``publish()`` moves its files out."""
+    """A hidden staging folder inside the output folder; ``publish()`` moves its files out.
+
+    ``publish`` and ``discard`` exclude each other (a lock): a run stopped by SIGTERM while
+    the graph thread publishes either finds everything published *and* the ``ok`` report
+    written (then removes both) or nothing published; after ``discard`` nothing can be
+    published.
+    """
 
     def __init__(self, output_dir: Path) -> None:
         self.output_dir = Path(output_dir)
         self.staging_dir = self.output_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         self.staging_dir.mkdir(parents=True, exist_ok=False)
         self.published: list[Path] = []
+        self.closed = False
+        self._lock = threading.RLock()
 
     def path(self, name: str) -> Path:
         """Where to write the output ``name`` (a plain file name, never a path from DICOM text)."""
@@ -88,17 +101,34 @@ class OutputStaging:
             raise ValueError(f"output names must be plain file names, got {name!r}")
         return self.staging_dir / name
 
-    def publish(self) -> list[Path]:
-        """Move every staged file to the output folder (atomic renames), then drop staging."""
-        for staged in sorted(self.staging_dir.iterdir()):
-            final = self.output_dir / staged.name
-            os.replace(staged, final)
-            self.published.append(final)
-        self.staging_dir.rmdir()
-        return self.published
+    def publish(self, then: Callable[[list[Path]], Any] | None = None) -> list[Path]:
+        """Move every staged file to the output folder (atomic renames), drop staging, then
+        call ``then(published)`` (e.g. write ``report.json``), all under the lock."""
+        with self._lock:
+            if self.closed:
+                raise StagingClosedError("the run was stopped; its outputs were discarded")
+            for staged in sorted(self.staging_dir.iterdir()):
+                final = self.output_dir / staged.name
+                self.published.append(final)  # before the rename: discard() must see it
+                os.replace(staged, final)
+            self.staging_dir.rmdir()
+            if then is not None:
+                then(list(self.published))
+            return self.published
 
     def discard(self) -> None:
-        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        """Drop the staging folder *and* any file this run already published (a failure
+        during or after :meth:`publish` must not leave a SEG without an ``ok`` report).
+        Afterwards :meth:`publish` refuses."""
+        with self._lock:
+            self.closed = True
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+            for published in self.published:
+                try:
+                    published.unlink(missing_ok=True)
+                except OSError as exc:  # pragma: no cover - nothing better to do than say so
+                    logger.error("could not remove %s of the failed run: %s", published.name, exc)
+            self.published.clear()
 
 
 def remove_stale_staging(output_dir: Path) -> None:

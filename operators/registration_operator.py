@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from operators.brain_extraction import extract_brain, is_skull_stripped
 from operators.registration import choose_reference, model_grid, register_rigid, resample_to_grid
 from operators.series_volume import series_to_image
 from operators.study_model import MODALITIES, ModalitySelection, ModelInput
@@ -26,10 +27,16 @@ class RegistrationOperator(Operator):
 
     The reference is T1ce when present, else T1, T2, FLAIR (``registration.REFERENCE_ORDER``).
     Every other series is rigidly registered to it (SimpleITK, Mattes mutual information,
-    multi-resolution, fixed seed), then all are resampled (linear) onto the model grid: 1 mm
-    isotropic, identity direction in LPS, covering the reference's field of view. Series
-    are registered even when their headers claim the same frame of reference: patients
-    move between sequences.
+    multi-resolution, fixed seed, identity start = the scanner's patient coordinates, the
+    thicker-sliced image as the metric domain; see :func:`operators.registration.register_rigid`),
+    then all are resampled (linear) onto the model grid: 1 mm isotropic, identity direction
+    in LPS, covering the reference's field of view. Series are registered even when their
+    headers claim the same frame of reference: patients move between sequences.
+
+    When the reference is not skull-stripped (:func:`operators.brain_extraction.is_skull_stripped`),
+    a brain mask is computed on it (:func:`operators.brain_extraction.extract_brain`), resampled
+    onto the model grid and applied to every channel (background exactly 0, as the model
+    expects); recorded under ``registrations[<reference>]["brain_extraction"]``.
     """
 
     def __init__(self, fragment: Fragment, *args, seed: int = 0, **kwargs) -> None:
@@ -47,7 +54,16 @@ class RegistrationOperator(Operator):
 
 
 def build_model_input(selection: ModalitySelection, seed: int, logger: logging.Logger) -> ModelInput:
-    """The work of :class:`RegistrationOperator`, callable without Holoscan."""
+    """The work of :class:`RegistrationOperator`, callable without Holoscan.
+
+    Returns
+    -------
+    ModelInput
+        ``volumes`` ``(4, Z, Y, X)`` float32 on the model grid (LPS, identity direction);
+        ``registrations`` holds one record per moving series and, for the reference,
+        ``{"reference": True, "brain_extraction": {"applied": bool, ...}}`` (the masking
+        decision and, when applied, the brain-extraction record).
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     images = {}
@@ -73,24 +89,40 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
         moving = images[modality].image
         if modality != reference_key:
             t1 = time.perf_counter()
-            result = register_rigid(reference.image, moving, seed=seed + 1)
+            result = register_rigid(reference.image, moving, seed=seed + 1, initializer="identity")
             transforms[modality] = result.transform
             registrations[modality] = result.as_dict()
             timings[f"register_{modality}"] = time.perf_counter() - t1
             logger.info(
-                "Registered %s -> %s: angles %s deg, translation %s mm, MI %.4f -> %.4f (%.1f s)",
+                "Registered %s -> %s: angles %s deg, translation %s mm, MI %.4f -> %.4f%s (%.1f s)",
                 modality,
                 reference_key,
                 [round(a, 2) for a in registrations[modality]["angles_deg"]],
                 [round(t, 2) for t in registrations[modality]["translation_mm"]],
                 result.metric_before,
                 result.metric_after,
+                " (kept identity)" if result.kept_identity else "",
                 result.duration_s,
             )
         t2 = time.perf_counter()
         on_grid = resample_to_grid(moving, grid, transforms[modality], sitk.sitkLinear, 0.0)
         volumes[MODALITIES.index(modality)] = sitk.GetArrayFromImage(on_grid).astype(np.float32)
         timings[f"resample_{modality}"] = time.perf_counter() - t2
+    stripped, evidence = is_skull_stripped(reference.image)
+    brain_record: dict = {"reference_skull_stripped": stripped, **evidence, "applied": False}
+    if not stripped:
+        t3 = time.perf_counter()
+        brain = extract_brain(reference.image, seed=seed + 1)
+        mask_on_grid = resample_to_grid(brain.mask, grid, None, sitk.sitkNearestNeighbor, 0.0)
+        inside = sitk.GetArrayViewFromImage(mask_on_grid) > 0
+        volumes[:, ~inside] = 0.0
+        brain_record.update(applied=True, mask_ml=brain.record["mask_ml"],
+                            method=brain.record["method"], record=brain.record)
+        timings["brain_extraction"] = time.perf_counter() - t3
+        logger.info("Reference %s not skull-stripped (zero fraction %.3f): brain mask %.0f ml "
+                    "applied to all series (%.1f s)", reference_key, evidence["zero_fraction"],
+                    brain.record["mask_ml"], timings["brain_extraction"])
+    registrations[reference_key]["brain_extraction"] = brain_record
     timings["total"] = time.perf_counter() - t0
     available = tuple(m in images for m in MODALITIES)
     return ModelInput(

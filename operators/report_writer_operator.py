@@ -42,10 +42,13 @@ class ReportWriterOperator(Operator):
         start = time.perf_counter()
         result = op_input.receive("result")
         report = self.build_report(result)
-        published = self.staging.publish()
-        report["status"] = "ok"
-        report["outputs"] = sorted(p.name for p in published) + [REPORT_NAME]
-        write_json_atomically(self.staging.output_dir / REPORT_NAME, report)
+
+        def write_report(published) -> None:  # under the staging lock (see OutputStaging)
+            report["status"] = "ok"
+            report["outputs"] = sorted(p.name for p in published) + [REPORT_NAME]
+            write_json_atomically(self.staging.output_dir / REPORT_NAME, report)
+
+        published = self.staging.publish(then=write_report)
         self._logger.info(
             "Wrote %s and %d other file(s) in %.2f s", REPORT_NAME, len(published), time.perf_counter() - start
         )

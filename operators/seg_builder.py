@@ -313,6 +313,70 @@ def _check_sources(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset
             )
 
 
+def _multiframe_source(
+    labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset], source_frames: Sequence[int] | None
+) -> tuple[pydicom.Dataset, np.ndarray] | None:
+    """For a multi-frame source: (metadata copy of it, slice index of each frame in frame
+    order); None for single-frame sources. Raises ValueError unless every frame is one slice."""
+    if not source_datasets or int(getattr(source_datasets[0], "NumberOfFrames", 1) or 1) == 1:
+        if source_frames is not None and any(int(f) != 1 for f in source_frames):
+            raise ValueError("source_frames given for single-frame sources")
+        return None
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be 3-D (n_slices, rows, cols); got shape {labels.shape}")
+    ds = source_datasets[0]
+    if any(other is not ds and str(other.SOPInstanceUID) != str(ds.SOPInstanceUID) for other in source_datasets):
+        raise ValueError("a multi-frame source must be one instance (repeated once per slice)")
+    n_frames = int(ds.NumberOfFrames)
+    if source_frames is None or len(source_frames) != labels.shape[0] or len(source_datasets) != labels.shape[0]:
+        raise ValueError("a multi-frame source needs source_frames: one frame number per labels slice")
+    frames = [int(f) for f in source_frames]
+    if sorted(frames) != list(range(1, n_frames + 1)):
+        raise ValueError(
+            f"the {n_frames} frames of the source do not map one-to-one onto the {labels.shape[0]} slices "
+            "(several frames per position, e.g. multi-echo, are not supported)"
+        )
+    if (int(ds.Rows), int(ds.Columns)) != labels.shape[1:]:
+        raise ValueError(f"source is {ds.Rows}x{ds.Columns} but labels slices are {labels.shape[1:]}")
+    order = np.empty(n_frames, dtype=np.intp)
+    for k, f in enumerate(frames):
+        order[f - 1] = k
+    pixel_tags = {0x7FE00010, 0x7FE00008, 0x7FE00009}
+    meta = pydicom.Dataset({tag: elem for tag, elem in ds.items() if tag not in pixel_tags})
+    if hasattr(ds, "file_meta"):
+        meta.file_meta = ds.file_meta
+    # highdicom reads pixel measures and plane orientation from the *shared* functional
+    # groups; scanners (e.g. Siemens XA) may put them per frame. Where they agree across
+    # frames, the metadata copy gets them in a new shared item (the caller's dataset is
+    # not modified).
+    import copy
+
+    shared = copy.deepcopy(ds.SharedFunctionalGroupsSequence[0]) if "SharedFunctionalGroupsSequence" in ds \
+        else pydicom.Dataset()
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        if keyword in shared or not per_frame or keyword not in per_frame[0]:
+            continue
+        first = per_frame[0][keyword][0]
+        for group in per_frame:
+            item = group[keyword][0] if keyword in group else None
+            if item is None or not _same_values(item, first):
+                raise ValueError(f"{keyword} differs between frames of the source; not one volume")
+        shared[keyword] = copy.deepcopy(per_frame[0][keyword])
+    meta.SharedFunctionalGroupsSequence = pydicom.Sequence([shared])
+    return meta, order
+
+
+def _same_values(a: pydicom.Dataset, b: pydicom.Dataset, atol: float = 1e-4) -> bool:
+    for keyword in ("PixelSpacing", "SliceThickness", "ImageOrientationPatient"):
+        va, vb = a.get(keyword), b.get(keyword)
+        if (va is None) != (vb is None):
+            return False
+        if va is not None and not np.allclose(np.asarray(va, dtype=float), np.asarray(vb, dtype=float), atol=atol):
+            return False
+    return True
+
+
 def _harmonised_sources(
     source_datasets: Sequence[pydicom.Dataset], atol: float = 1e-4
 ) -> list[pydicom.Dataset]:
@@ -366,6 +430,7 @@ def build_segmentation(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     omit_empty_frames: bool = True,
+    source_frames: Sequence[int] | None = None,
 ) -> hd.seg.Segmentation:
     """Encode a BraTS label map as a BINARY DICOM Segmentation referencing its source series.
 
@@ -407,6 +472,11 @@ def build_segmentation(
     omit_empty_frames : bool
         Omit all-zero (slice, segment) frames -- only honoured when every segment has at
         least one voxel; otherwise all frames are kept (see the module docstring).
+    source_frames : sequence of int, optional
+        Only for a **multi-frame** (Enhanced MR) source: ``source_datasets`` is then that one
+        instance repeated once per slice, and ``source_frames[k]`` is the 1-based frame
+        number of slice ``k`` inside it (one frame per slice, every frame used once). The
+        SEG references the source's frames (highdicom: frames in the source's frame order).
 
     Returns
     -------
@@ -421,7 +491,9 @@ def build_segmentation(
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be an integer array; got {labels.dtype}")
-    _check_sources(labels, source_datasets)
+    multiframe = _multiframe_source(labels, source_datasets, source_frames)
+    if multiframe is None:
+        _check_sources(labels, source_datasets)
     present = set(np.unique(labels).tolist())
     if not present <= _VALID_LABELS:
         raise ValueError(
@@ -447,6 +519,9 @@ def build_segmentation(
 
     # One binary channel per segment: (n_slices, rows, cols, n_segments).
     masks = np.stack([labels == s.brats_label for s in BRATS_SEGMENTS], axis=-1)
+    if multiframe is not None:  # highdicom wants the source's frame order
+        source, frame_order = multiframe
+        masks = masks[frame_order]
     voxels = masks.reshape(-1, masks.shape[-1]).sum(axis=0)
     if not voxels.any():
         logger.warning("empty segmentation: no voxel labelled; writing a SEG with empty frames")
@@ -472,7 +547,7 @@ def build_segmentation(
     ]
 
     seg = hd.seg.Segmentation(
-        source_images=_harmonised_sources(source_datasets),
+        source_images=[source] if multiframe is not None else _harmonised_sources(source_datasets),
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -490,12 +565,58 @@ def build_segmentation(
         omit_empty_frames=not keep_all,
         series_description=series_description,
     )
+    _clip_inherited_text(seg)
     logger.info(
         "built SEG %s: %d frames, voxels per segment %s, %s",
         seg.SOPInstanceUID, int(seg.NumberOfFrames),
         {s.short: int(v) for s, v in zip(BRATS_SEGMENTS, voxels)}, content_description,
     )
     return seg
+
+
+#: Maximum value lengths (DICOM PS3.5 table 6.2-1); PN: per component group.
+_VR_MAX_LENGTH = {"AE": 16, "CS": 16, "LO": 64, "SH": 16, "PN": 64, "ST": 1024, "LT": 10240}
+
+
+def _clip_inherited_text(seg: pydicom.Dataset) -> None:
+    """Shorten text values that exceed their VR's maximum length (in bytes of the dataset's
+    character set, never splitting a character).
+
+    highdicom copies patient / study attributes from the source images; scanners and PACS
+    do write over-long values (e.g. a 165-byte StudyDescription, LO allows 64), which would
+    make the SEG invalid. The SEG keeps the leading part; the source is not modified.
+    """
+    charsets = seg.get("SpecificCharacterSet", "") or ""
+    charsets = [charsets] if isinstance(charsets, str) else list(charsets)
+    codec = "utf-8" if any("192" in c for c in charsets) or len(charsets) > 1 else "latin-1"
+
+    def fit(text: str, limit: int) -> str:
+        while len(text.encode(codec, errors="replace")) > limit:
+            text = text[:-1]
+        return text
+
+    clipped: list[str] = []
+
+    def visit(ds: pydicom.Dataset, elem: pydicom.DataElement) -> None:
+        limit = _VR_MAX_LENGTH.get(elem.VR)
+        if limit is None or elem.value is None or elem.value == "":
+            return
+        values = list(elem.value) if isinstance(elem.value, pydicom.multival.MultiValue) else [elem.value]
+        new = []
+        for value in values:
+            text = str(value)
+            if elem.VR == "PN":
+                short = "=".join(fit(group, limit) for group in text.split("="))
+            else:
+                short = fit(text, limit)
+            new.append(short)
+        if new != [str(v) for v in values]:
+            clipped.append(elem.keyword or str(elem.tag))
+            elem.value = new if len(new) > 1 else new[0]
+
+    seg.walk(visit, recursive=True)
+    if clipped:
+        logger.warning("SEG: shortened over-long text copied from the source: %s", ", ".join(clipped))
 
 
 def write_segmentation_atomically(seg: pydicom.Dataset, out_dir: str | Path,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.errors import ModelFolderError
+from operators.errors import DegenerateIntensityError, ModelFolderError
 from operators.study_model import MODALITY_DISPLAY, MODALITIES, ModelInput, SegmentationOutcome
 
-ENGINE_PREFERENCE = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime", "torch")
+ENGINE_PREFERENCE = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "openvino", "onnxruntime", "torch")
 """``auto`` picks the first of these that can run here (see :func:`resolve_engine`)."""
 
 
@@ -39,7 +39,17 @@ def resolve_engine(requested: str, model_dir: Path):
     logger = logging.getLogger(__name__)
     notes: list[str] = []
     if requested != "auto":
-        return create_engine(requested, model_dir=model_dir), notes
+        # An explicitly requested engine that cannot run here (no GPU, library missing,
+        # unknown name) falls back to ``auto``; the warning goes into the report's notes.
+        try:
+            return create_engine(requested, model_dir=model_dir), notes
+        except Exception as exc:  # noqa: BLE001 - any failure: fall back, say so
+            note = (
+                f"requested engine {requested} unavailable ({type(exc).__name__}: {str(exc)[:160]}); "
+                "fell back to auto"
+            )
+            notes.append(" ".join(note.split()))
+            logger.warning("%s", notes[-1])
     for name in ENGINE_PREFERENCE:
         if name not in available_engines():
             continue
@@ -98,7 +108,12 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     missing = [MODALITY_DISPLAY[m] for m, a in zip(MODALITIES, model_input.available) if not a]
     if missing:
         logger.warning("Missing modalities %s: the network gets the documented substitute for them", missing)
-    result = segment_brats_full(model_input.volumes, model_input.available, engine, seed=seed, progress=progress)
+    try:
+        result = segment_brats_full(model_input.volumes, model_input.available, engine, seed=seed, progress=progress)
+    except ValueError as exc:  # the cascade's normalisation refuses degenerate channels
+        if "intensity spread" in str(exc) or "no voxel > 0" in str(exc):
+            raise DegenerateIntensityError(f"on the model grid: {exc}") from exc
+        raise
     timings = {k: float(v) for k, v in result.timings.items()}
     timings["operator_total"] = time.perf_counter() - t0
     return SegmentationOutcome(

@@ -20,7 +20,12 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from operators.errors import InconsistentGeometryError, UnreadablePixelDataError, UnsupportedTransferSyntaxError
+from operators.errors import (
+    DegenerateIntensityError,
+    InconsistentGeometryError,
+    UnreadablePixelDataError,
+    UnsupportedTransferSyntaxError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +76,71 @@ def _volume_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     return image
 
 
-def _decode_error(exc: Exception) -> Exception:
-    text = str(exc)
-    if "transfer syntax" in text.lower() or "no available image handler" in text.lower() or "plugin" in text.lower():
-        return UnsupportedTransferSyntaxError(f"pixel data cannot be decoded: {text.splitlines()[0][:200]}")
-    return UnreadablePixelDataError(f"pixel data cannot be read: {type(exc).__name__}: {text.splitlines()[0][:200]}")
+MAX_ABS_INTENSITY = 1.0e9
+"""Larger stored (rescaled) values are not MR intensities; z-scoring them in float32 would
+overflow (the cascade normalises in float32), so such a series is refused."""
+
+
+def _decoder_available(syntax: Any) -> bool:
+    """Whether pydicom has a working decoder (plugin installed) for ``syntax``."""
+    if syntax is None or not getattr(syntax, "is_compressed", False):
+        return True  # native pixel data needs no codec
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+def _decode_error(exc: Exception, where: str = "", syntax: Any = None) -> Exception:
+    text = " ".join(str(exc).split())
+    prefix = f"{where}: " if where else ""
+    if isinstance(exc, NotImplementedError) or not _decoder_available(syntax):
+        return UnsupportedTransferSyntaxError(f"{prefix}no decoder for this transfer syntax ({text[:200]})")
+    return UnreadablePixelDataError(f"{prefix}pixel data cannot be decoded: {type(exc).__name__}: {text[:200]}")
+
+
+def _instance_name(ds: Any) -> str:
+    number = ds.get("InstanceNumber", None)
+    return f"instance {number}" if number not in (None, "") else f"SOP instance {ds.get('SOPInstanceUID', '?')}"
+
+
+def _raise_if_undecodable(datasets: Sequence[Any], label: str) -> None:
+    """Decode every instance's pixel data; raise the typed error of the first that fails.
+
+    Called only when building the volume failed, to tell a decoding problem (codec missing,
+    corrupt compressed stream) from a geometry problem.
+    """
+    for ds in datasets:
+        try:
+            ds.pixel_array  # noqa: B018 - decoding is the check
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is unreadable input
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            where = f"{label}, {_instance_name(ds)}" + (f" ({syntax.name})" if syntax is not None else "")
+            raise _decode_error(exc, where, syntax) from exc
+
+
+def check_intensities(array: np.ndarray, label: str) -> None:
+    """Refuse intensities the normalisation cannot handle (see :class:`DegenerateIntensityError`).
+
+    The cascade z-scores each channel over its voxels > 0; so there must be such voxels,
+    with a spread, all finite and of plausible magnitude.
+    """
+    if not np.all(np.isfinite(array)):
+        raise DegenerateIntensityError(f"{label}: pixel values are not finite (NaN / infinity after rescale)")
+    peak = float(np.max(np.abs(array))) if array.size else 0.0
+    if peak > MAX_ABS_INTENSITY:
+        raise DegenerateIntensityError(
+            f"{label}: pixel values up to {peak:.3g} (> {MAX_ABS_INTENSITY:.0e}) are not plausible MR intensities"
+        )
+    foreground = array[array > 0]
+    if foreground.size == 0:
+        raise DegenerateIntensityError(f"{label}: no pixel value above 0 (blank image)")
+    if float(foreground.max()) == float(foreground.min()):
+        raise DegenerateIntensityError(
+            f"{label}: constant intensity {float(foreground.max()):g} (no image contrast to normalise)"
+        )
 
 
 def series_to_image(datasets: Sequence[Any], description: str = "") -> SeriesImage:
@@ -92,9 +157,14 @@ def series_to_image(datasets: Sequence[Any], description: str = "") -> SeriesIma
     Raises
     ------
     InconsistentGeometryError
-        Slices not parallel, unevenly spaced or of different size / spacing.
+        Slices not parallel, unevenly spaced (a missing slice) or of different size /
+        spacing, or two instances at one position. Such a series is refused, never
+        interpolated or re-sampled into a volume.
     UnreadablePixelDataError, UnsupportedTransferSyntaxError
-        Pixel data that cannot be decoded.
+        Pixel data that cannot be decoded (corrupt stream, or no codec for its transfer
+        syntax; JPEG 2000, JPEG-LS, JPEG lossless and RLE are decoded via pylibjpeg).
+    DegenerateIntensityError
+        Constant, blank, non-finite or implausibly large intensities.
     """
     import highdicom as hd
 
@@ -104,10 +174,12 @@ def series_to_image(datasets: Sequence[Any], description: str = "") -> SeriesIma
         try:
             image = hd.Image.from_dataset(ds, copy=False)
             volume = _right_handed_in_sitk_order(image.get_volume(dtype=np.float32))
-        except (ValueError, RuntimeError) as exc:
-            if "pixel" in str(exc).lower() and "decode" in str(exc).lower():
-                raise _decode_error(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - classified below
+            _raise_if_undecodable(datasets, label)
+            if not isinstance(exc, (ValueError, RuntimeError, AttributeError, KeyError)):
+                raise
             raise InconsistentGeometryError(f"{label}: frames do not form a regular volume ({exc})") from exc
+        check_intensities(volume.array, label)
         # Map every frame's position onto the volume's slice axis.
         n = volume.spatial_shape[0]
         frames = _frames_by_slice(ds, volume, n)
@@ -120,13 +192,13 @@ def series_to_image(datasets: Sequence[Any], description: str = "") -> SeriesIma
             list(datasets), dtype=np.float32, orientation_tol=1e-4, perpendicular_tol=1e-3, atol=1e-2
         )
         volume = _right_handed_in_sitk_order(volume)
-    except (ValueError, RuntimeError, AttributeError, KeyError) as exc:
-        message = str(exc)
-        if "pixel" in message.lower() and ("decod" in message.lower() or "handler" in message.lower()):
-            raise _decode_error(exc) from exc
+    except Exception as exc:  # noqa: BLE001 - classified below
+        _raise_if_undecodable(datasets, label)  # a decoding problem wins over geometry
+        if not isinstance(exc, (ValueError, RuntimeError, AttributeError, KeyError)):
+            raise
+        message = " ".join(str(exc).split())
         raise InconsistentGeometryError(f"{label}: slices do not form a regular volume ({message[:300]})") from exc
-    except NotImplementedError as exc:
-        raise _decode_error(exc) from exc
+    check_intensities(volume.array, label)
     # Slice k of the volume <- the dataset whose ImagePositionPatient maps to index k.
     inverse = np.linalg.inv(volume.affine)
     slice_of: dict[int, Any] = {}

@@ -10,7 +10,17 @@ ImagePositionPatient, which silently merges multi-echo series. The rules here:
   log line: we only read storage classes that carry MR / image pixel data;
 * the same SOPInstanceUID twice is kept once (logged);
 * instances are grouped by StudyInstanceUID and SeriesInstanceUID; more than one study in
-  the input folder is refused (never mix patients or studies).
+  the input folder is refused (never mix patients or studies);
+* a file that *is* DICOM (``DICM`` preamble) but cannot be parsed, and an image instance
+  whose pixel data is missing or shorter than its header says, are refused
+  (:class:`~operators.errors.CorruptDicomFileError`,
+  :class:`~operators.errors.UnreadablePixelDataError`): that is an incomplete transfer,
+  and skipping the file would silently drop a slice;
+* a 4D / multi-echo series (several instances at one ImagePositionPatient, e.g. the two
+  echoes of a PD/T2 series, or repeated time points) is **not used**: it is left out of the
+  study with a reason (``ignored`` in the report). It is never mixed into one volume and
+  not split either (the pieces would share one SeriesInstanceUID); if it was the only
+  series of a modality, that modality is reported missing.
 """
 from __future__ import annotations
 
@@ -22,9 +32,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
-from operators.errors import MultipleStudiesError, NoStudyError
+from operators.errors import (
+    CorruptDicomFileError,
+    MultipleStudiesError,
+    NoStudyError,
+    NoUsableSeriesError,
+    UnreadablePixelDataError,
+)
 from operators.study_model import LoadedSeries, LoadedStudy, SeriesHeader
 
 logger = logging.getLogger(__name__)
@@ -159,6 +174,77 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
+def _has_dicm_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _pixel_data_problem(ds: Any) -> str | None:
+    """Why the pixel data of an image instance is unusable (None if it looks complete).
+
+    Native (uncompressed) pixel data must hold at least Rows x Columns x Samples x
+    bytes-per-sample x frames bytes; encapsulated data is checked when it is decoded.
+    """
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        return "no pixel data (truncated file?)"
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if "PixelData" not in ds or (syntax is not None and pydicom.uid.UID(syntax).is_compressed):
+        return None
+    try:
+        bits = int(ds.BitsAllocated)
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+        expected *= int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return "pixel data description (Rows / Columns / BitsAllocated) missing or invalid"
+    expected = (expected + 7) // 8 if bits == 1 else expected * ((bits + 7) // 8)
+    have = len(ds.PixelData or b"")
+    if have < expected:
+        return f"pixel data truncated ({have} of {expected} bytes)"
+    return None
+
+
+def _position_key(ds: Any) -> tuple[float, ...] | None:
+    try:
+        return tuple(round(float(v), 2) for v in ds.ImagePositionPatient)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+_DIMENSION_KEYWORDS = (
+    "EchoTime", "EchoNumbers", "InversionTime", "TemporalPositionIdentifier", "TriggerTime",
+    "AcquisitionNumber", "DiffusionBValue", "ImageType",
+)
+
+
+def repeated_positions_reason(datasets: list[Any]) -> str | None:
+    """If several single-frame instances share an ImagePositionPatient (a 4D / multi-echo
+    series), say so and which attributes vary; None for an ordinary series."""
+    if len(datasets) < 2 or any(int(d.get("NumberOfFrames", 1) or 1) > 1 for d in datasets):
+        return None
+    keys = [_position_key(d) for d in datasets]
+    if any(k is None for k in keys):
+        return None
+    positions = len(set(keys))
+    if positions == len(keys):
+        return None
+    varying = []
+    for keyword in _DIMENSION_KEYWORDS:
+        values = {str(d.get(keyword, "")) for d in datasets}
+        if len(values) > 1:
+            shown = ", ".join(sorted(values)[:4]) + (", ..." if len(values) > 4 else "")
+            varying.append(f"{keyword} {{{shown}}}")
+    what = "; ".join(varying) or "no attribute tells them apart (duplicated slices)"
+    return (
+        f"4D / multi-echo series: {len(keys)} instances at {positions} positions ({what}); "
+        "not used (instances at one position are never mixed into one volume)"
+    )
+
+
 def load_study(folder: Path) -> LoadedStudy:
     """Read every DICOM image instance below ``folder`` into one :class:`LoadedStudy`.
 
@@ -168,6 +254,11 @@ def load_study(folder: Path) -> LoadedStudy:
         No DICOM image instance was found.
     MultipleStudiesError
         Instances of more than one study (or patient) were found.
+    CorruptDicomFileError, UnreadablePixelDataError
+        A DICOM file that cannot be parsed, or an image instance with missing / truncated
+        pixel data (an incomplete transfer).
+    NoUsableSeriesError
+        Every image series was left out (e.g. all 4D / multi-echo).
     """
     start = time.perf_counter()
     ignored: list[dict[str, str]] = []
@@ -185,18 +276,32 @@ def load_study(folder: Path) -> LoadedStudy:
         else:
             try:
                 ds = pydicom.dcmread(path)
-            except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad bytes
+                if _has_dicm_preamble(path):
+                    raise CorruptDicomFileError(
+                        f"{path.relative_to(folder)}: a DICOM file that cannot be read "
+                        f"({type(exc).__name__}: {str(exc)[:160]}); incomplete transfer?"
+                    ) from exc
                 reason = f"not a readable DICOM file ({type(exc).__name__})"
         if ds is not None:
-            sop_class = str(ds.get("SOPClassUID", ""))
+            meta = getattr(ds, "file_meta", None)
+            meta_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+            # A truncated file may have lost everything after its file meta: fall back on
+            # the meta's SOP class to know what it was meant to be.
+            sop_class = str(ds.get("SOPClassUID", "")) or meta_class
             sop_uid = str(ds.get("SOPInstanceUID", ""))
+            if not sop_class:
+                raise CorruptDicomFileError(
+                    f"{path.relative_to(folder)}: a DICOM file without a SOP Class UID (truncated?)"
+                )
+            if sop_class in IMAGE_SOP_CLASSES and (problem := _pixel_data_problem(ds)) is not None:
+                # An image object cut short (pydicom stops quietly at the end of the file).
+                raise UnreadablePixelDataError(f"{path.relative_to(folder)}: {problem}")
             if not sop_uid or "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
                 reason = "missing SOP / study / series instance UID"
             elif sop_class not in IMAGE_SOP_CLASSES:
                 name = pydicom.uid.UID(sop_class).name if sop_class else "unknown"
                 reason = f"not an image object ({name})"
-            elif "PixelData" not in ds and "FloatPixelData" not in ds:
-                reason = "no pixel data"
             elif sop_uid in seen_sop:
                 reason = f"duplicate SOPInstanceUID {sop_uid}"
         if reason is not None:
@@ -222,7 +327,18 @@ def load_study(folder: Path) -> LoadedStudy:
     series: list[LoadedSeries] = []
     for items in series_map.values():
         datasets = [d for d, _ in items]
-        series.append(LoadedSeries(summarise_series(datasets), datasets, [p for _, p in items]))
+        header = summarise_series(datasets)
+        repeated = repeated_positions_reason(datasets)
+        if repeated is not None:
+            what = f"series {header.series_number} '{header.series_description}'"
+            logger.warning("Left out %s: %s", what, repeated)
+            ignored.append({"what": what, "reason": repeated})
+            continue
+        series.append(LoadedSeries(header, datasets, [p for _, p in items]))
+    if not series:
+        raise NoUsableSeriesError(
+            "every image series was left out: " + "; ".join(f"{i['what']}: {i['reason']}" for i in ignored[-3:])
+        )
     duration = time.perf_counter() - start
     logger.info(
         "Loaded study %s: %d series, %d instances, %d file(s) ignored in %.2f s",

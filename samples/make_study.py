@@ -3,7 +3,7 @@
 Usage
 -----
 ``python -m samples.make_study <case dir> <out dir> [--drop t1,flair] [--misalign SEED]
-[--seed N] [--overwrite]``
+[--seed N] [--slices START:END] [--overwrite]``
 
 or, without a subprocess, :func:`make_study` (returns a :class:`StudyManifest`).
 
@@ -24,7 +24,10 @@ Determinism
 -----------
 Same arguments -> byte-identical files. UIDs are ``generate_uid`` with entropy from
 (``--seed``, case id, ``--misalign`` seed, series, slice); ``--drop`` does not enter, so a
-dropped-series study holds the very same remaining series. ``--seed N`` also picks dates,
+dropped-series study holds the very same remaining series. ``--slices START:END`` keeps only
+the slab of NIfTI slices ``k`` in ``[START, END)`` (a small study for fast runs; geometry
+exact: slice ``START`` keeps its position, ``ground_truth.nii.gz`` is cropped the same way);
+the slab enters the UIDs, so a slab study never shares UIDs with the full one. ``--seed N`` also picks dates,
 names and the vendor style (``N % 3``: Siemens, GE, Philips naming; seed 0 = Siemens).
 
 GEOMETRY (read this before touching anything below)
@@ -576,9 +579,12 @@ class StudyContext:
     institution: str
     patient_weight_kg: int
     vendor: VendorProfile
+    uid_case: str = ""
+    """Case key for UIDs: the case id, plus the slab when ``--slices`` keeps a part only."""
 
 
-def study_context(case_id: str, seed: int, misalign_seed: int | None) -> StudyContext:
+def study_context(case_id: str, seed: int, misalign_seed: int | None,
+                  slab: tuple[int, int] | None = None) -> StudyContext:
     """Deterministic study-level values from ``seed`` (and case / misalignment)."""
     rng = _rng("study", seed, case_id)
     day = date(2018, 1, 2) + timedelta(days=int(rng.integers(0, 700)))
@@ -588,7 +594,7 @@ def study_context(case_id: str, seed: int, misalign_seed: int | None) -> StudyCo
     short = re.sub(r"_\d+$", "", short)
     return StudyContext(
         case_id=case_id,
-        study_uid=_uid(seed, case_id, misalign_seed, "study"),
+        study_uid=_uid(seed, _uid_case(case_id, slab), misalign_seed, "study"),
         study_date=day,
         study_start=start,
         accession=f"A{int(rng.integers(10**7, 10**8))}",
@@ -597,7 +603,12 @@ def study_context(case_id: str, seed: int, misalign_seed: int | None) -> StudyCo
         institution="DEMO UNIVERSITY HOSPITAL",
         patient_weight_kg=int(rng.integers(55, 95)),
         vendor=VENDORS[seed % len(VENDORS)](),
+        uid_case=_uid_case(case_id, slab),
     )
+
+
+def _uid_case(case_id: str, slab: tuple[int, int] | None) -> str:
+    return case_id if slab is None else f"{case_id}|slices={slab[0]}:{slab[1]}"
 
 
 @dataclass(frozen=True)
@@ -625,7 +636,7 @@ def plan_series(
     """
     plans: dict[str, SeriesPlan] = {}
     t = ctx.study_start + timedelta(minutes=2)  # after the localizer
-    aligned_for = _uid(seed, ctx.case_id, misalign_seed, "frame-of-reference")
+    aligned_for = _uid(seed, ctx.uid_case, misalign_seed, "frame-of-reference")
     for order, m in enumerate(ACQUISITION_ORDER):
         proto = ctx.vendor.protocols[m]
         if proto.contrast:
@@ -640,9 +651,9 @@ def plan_series(
             modality=m,
             protocol=proto,
             series_number=number,
-            series_uid=_uid(seed, ctx.case_id, misalign_seed, m, "series"),
+            series_uid=_uid(seed, ctx.uid_case, misalign_seed, m, "series"),
             frame_of_reference_uid=(
-                _uid(seed, ctx.case_id, misalign_seed, m, "frame-of-reference")
+                _uid(seed, ctx.uid_case, misalign_seed, m, "frame-of-reference")
                 if misaligned else aligned_for
             ),
             start=start,
@@ -761,7 +772,7 @@ def slice_dataset(
     ``pixel_array[j, i] = vol.data[i, j, k]``;
     ``ImagePositionPatient = A_lps @ (0, 0, k, 1)``; ``InstanceNumber = k + 1``.
     """
-    sop_uid = _uid(seed, ctx.case_id, misalign_seed, plan.modality, "instance", k)
+    sop_uid = _uid(seed, ctx.uid_case, misalign_seed, plan.modality, "instance", k)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -863,10 +874,13 @@ class StudyManifest:
     series: dict[str, SeriesManifest]
     transforms: dict[str, RigidTransform] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    slices: tuple[int, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Content of ``study.json`` (no timings, so the file is reproducible)."""
+        slab = {} if self.slices is None else {"slices": list(self.slices)}
         return {
+            **slab,
             "generator": _GENERATOR,
             "case_id": self.case_id,
             "seed": self.seed,
@@ -945,6 +959,38 @@ def choose_reference(present: Iterable[str]) -> str:
         if m in avail:
             return m
     raise StudyBuildError("no series present")
+
+
+def _check_slab(slices: tuple[int, int] | None, depth: int) -> tuple[int, int] | None:
+    """Validate ``(start, end)`` against ``depth`` slices; None = keep all."""
+    if slices is None:
+        return None
+    try:
+        start, end = (int(v) for v in slices)
+    except (TypeError, ValueError) as exc:
+        raise StudyBuildError(f"slices must be (start, end), got {slices!r}") from exc
+    if not 0 <= start < end <= depth:
+        raise StudyBuildError(f"slices {start}:{end} outside 0:{depth} or empty")
+    if (start, end) == (0, depth):
+        return None
+    return start, end
+
+
+def crop_slab(vol: Volume, slab: tuple[int, int]) -> Volume:
+    """Slices ``slab[0] <= k < slab[1]`` of ``vol``; voxel (0, 0, 0) of the result is voxel
+    (0, 0, start) of ``vol`` (same position in patient space)."""
+    start, end = slab
+    affine = vol.affine_lps.copy()
+    affine[:3, 3] = (vol.affine_lps @ np.array([0.0, 0.0, float(start), 1.0]))[:3]
+    return Volume(data=np.ascontiguousarray(vol.data[:, :, start:end]), affine_lps=affine)
+
+
+def _parse_slices(text: str) -> tuple[int, int]:
+    try:
+        start, end = text.split(":")
+        return int(start), int(end)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected START:END, got {text!r}") from exc
 
 
 def _normalise_drop(drop: Iterable[str]) -> tuple[str, ...]:
@@ -1036,6 +1082,7 @@ def make_study(
     seed: int = 0,
     *,
     overwrite: bool = False,
+    slices: tuple[int, int] | None = None,
 ) -> StudyManifest:
     """Turn a BraTS case folder into a realistic multi-series MR DICOM study.
 
@@ -1055,6 +1102,9 @@ def make_study(
         Seeds UIDs, dates, names and the vendor style (``seed % 3``: Siemens, GE, Philips).
     overwrite
         Replace an existing ``<out>/dicom`` study instead of refusing.
+    slices
+        ``(start, end)``: keep only NIfTI slices ``start <= k < end`` (default: all). The
+        slab keeps its exact position in patient space; the ground truth is cropped alike.
 
     Returns
     -------
@@ -1079,10 +1129,13 @@ def make_study(
     seg_path = case_file(case_dir, "seg")
     if not seg_path.is_file():
         raise StudyBuildError(f"missing case file: {seg_path}")
+    slab = _check_slab(slices, next(iter(vols.values())).data.shape[2])
+    if slab is not None:
+        vols = {m: crop_slab(v, slab) for m, v in vols.items()}
     timings = {"load_s": time.perf_counter() - t0}
     LOG.info("loaded %s (%s) in %.2f s", case_id, ",".join(present), timings["load_s"])
 
-    ctx = study_context(case_id, seed, misalign_seed)
+    ctx = study_context(case_id, seed, misalign_seed, slab)
     plans = plan_series(ctx, present, seed, misalign_seed, reference)
     staging = _prepare_out_dir(out_dir, overwrite)
     dicom_dir = out_dir / "dicom"
@@ -1095,7 +1148,11 @@ def make_study(
         shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written study
         raise
     staging.rename(dicom_dir)
-    shutil.copyfile(seg_path, out_dir / "ground_truth.nii.gz")
+    if slab is None:
+        shutil.copyfile(seg_path, out_dir / "ground_truth.nii.gz")
+    else:
+        truth = nib.load(str(seg_path))
+        nib.save(truth.slicer[:, :, slab[0]:slab[1]], str(out_dir / "ground_truth.nii.gz"))
 
     manifest = StudyManifest(
         case_id=case_id, seed=seed, misalign_seed=misalign_seed, out_dir=out_dir,
@@ -1105,7 +1162,7 @@ def make_study(
         study_instance_uid=ctx.study_uid, patient_id=ctx.case_id, patient_name=ctx.patient_name,
         accession_number=ctx.accession, manufacturer=ctx.vendor.manufacturer,
         reference_modality=reference, dropped=dropped, series=series, transforms=transforms,
-        timings_s=timings,
+        timings_s=timings, slices=slab,
     )
     manifest.study_json.write_text(json.dumps(manifest.as_dict(), indent=2) + "\n")
     if manifest.misalignment_json is not None:
@@ -1138,6 +1195,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--misalign", type=int, default=None, metavar="SEED",
                    help="misalign non-reference series with transforms drawn from SEED")
     p.add_argument("--seed", type=int, default=0, help="seed for UIDs, names, vendor (default 0)")
+    p.add_argument("--slices", type=_parse_slices, default=None, metavar="START:END",
+                   help="keep only NIfTI slices START <= k < END (a small study; default all)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing <out>/dicom")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
@@ -1150,7 +1209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="[make_study] %(message)s")
     try:
         make_study(args.case_dir, args.out_dir, drop=args.drop.split(","),
-                   misalign_seed=args.misalign, seed=args.seed, overwrite=args.overwrite)
+                   misalign_seed=args.misalign, seed=args.seed, overwrite=args.overwrite,
+                   slices=args.slices)
     except StudyBuildError as exc:
         sys.stderr.write(f"make_study: error: {exc}\n")
         return 2

@@ -47,3 +47,38 @@ def brats_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def cascade_weights_dir(shared_dir: Path) -> Path:
     return shared_dir / "models" / "brats17-cascade"
+
+
+def _model_folder_is_current(folder: Path, weights_dir: Path) -> bool:
+    """True when ``folder`` holds a complete model folder built from ``weights_dir``."""
+    import hashlib
+    import json
+
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        for entry in manifest["networks"].values():
+            source = weights_dir / entry["source_npz"]["file"]
+            if hashlib.sha256(source.read_bytes()).hexdigest() != entry["source_npz"]["sha256"]:
+                return False
+            for name, digest in entry["sha256"].items():
+                if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
+                    return False
+        return len(manifest["networks"]) == 9
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def models_dir(cascade_weights_dir: Path) -> Path:
+    """The app's model folder (``python -m engines.prepare``), built once into the git-ignored
+    ``<repo>/models/brats17-cascade`` (the folder ``run.sh`` uses) and re-used while it matches
+    the shared weights."""
+    from engines.prepare import prepare
+
+    folder = REPO_ROOT / "models" / "brats17-cascade"
+    if not _model_folder_is_current(folder, cascade_weights_dir):
+        prepare(folder, cascade_weights_dir)
+    return folder

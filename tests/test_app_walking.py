@@ -1,30 +1,34 @@
-"""The app runs through Holoscan on CPU: loader -> selector -> report, on real scanner DICOM."""
+"""The app through Holoscan on CPU: the contract around the graph, on real scanner DICOM."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from operators.modality_selector import SelectionRules, select_modalities
+from operators.study_loader import load_study
 from tests.app_runner import run_app
 
 
-def test_app_reports_series_of_real_scanner_dicom(shared_dir: Path, tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    run = run_app(shared_dir / "data/real-mr-dicom/ge-3d-t1-mprage", tmp_path / "out", models)
-    assert run.returncode == 0, run.log[-3000:]
-    # The walking graph (no model stage yet) succeeds on a T1-only study ...
-    report = run.report
-    assert report["input"]["availability"]["t1"] is True
-    assert set(report["input"]["missing"]) == {"FLAIR", "T1CE", "T2"}
-    series = report["input"]["series"]
-    assert len(series) == 1 and series[0]["instances"] == 130
-    assert series[0]["detected_modality"] == "t1"
+def test_real_scanner_series_are_loaded_and_classified(shared_dir: Path) -> None:
+    for folder, frames in (("ge-3d-t1-mprage", 130), ("siemens-xa30-enhanced-t1", 96)):
+        study = load_study(shared_dir / "data/real-mr-dicom" / folder)
+        selection = select_modalities(study, SelectionRules.load())
+        assert study.series[0].header.number_of_frames == frames
+        assert list(selection.selected) == ["t1"], selection.candidates
+        assert selection.missing == ["flair", "t1ce", "t2"]
 
 
-def test_two_studies_in_one_folder_are_refused(shared_dir: Path, tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    out = tmp_path / "out"
-    run = run_app(shared_dir / "data/real-mr-dicom", out, models)
+def test_invalid_model_folder_fails_before_any_work(shared_dir: Path, tmp_path: Path) -> None:
+    empty_models = tmp_path / "models"
+    empty_models.mkdir()
+    run = run_app(shared_dir / "data/real-mr-dicom/ge-3d-t1-mprage", tmp_path / "out", empty_models)
+    assert run.returncode == 4, run.log[-3000:]
+    assert run.files() == ["report.json"]
+    assert run.report["error_code"] == "model_folder_invalid"
+    assert "engines.prepare" in run.report["error"]
+
+
+def test_two_studies_in_one_folder_are_refused(shared_dir: Path, models_dir: Path, tmp_path: Path) -> None:
+    run = run_app(shared_dir / "data/real-mr-dicom", tmp_path / "out", models_dir)
     assert run.returncode == 2, run.log[-3000:]
     assert run.files() == ["report.json"]
     assert run.report["status"] == "failed"

@@ -278,9 +278,11 @@ def test_real_case_cropped_end_to_end(brats_dir: Path, onnx_models: Path) -> Non
     outside[C.box_slices(sub.brain_box)] = False
     assert not res.labels[outside].any()
     assert C.box_shape(sub.brain_box) == size
-    assert m["WT"]["dice"] > 0.80
-    assert m["TC"]["dice"] > 0.70
-    assert m["ET"]["dice"] > 0.60
+    # Measured 0.944 / 0.940 / 0.896 (ORT, seed 0); thresholds leave room for runtime noise
+    # but catch a broken view transpose, box or fusion rule.
+    assert m["WT"]["dice"] > 0.85
+    assert m["TC"]["dice"] > 0.85
+    assert m["ET"]["dice"] > 0.80
 
 
 # ----------------------------------------------------------------------------- slow: all cases

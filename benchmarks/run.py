@@ -1,0 +1,591 @@
+"""Engine benchmark: latency, memory, end-to-end stage times and quality, one run, all engines.
+
+Usage::
+
+    python -m benchmarks.run --cases ../shared/data/brats18 --engines torch,onnxruntime,openvino \
+        --out bench-out [--runs 5] [--warmup 2] [--models DIR] [--case-limit 1] \
+        [--scenarios all,FLAIR+T1ce+T2,T1ce+T2,T2] [--latency-networks wt32,tc32,en32] \
+        [--e2e-engines torch,openvino] [--threads N] [--quick]
+
+Every engine runs in its own subprocess (``--worker``), one after the other, so that its
+peak RSS (``ru_maxrss``) and, on a GPU, ``torch.cuda.max_memory_allocated/reserved`` are its
+own and engines never compete for the cores. ``torch`` (PyTorch eager FP32) is always run:
+it is the latency baseline (speed-ups are ratios within the same run) and the FP32
+reference labels for the quality delta.
+
+Outputs in ``--out``: ``results.json``, ``deployment_manifest.json`` (hardware, runtimes,
+precision, input protocol, latency protocol, quality delta), ``tables.md``,
+``latency.png``, ``memory.png``, ``end_to_end.png``, ``workers/<engine>.json|.log`` and
+``labels/<engine>/<case>__<scenario>.npy``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("benchmarks.run")
+
+ALL_ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16", "torch-compile", "tensorrt",
+               "torch-cuda", "onnxruntime-cuda")  # fmt: skip
+#: Benchmark engine name -> (registry name, create_engine options).
+ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "openvino-bf16": ("openvino", {"precision": "bf16"}),
+    "tensorrt-fp32": ("tensorrt", {"precision": "fp32"}),
+}
+SCENARIOS: dict[str, tuple[bool, bool, bool, bool]] = {
+    "all": (True, True, True, True),
+    "FLAIR+T1ce+T2": (True, False, True, True),
+    "T1ce+T2": (False, False, True, True),
+    "T2": (False, False, False, True),
+}
+REFERENCE_SHAPE = (5, 4, 19, 144, 144)  # issue 9's WT reference batch (NCDHW)
+#: Protocol batch per network (engines.cascade: batch 5, 19 slices, base in-plane patch).
+PROTOCOL_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
+    "wt32": (5, 4, 19, 180, 160), "wt32sg": (5, 4, 19, 160, 180), "wt32cr": (5, 4, 19, 160, 160),
+    **{n: (5, 4, 19, 96, 96) for n in ("tc32", "tc32sg", "tc32cr", "en32", "en32sg", "en32cr")},
+}  # fmt: skip
+REGIONS = ("WT", "TC", "ET")
+STAGE_KEYS = ("load", "preprocess", "infer", "postprocess")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def percentiles(samples: Sequence[float]) -> dict[str, float]:
+    """``p50``, ``p95``, ``max``, ``mean``, ``n`` of latency samples (seconds)."""
+    a = np.asarray(samples, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "max": float(a.max()), "mean": float(a.mean()), "n": int(a.size)}  # fmt: skip
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, MiB (``ru_maxrss``, KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def reference_batch(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Deterministic z-scored-like input (N(0, 1)) of ``shape``, float32."""
+    return np.random.default_rng([seed, *shape]).standard_normal(tuple(shape), dtype=np.float32)
+
+
+def amdahl_bound(infer_fraction: float) -> float:
+    """Largest end-to-end speed-up from an infinitely fast ``infer``: ``1 / (1 - f)``."""
+    return float("inf") if infer_fraction >= 1 else 1.0 / (1.0 - infer_fraction)
+
+
+def hardware_facts() -> dict[str, Any]:
+    """CPU model, cores, memory; GPU / driver / CUDA / cuDNN when present."""
+    facts: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                             "cpu_count": os.cpu_count(), "python": platform.python_version()}  # fmt: skip
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu_model"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                facts["cpu_isa"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                facts["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+        facts["load_average_at_start"] = os.getloadavg()
+    except OSError:
+        pass
+    try:
+        import torch
+
+        facts["cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            facts["gpu"] = torch.cuda.get_device_name(0)
+            facts["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+            facts["cuda"] = torch.version.cuda
+            facts["cudnn"] = torch.backends.cudnn.version()
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                     capture_output=True, text=True, timeout=20)  # fmt: skip
+                facts["driver"] = out.stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                facts["driver"] = "unknown (nvidia-smi not runnable)"
+    except ImportError:
+        facts["cuda_available"] = False
+    return facts
+
+
+def runtime_versions() -> dict[str, str]:
+    """Installed versions of the runtimes (``absent`` when not importable)."""
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "monai", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def load_case(case_dir: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(4, Z, Y, X)`` FLAIR, T1, T1ce, T2; seg ``(Z, Y, X)``; spacing (Z, Y, X) in mm."""
+    import SimpleITK as sitk
+
+    case = case_dir.name
+    imgs = [sitk.ReadImage(str(case_dir / f"{case}_{m}.nii.gz")) for m in ("flair", "t1", "t1ce", "t2")]
+    vols = np.stack([sitk.GetArrayFromImage(i) for i in imgs])
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / f"{case}_seg.nii.gz")))
+    spacing = tuple(float(s) for s in imgs[0].GetSpacing()[::-1])
+    return vols, seg, spacing  # type: ignore[return-value]
+
+
+def crop_to_tumour(vols: np.ndarray, seg: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``(4, Z, Y, X)`` volumes and the seg to ``size`` voxels centred on the tumour (``--crop``)."""
+    centre = [int(np.mean(ix)) for ix in np.nonzero(seg > 0)] if seg.any() else [n // 2 for n in seg.shape]
+    sl = []
+    for c, s, n in zip(centre, size, seg.shape):
+        s = min(int(s), n)
+        a = min(max(c - s // 2, 0), n - s)
+        sl.append(slice(a, a + s))
+    return np.ascontiguousarray(vols[(slice(None), *sl)]), np.ascontiguousarray(seg[tuple(sl)])
+
+
+def make_engine(name: str, models: Path, threads: int | None) -> Any:
+    """Create a benchmark engine (registry name or variant such as ``openvino-bf16``)."""
+    from engines.base import create_engine
+
+    reg, opts = ENGINE_VARIANTS.get(name, (name, {}))
+    if threads and reg in ("torch", "onnxruntime", "openvino", "torch-compile"):
+        opts = {**opts, "threads": threads}
+    return create_engine(reg, model_dir=models, **opts)
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Benchmark one engine in this process; writes ``workers/<engine>.json``."""
+    name = args.worker
+    wdir = args.out / "workers"
+    res: dict[str, Any] = {"engine": name, "status": "ok"}
+    try:
+        t0 = time.perf_counter()
+        engine = make_engine(name, args.models, args.threads)
+        res["create_seconds"] = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - reported as skipped with the reason
+        res.update(status="skipped", reason=f"{type(exc).__name__}: {exc}")
+        (wdir / f"{name}.json").write_text(json.dumps(res, indent=2))
+        return 0
+    cuda = "cuda" in json.dumps(engine.describe()) and _cuda_ok()
+    latency: dict[str, Any] = {}
+    ref_shape = tuple(args.latency_shape) if args.latency_shape else REFERENCE_SHAPE
+    jobs = [(f"{n}@ref{list(ref_shape)}", n, ref_shape) for n in args.latency_networks if n.startswith("wt")]
+    jobs += [(f"{n}@protocol{list(PROTOCOL_SHAPES[n])}", n, PROTOCOL_SHAPES[n]) for n in args.latency_networks]
+    if args.reference_only:
+        jobs = jobs[:1]
+    for key, net, shape in jobs:
+        x = reference_batch(shape)
+        engine.prepare([net])
+        warm = []
+        for _ in range(args.warmup):
+            t = time.perf_counter()
+            engine.run(net, x)
+            warm.append(time.perf_counter() - t)
+        samples = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            engine.run(net, x)
+            samples.append(time.perf_counter() - t)
+        latency[key] = {"network": net, "shape": list(shape), "warmup_s": warm, "samples_s": samples,
+                        **percentiles(samples)}  # fmt: skip
+        log.info("%s %s: p50 %.3f s p95 %.3f s (warm-up %s)", name, key, latency[key]["p50"],
+                 latency[key]["p95"], [round(w, 2) for w in warm])  # fmt: skip
+    res["latency"] = latency
+    res["peak_rss_mb_after_latency"] = peak_rss_mb()
+
+    e2e: list[dict[str, Any]] = []
+    if name in args.e2e_engines:
+        from engines import cascade as C
+
+        ldir = args.out / "labels" / name
+        ldir.mkdir(parents=True, exist_ok=True)
+        for case_dir in args.case_dirs:
+            for scen in args.scenarios:
+                row: dict[str, Any] = {"case": case_dir.name, "scenario": scen}
+                w0, c0 = time.perf_counter(), time.process_time()
+                vols, seg, _ = load_case(case_dir)
+                if args.crop:
+                    vols, seg = crop_to_tumour(vols, seg, args.crop)
+                row["load"] = time.perf_counter() - w0
+                res_c = C.segment_brats_full(vols, SCENARIOS[scen], engine, seed=0)
+                t = res_c.timings
+                infer = sum(v for k, v in t.items() if k.split(".")[0] in ("wt", "tc", "en") and "." in k)
+                row["preprocess"] = t["preprocess"]
+                row["infer"] = infer
+                row["postprocess"] = t["cascade"] - infer
+                row["total_wall"] = time.perf_counter() - w0
+                row["total_cpu"] = time.process_time() - c0
+                row["infer_fraction"] = infer / row["total_wall"]
+                row["amdahl_bound"] = amdahl_bound(row["infer_fraction"])
+                row["views"] = {k: v for k, v in t.items() if "." in k}
+                np.save(ldir / f"{case_dir.name}__{scen}.npy", res_c.labels)
+                e2e.append(row)
+                log.info("%s %s %s: %.1f s wall, %.1f s CPU (infer %.0f%%)", name, case_dir.name, scen,
+                         row["total_wall"], row["total_cpu"], 100 * row["infer_fraction"])  # fmt: skip
+    else:
+        res["e2e_note"] = "end-to-end not run for this engine (not in --e2e-engines)"
+    res["e2e"] = e2e
+    res["describe"] = _jsonable(engine.describe())
+    res["peak_rss_mb"] = peak_rss_mb()
+    if cuda:
+        import torch
+
+        res["gpu_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        res["gpu_max_memory_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    (wdir / f"{name}.json").write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def _cuda_ok() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def model_sizes(models: Path) -> dict[str, Any]:
+    """MB per network and total for each model file kind in the folder."""
+    from engines.weights import NETWORKS
+
+    out: dict[str, Any] = {}
+    for ext in ("onnx", "pt"):
+        per = {n: (models / f"{n}.{ext}").stat().st_size / 1e6 for n in NETWORKS if (models / f"{n}.{ext}").is_file()}
+        out[ext] = {"per_network_mb": per, "total_mb": sum(per.values())}
+    return out
+
+
+def quality(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Metrics per engine / case / scenario vs ground truth and vs the torch FP32 labels."""
+    from engines.evaluation import brats_metrics
+
+    q: dict[str, Any] = {}
+    gts = {}
+    for c in args.case_dirs:
+        vols, seg, spacing = load_case(c)
+        gts[c.name] = ((crop_to_tumour(vols, seg, args.crop)[1] if args.crop else seg), spacing)
+    for name, r in results.items():
+        if r.get("status") != "ok" or not r.get("e2e"):
+            continue
+        rows = []
+        for row in r["e2e"]:
+            lab = np.load(args.out / "labels" / name / f"{row['case']}__{row['scenario']}.npy")
+            seg, spacing = gts[row["case"]]
+            item = {"case": row["case"], "scenario": row["scenario"], "vs_ground_truth": brats_metrics(lab, seg, spacing)}
+            ref_path = args.out / "labels" / "torch" / f"{row['case']}__{row['scenario']}.npy"
+            if ref_path.is_file():
+                ref = np.load(ref_path)
+                item["vs_fp32_reference"] = brats_metrics(lab, ref, spacing)
+                item["voxels_differing_from_reference"] = int((lab != ref).sum())
+            rows.append(item)
+        q[name] = rows
+    # Delta Dice vs the torch FP32 run (both against ground truth), mean over cases per scenario.
+    delta: dict[str, Any] = {}
+    ref_rows = {(i["case"], i["scenario"]): i for i in q.get("torch", [])}
+    for name, rows in q.items():
+        per_s: dict[str, dict[str, list[float]]] = {}
+        for i in rows:
+            ref = ref_rows.get((i["case"], i["scenario"]))
+            if ref is None:
+                continue
+            for reg in REGIONS:
+                d = i["vs_ground_truth"][reg]["dice"] - ref["vs_ground_truth"][reg]["dice"]
+                per_s.setdefault(i["scenario"], {}).setdefault(reg, []).append(d)
+        delta[name] = {s: {reg: float(np.mean(v)) for reg, v in d.items()} for s, d in per_s.items()}
+    return {"per_case": q, "delta_dice_vs_fp32": delta}
+
+
+def speedups(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """p50 latency ratio torch eager / engine per latency key (same run)."""
+    base = results.get("torch", {}).get("latency", {})
+    out: dict[str, dict[str, float]] = {}
+    for name, r in results.items():
+        for key, v in r.get("latency", {}).items():
+            if key in base:
+                out.setdefault(name, {})[key] = base[key]["p50"] / v["p50"]
+    return out
+
+
+def write_tables(doc: dict[str, Any], path: Path) -> None:
+    """MPA-style Markdown tables."""
+    res, lines = doc["engines"], []
+    lines += ["# Engine benchmark", "", f"Run: {doc['started']}, host {doc['hardware'].get('cpu_model', '?')}, "
+              f"{doc['hardware'].get('cpu_count')} CPUs; warm-up {doc['protocol']['warmup']}, runs {doc['protocol']['runs']}.", ""]  # fmt: skip
+    lines += ["## Latency (model only, seconds)", "", "| engine | batch | p50 | p95 | max | speed-up vs torch (p50) |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, r in res.items():
+        if r.get("status") != "ok":
+            continue
+        for key, v in r.get("latency", {}).items():
+            sp = doc["speedup_vs_torch"].get(name, {}).get(key)
+            lines.append(f"| {name} | {key} | {v['p50']:.3f} | {v['p95']:.3f} | {v['max']:.3f} | "
+                         + (f"{sp:.2f}x" if sp else "-") + " |")  # fmt: skip
+    lines += ["", "## Skipped engines", "", "| engine | reason |", "| --- | --- |"]
+    for name, r in res.items():
+        if r.get("status") != "ok":
+            lines.append(f"| {name} | {r.get('reason', '?')} |")
+    lines += ["", "## Memory", "", "| engine | peak RSS MiB | GPU max allocated MiB | GPU max reserved MiB |",
+              "| --- | ---: | ---: | ---: |"]  # fmt: skip
+    for name, r in res.items():
+        if r.get("status") == "ok":
+            lines.append(f"| {name} | {r.get('peak_rss_mb', float('nan')):.0f} | "
+                         f"{r.get('gpu_max_memory_allocated_mb', '-')} | {r.get('gpu_max_memory_reserved_mb', '-')} |")  # fmt: skip
+    lines += ["", "## End to end per case (seconds)", "",
+              "| engine | case | scenario | load | preprocess | infer | postprocess | total wall | total CPU | infer % | Amdahl bound |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, r in res.items():
+        for row in r.get("e2e", []):
+            lines.append(f"| {name} | {row['case']} | {row['scenario']} | " + " | ".join(
+                f"{row[k]:.1f}" for k in (*STAGE_KEYS, "total_wall", "total_cpu"))
+                + f" | {100 * row['infer_fraction']:.0f} | {row['amdahl_bound']:.1f}x |")  # fmt: skip
+    q = doc["quality"]
+    for ref_kind, title in (("vs_ground_truth", "against ground truth"), ("vs_fp32_reference", "against the FP32 torch labels")):
+        lines += ["", f"## Quality {title}", "",
+                  "| engine | case | scenario | " + " | ".join(f"{r} Dice | {r} HD95 | {r} sens" for r in REGIONS) + " |",
+                  "| --- | --- | --- |" + " ---: |" * 9]  # fmt: skip
+        for name, rows in q["per_case"].items():
+            for i in rows:
+                m = i.get(ref_kind)
+                if m is None:
+                    continue
+                lines.append(f"| {name} | {i['case']} | {i['scenario']} | " + " | ".join(
+                    f"{m[r]['dice']:.3f} | {m[r]['hd95']:.1f} | {m[r]['sensitivity']:.3f}" for r in REGIONS) + " |")  # fmt: skip
+    lines += ["", "## ΔDice vs FP32 torch (engine minus torch, both against ground truth)", "",
+              "| engine | scenario | ΔWT | ΔTC | ΔET |", "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+    for name, per_s in q["delta_dice_vs_fp32"].items():
+        for s, d in per_s.items():
+            lines.append(f"| {name} | {s} | " + " | ".join(f"{d.get(r, float('nan')):+.4f}" for r in REGIONS) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
+    """latency.png, memory.png, end_to_end.png (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = {n: r for n, r in doc["engines"].items() if r.get("status") == "ok"}
+    files = []
+    keys = sorted({k for r in ok.values() for k in r.get("latency", {})})
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(keys) * max(1, len(ok)) / 2), 4))
+    width = 0.8 / max(1, len(ok))
+    for j, (name, r) in enumerate(ok.items()):
+        p50 = [r["latency"].get(k, {}).get("p50", np.nan) for k in keys]
+        p95 = [r["latency"].get(k, {}).get("p95", np.nan) for k in keys]
+        xs = np.arange(len(keys)) + j * width
+        ax.bar(xs, p50, width, label=name)
+        ax.errorbar(xs, p50, yerr=[np.zeros(len(keys)), np.subtract(p95, p50)], fmt="none", ecolor="k", capsize=2)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(ok) - 1) / 2)
+    ax.set_xticklabels([k.split("[")[0] for k in keys], rotation=20, fontsize=8)
+    ax.set_ylabel("latency p50 (s), whisker p95")
+    ax.set_title("Model-only latency per engine")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=100)
+    plt.close(fig)
+    files.append("latency.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(ok)
+    ax.bar(names, [ok[n].get("peak_rss_mb", 0) for n in names], label="peak RSS (MiB)")
+    if any("gpu_max_memory_reserved_mb" in ok[n] for n in names):
+        ax.bar(names, [ok[n].get("gpu_max_memory_reserved_mb", 0) for n in names], alpha=0.6, label="GPU reserved (MiB)")
+    ax.set_ylabel("MiB")
+    ax.set_title("Peak memory per engine")
+    ax.legend(fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=20, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=100)
+    plt.close(fig)
+    files.append("memory.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    e2e_names = [n for n in names if ok[n].get("e2e")]
+    bottom = np.zeros(len(e2e_names))
+    for stage in STAGE_KEYS:
+        vals = np.array([np.mean([row[stage] for row in ok[n]["e2e"]]) for n in e2e_names]) if e2e_names else np.zeros(0)
+        ax.bar(e2e_names, vals, bottom=bottom, label=stage)
+        bottom = bottom + vals
+    ax.set_ylabel("seconds per case (mean)")
+    ax.set_title("End-to-end stage breakdown")
+    ax.legend(fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=20, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "end_to_end.png", dpi=100)
+    plt.close(fig)
+    files.append("end_to_end.png")
+    return files
+
+
+def deployment_manifest(doc: dict[str, Any]) -> dict[str, Any]:
+    """The six-part deployment manifest."""
+    res = doc["engines"]
+    return {
+        "hardware": doc["hardware"],
+        "runtime_versions": {"packages": doc["runtime_versions"],
+                             "engines": {n: r.get("describe") for n, r in res.items() if r.get("status") == "ok"}},  # fmt: skip
+        "precision": {n: (r.get("describe") or {}).get("precision") for n, r in res.items() if r.get("status") == "ok"},
+        "input_protocol": {
+            "layout": "NCDHW float32, channels FLAIR, T1, T1ce, T2, z-scored per modality over voxels > 0",
+            "batch": 5, "slab_depth_in": 19, "slab_depth_out": 11,
+            "patch_shapes": {n: list(s[2:]) for n, s in PROTOCOL_SHAPES.items()},
+            "reference_batch": doc["protocol"]["reference_batch"],
+            "normalisation": "batch statistics over (N, D, H, W): results depend on batch composition",
+        },  # fmt: skip
+        "latency_protocol": {
+            "warmup": doc["protocol"]["warmup"], "runs": doc["protocol"]["runs"],
+            "timer": "time.perf_counter, wall clock, one engine per subprocess, engines run sequentially",
+            "included": "engine.run(network, batch): host->device copy, inference, device->host copy, "
+                        "output conversion to float32 NumPy; excluded: engine creation, model loading, "
+                        "compilation / first-call warm-up (reported separately)",
+            "statistics": "p50, p95, max over the timed runs; speed-up = torch p50 / engine p50, same run",
+            "threads": doc["protocol"]["threads"],
+        },  # fmt: skip
+        "quality_delta": doc["quality"]["delta_dice_vs_fp32"],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", type=Path, required=True, help="folder of BraTS case folders")
+    p.add_argument("--engines", default="torch,onnxruntime,openvino", help="comma list or 'all'")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--models", type=Path, default=None, help="model folder (default: build into OUT/models)")
+    p.add_argument("--case-limit", type=int, default=None)
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {list(SCENARIOS)}")
+    p.add_argument("--latency-networks", default=None, help="comma list (default: all nine)")
+    p.add_argument("--e2e-engines", default=None, help="engines that run whole cases (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: all cores)")
+    p.add_argument("--quick", action="store_true", help="1 case, scenario 'all', runs 2, warm-up 1, wt32 latency only")
+    p.add_argument("--reference-only", action="store_true", help="latency on the first job only (the WT reference batch)")
+    p.add_argument("--crop", default=None,
+                   help="Z,Y,X: crop every case to this box around the tumour (smoke tests; --quick uses 48,64,64)")
+    p.add_argument("--latency-shape", default=None,
+                   help="N,C,D,H,W replacing the 5,4,19,144,144 reference batch (smoke tests only)")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    from engines.weights import NETWORKS
+
+    if args.quick:
+        args.case_limit, args.scenarios, args.runs, args.warmup = 1, "all", min(args.runs, 2), min(args.warmup, 1)
+        args.latency_networks = args.latency_networks or "wt32"
+        args.reference_only = True
+        args.crop = args.crop or "48,64,64"
+    args.crop = [int(v) for v in args.crop.split(",")] if args.crop else None
+    args.latency_shape = [int(v) for v in args.latency_shape.split(",")] if args.latency_shape else None
+    args.latency_networks = [n for n in (args.latency_networks or ",".join(NETWORKS)).split(",") if n]
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    bad = [s for s in args.scenarios if s not in SCENARIOS]
+    if bad:
+        p.error(f"unknown scenarios {bad}; choose from {list(SCENARIOS)}")
+    case_dirs = sorted(d for d in args.cases.iterdir() if d.is_dir() and (d / f"{d.name}_seg.nii.gz").is_file())
+    args.case_dirs = case_dirs[: args.case_limit] if args.case_limit else case_dirs
+    if not args.case_dirs:
+        p.error(f"no BraTS case folders in {args.cases}")
+    engines = list(ALL_ENGINES) if args.engines == "all" else [e for e in args.engines.split(",") if e]
+    if "torch" in engines:
+        engines.remove("torch")
+    engines.insert(0, "torch")  # the baseline and FP32 reference runs first, always
+    args.e2e_engines = engines if args.e2e_engines is None else [e for e in args.e2e_engines.split(",") if e]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "workers").mkdir(exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)  # fmt: skip
+
+    if args.models is None:
+        args.models = args.out / "models"
+        if not (args.models / "manifest.json").is_file():
+            from engines.prepare import prepare
+            from engines.weights import default_weights_dir
+
+            prepare(args.models, default_weights_dir(), NETWORKS)
+    if args.worker:
+        return worker(args)
+
+    from tqdm import tqdm
+
+    doc: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "hardware": hardware_facts(), "runtime_versions": runtime_versions(),
+        "protocol": {"runs": args.runs, "warmup": args.warmup, "threads": args.threads or os.cpu_count(),
+                     "cases": [c.name for c in args.case_dirs], "scenarios": args.scenarios,
+                     "latency_networks": args.latency_networks, "e2e_engines": args.e2e_engines,
+                     "quick": args.quick, "crop": args.crop,
+                     "reference_batch": args.latency_shape or list(REFERENCE_SHAPE)},
+        "model_sizes": model_sizes(args.models), "engines": {},
+    }  # fmt: skip
+    passthrough = ["--cases", str(args.cases), "--out", str(args.out), "--runs", str(args.runs),
+                   "--warmup", str(args.warmup), "--models", str(args.models),
+                   "--scenarios", ",".join(args.scenarios), "--latency-networks", ",".join(args.latency_networks),
+                   "--e2e-engines", ",".join(args.e2e_engines) or ","]  # fmt: skip
+    if args.case_limit:
+        passthrough += ["--case-limit", str(args.case_limit)]
+    if args.threads:
+        passthrough += ["--threads", str(args.threads)]
+    if args.reference_only:
+        passthrough += ["--reference-only"]
+    if args.crop:
+        passthrough += ["--crop", ",".join(map(str, args.crop))]
+    if args.latency_shape:
+        passthrough += ["--latency-shape", ",".join(map(str, args.latency_shape))]
+    for name in tqdm(engines, desc="engines", unit="engine", file=sys.stderr):
+        t0 = time.perf_counter()
+        logf = args.out / "workers" / f"{name}.log"
+        with open(logf, "w") as lf:
+            rc = subprocess.run([sys.executable, "-m", "benchmarks.run", *passthrough, "--worker", name],
+                                stdout=lf, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1]).returncode  # fmt: skip
+        jf = args.out / "workers" / f"{name}.json"
+        if rc == 0 and jf.is_file():
+            doc["engines"][name] = json.loads(jf.read_text())
+        else:
+            doc["engines"][name] = {"engine": name, "status": "failed", "reason": f"worker exit {rc}, see {logf}"}
+        doc["engines"][name]["worker_seconds"] = time.perf_counter() - t0
+        log.info("engine %s: %s in %.0f s", name, doc["engines"][name]["status"], time.perf_counter() - t0)
+
+    doc["speedup_vs_torch"] = speedups(doc["engines"])
+    doc["quality"] = quality(doc["engines"], args)
+    doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    (args.out / "results.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
+    (args.out / "deployment_manifest.json").write_text(json.dumps(_jsonable(deployment_manifest(doc)), indent=2) + "\n")
+    write_tables(doc, args.out / "tables.md")
+    doc["plots"] = write_plots(doc, args.out)
+    (args.out / "results.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
+    print(f"benchmark written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

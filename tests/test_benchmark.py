@@ -1,0 +1,95 @@
+"""The engine benchmark (benchmarks.run): output files and the promised keys. No timing asserts.
+
+* default suite: ``--quick`` on one real case cropped around the tumour, OpenVINO (the
+  fastest CPU engine here) + torch, latency on a small batch (``--latency-shape``), the
+  cascade end to end with OpenVINO only (~1-2 min on 2 cores);
+* ``slow``: the same with the real 5 x 4 x 19 x 144 x 144 reference batch and torch end to
+  end as well, so that the quality delta vs FP32 is filled (the torch cascade alone takes
+  several minutes on 2 cores, hence slow).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BRATS_CASES
+
+MANIFEST_PARTS = ("hardware", "runtime_versions", "precision", "input_protocol", "latency_protocol", "quality_delta")
+
+
+@pytest.fixture(scope="module")
+def one_case(brats_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a link to exactly one real case (the benchmark takes a folder of cases)."""
+    d = tmp_path_factory.mktemp("cases")
+    (d / BRATS_CASES[3]).symlink_to(brats_dir / BRATS_CASES[3], target_is_directory=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def bench_models(tmp_path_factory: pytest.TempPathFactory, cascade_weights_dir: Path) -> Path:
+    from engines.prepare import prepare
+    from engines.weights import NETWORKS
+
+    out = tmp_path_factory.mktemp("bench_models")
+    prepare(out, cascade_weights_dir, NETWORKS)
+    return out
+
+
+def _check_outputs(out: Path, engines: list[str], with_reference_quality: bool) -> dict:
+    for f in ("results.json", "deployment_manifest.json", "tables.md", "latency.png", "memory.png", "end_to_end.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "results.json").read_text())
+    for name in engines:
+        r = res["engines"][name]
+        assert r["status"] == "ok", r
+        (lat,) = r["latency"].values()
+        assert {"p50", "p95", "max", "samples_s", "warmup_s"} <= set(lat)
+        assert r["peak_rss_mb"] > 0
+    assert "openvino" in res["speedup_vs_torch"]
+    assert res["engines"]["tensorrt"]["status"] in ("ok", "skipped")
+    if res["engines"]["tensorrt"]["status"] == "skipped":
+        assert res["engines"]["tensorrt"]["reason"]
+    row = res["engines"]["openvino"]["e2e"][0]
+    assert {"load", "preprocess", "infer", "postprocess", "total_wall", "total_cpu", "amdahl_bound"} <= set(row)
+    q = res["quality"]["per_case"]["openvino"][0]
+    assert set(q["vs_ground_truth"]) == {"WT", "TC", "ET"}
+    assert {"dice", "hd95", "sensitivity"} <= set(q["vs_ground_truth"]["WT"])
+    if with_reference_quality:
+        assert set(q["vs_fp32_reference"]) == {"WT", "TC", "ET"}
+        assert set(res["quality"]["delta_dice_vs_fp32"]["openvino"]["all"]) == {"WT", "TC", "ET"}
+    manifest = json.loads((out / "deployment_manifest.json").read_text())
+    assert set(MANIFEST_PARTS) <= set(manifest)
+    assert manifest["hardware"].get("cpu_model")
+    assert manifest["latency_protocol"]["warmup"] == res["protocol"]["warmup"]
+    tables = (out / "tables.md").read_text()
+    for heading in ("## Latency", "## Memory", "## End to end", "## Quality against ground truth", "ΔDice"):
+        assert heading in tables
+    assert res["model_sizes"]["onnx"]["total_mb"] > 0
+    return res
+
+
+def test_benchmark_quick_smoke(one_case: Path, bench_models: Path, tmp_path: Path) -> None:
+    from benchmarks.run import main
+
+    out = tmp_path / "bench"
+    rc = main(["--cases", str(one_case), "--engines", "openvino,tensorrt", "--out", str(out), "--models",
+               str(bench_models), "--quick", "--latency-shape", "5,4,19,32,32", "--e2e-engines", "openvino"])  # fmt: skip
+    assert rc == 0
+    _check_outputs(out, ["torch", "openvino"], with_reference_quality=False)
+
+
+@pytest.mark.slow
+def test_benchmark_quick_with_reference(one_case: Path, bench_models: Path, tmp_path: Path) -> None:
+    """Slow (torch eager runs the whole cascade too: several minutes on 2 cores)."""
+    from benchmarks.run import main
+
+    out = tmp_path / "bench"
+    rc = main(["--cases", str(one_case), "--engines", "openvino,tensorrt", "--out", str(out), "--models",
+               str(bench_models), "--quick"])  # fmt: skip
+    assert rc == 0
+    res = _check_outputs(out, ["torch", "openvino"], with_reference_quality=True)
+    assert res["protocol"]["reference_batch"] == [5, 4, 19, 144, 144]

@@ -1,0 +1,195 @@
+"""The product, end to end: a DICOM study from a real BraTS case -> ``python -m app`` -> one
+DICOM-SEG, ``report.json`` and a QA PNG; checked with dciodvfy, highdicom, pydicom,
+SimpleITK, against the expert labels, and against the NumPy protocol on the same case.
+
+One full-size run of the app (session-scoped) feeds most tests; the missing-modality and
+misalignment scenarios are separate runs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from engines.evaluation import brats_metrics
+from tests.app_runner import AppRun, run_app
+from tests.dicom_validation import run_dciodvfy
+
+CASE = "Brats18_TCIA01_201_1"
+LABEL_OF_SEGMENT = {1: 1, 2: 2, 3: 4}  # SEG segment number -> BraTS label (operators.seg_builder)
+
+
+@pytest.fixture(scope="session")
+def aligned_study(brats_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from samples.make_study import make_study
+
+    out = tmp_path_factory.mktemp("study_aligned")
+    make_study(brats_dir / CASE, out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def aligned_run(aligned_study: Path, models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AppRun:
+    run = run_app(aligned_study / "dicom", tmp_path_factory.mktemp("out_aligned"), models_dir)
+    assert run.returncode == 0, run.log[-4000:]
+    return run
+
+
+def seg_to_label_volume(seg_path: Path, reference_files: list[Path]) -> tuple[np.ndarray, list[pydicom.Dataset]]:
+    """Rebuild a (slices, rows, cols) BraTS label volume from a SEG, ordered like the
+    reference series sorted by InstanceNumber (the study builder's slice order)."""
+    seg = hd.seg.segread(seg_path)
+    sources = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in reference_files),
+                     key=lambda d: int(d.InstanceNumber))
+    uids = [str(d.SOPInstanceUID) for d in sources]
+    volume = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1, 2, 3], combine_segments=True,
+        skip_overlap_checks=True, ignore_spatial_locations=True,
+    )
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    for segment, label in LABEL_OF_SEGMENT.items():
+        labels[volume == segment] = label
+    return labels, sources
+
+
+def reference_series_files(study: Path, report: dict) -> list[Path]:
+    uid = report["registration"]["reference_series_instance_uid"]
+    files = [p for p in (study / "dicom").rglob("*.dcm")
+             if str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID) == uid]
+    assert files, "reference series not found in the study"
+    return files
+
+
+def test_outputs_are_exactly_one_seg_report_and_png(aligned_run: AppRun) -> None:
+    assert aligned_run.files() == ["overlay.png", "report.json", "segmentation.dcm"]
+    report = aligned_run.report
+    assert report["status"] == "ok"
+    assert report["modalities"]["missing"] == []
+    assert report["registration"]["reference_modality"] == "T1CE"
+    assert set(report["timings_s"]) == {"load", "select", "register_and_resample", "segment", "write_seg"}
+    assert report["result"]["tumour_volumes_ml"]["whole_tumor"] > 10
+
+
+def test_seg_passes_dciodvfy(aligned_run: AppRun) -> None:
+    errors, _warnings = run_dciodvfy(aligned_run.output_dir / "segmentation.dcm")
+    assert errors == []
+
+
+def test_seg_references_the_study_and_the_reference_series(aligned_run: AppRun, aligned_study: Path) -> None:
+    seg = pydicom.dcmread(aligned_run.output_dir / "segmentation.dcm")
+    files = reference_series_files(aligned_study, aligned_run.report)
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.PatientID == source.PatientID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert "used FLAIR,T1,T1CE,T2" in seg.ContentDescription
+    assert "missing none" in seg.ContentDescription
+
+
+def test_seg_geometry_and_labels_match_ground_truth(aligned_run: AppRun, aligned_study: Path, brats_dir: Path) -> None:
+    files = reference_series_files(aligned_study, aligned_run.report)
+    labels, sources = seg_to_label_volume(aligned_run.output_dir / "segmentation.dcm", files)
+    truth_img = sitk.ReadImage(str(aligned_study / "ground_truth.nii.gz"))
+    truth = sitk.GetArrayFromImage(truth_img)
+    assert labels.shape == truth.shape  # (155, 240, 240): slice k of the SEG = instance k
+    # Frame geometry in the SEG equals the reference instances' geometry.
+    seg = pydicom.dcmread(aligned_run.output_dir / "segmentation.dcm")
+    by_uid = {str(d.SOPInstanceUID): d for d in sources}
+    for frame in list(seg.PerFrameFunctionalGroupsSequence)[:: max(1, int(seg.NumberOfFrames) // 10)]:
+        ref_uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        ipp_seg = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        np.testing.assert_allclose(ipp_seg, np.asarray(by_uid[ref_uid].ImagePositionPatient, dtype=float), atol=1e-3)
+    metrics = brats_metrics(labels, truth, spacing_mm=truth_img.GetSpacing()[::-1])
+    # Training-set case: the port reaches well above these (see the closing notes).
+    assert metrics["WT"]["dice"] > 0.85
+    assert metrics["TC"]["dice"] > 0.75
+    assert metrics["ET"]["dice"] > 0.70
+    # SimpleITK reads the SEG's source geometry: the label volume placed on the reference
+    # series' grid (from the DICOM files) coincides with the ground truth NIfTI grid.
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(files[0].parent)))
+    reference_img = reader.Execute()
+    np.testing.assert_allclose(reference_img.GetOrigin(), truth_img.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(reference_img.GetDirection(), truth_img.GetDirection(), atol=1e-6)
+
+
+def test_seg_dice_equals_numpy_protocol(aligned_run: AppRun, aligned_study: Path, brats_dir: Path, models_dir: Path) -> None:
+    """The app (DICOM in, SEG out) and the plain NumPy protocol on the NIfTI agree (± 0.01)."""
+    from engines.base import create_engine
+    from engines.cascade import segment_brats
+
+    files = reference_series_files(aligned_study, aligned_run.report)
+    labels, _ = seg_to_label_volume(aligned_run.output_dir / "segmentation.dcm", files)
+    truth_img = sitk.ReadImage(str(aligned_study / "ground_truth.nii.gz"))
+    truth = sitk.GetArrayFromImage(truth_img)
+    volumes = np.stack([
+        sitk.GetArrayFromImage(sitk.ReadImage(str(brats_dir / CASE / f"{CASE}_{m}.nii.gz"))).astype(np.float32)
+        for m in ("flair", "t1", "t1ce", "t2")
+    ])
+    engine_name = aligned_run.report["segmentation"]["engine"]["runtime"]
+    protocol = segment_brats(volumes, (True,) * 4, create_engine(engine_name, model_dir=models_dir), seed=0)
+    app_metrics = brats_metrics(labels, truth, spacing_mm=(1.0, 1.0, 1.0))
+    protocol_metrics = brats_metrics(protocol, truth, spacing_mm=(1.0, 1.0, 1.0))
+    for region in ("WT", "TC", "ET"):
+        assert abs(app_metrics[region]["dice"] - protocol_metrics[region]["dice"]) <= 0.01, (region, app_metrics, protocol_metrics)
+
+
+def test_overlay_png_is_an_image(aligned_run: AppRun) -> None:
+    data = (aligned_run.output_dir / "overlay.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_report_names_engine_registration_and_stage_timings(aligned_run: AppRun) -> None:
+    report = aligned_run.report
+    assert report["segmentation"]["engine"]["runtime"] in {"onnxruntime", "openvino", "torch", "tensorrt"}
+    for modality in ("FLAIR", "T1", "T2"):
+        record = report["registration"]["series"][modality]
+        assert "translation_mm" in record and "metric_after" in record
+    assert all(v >= 0 for v in report["timings_s"].values())
+
+
+@pytest.fixture(scope="session")
+def pacs():
+    from tests.orthanc import run_orthanc
+
+    with run_orthanc() as server:
+        yield server
+
+
+@pytest.mark.pacs
+def test_study_and_seg_round_trip_through_orthanc(aligned_run: AppRun, aligned_study: Path, pacs) -> None:
+    """C-STORE the study and the produced SEG into a real Orthanc; read both back over REST."""
+    from io import BytesIO
+
+    from tests.orthanc import c_store
+
+    files = sorted((aligned_study / "dicom").rglob("*.dcm")) + [aligned_run.output_dir / "segmentation.dcm"]
+    statuses = c_store(files, pacs.host, pacs.dicom_port, pacs.aet)
+    assert all(s == 0 for s in statuses)
+    studies = pacs.get_json("/studies")
+    assert len(studies) == 1
+    study = pacs.get_json(f"/studies/{studies[0]}")
+    assert len(study["Series"]) == 5  # four MR series + the SEG
+    seg = pydicom.dcmread(aligned_run.output_dir / "segmentation.dcm")
+    assert study["MainDicomTags"]["StudyInstanceUID"] == seg.StudyInstanceUID
+    series_uids = {}
+    for series_id in study["Series"]:
+        info = pacs.get_json(f"/series/{series_id}")
+        series_uids[info["MainDicomTags"]["SeriesInstanceUID"]] = info
+    seg_series = series_uids[seg.SeriesInstanceUID]
+    assert seg_series["MainDicomTags"]["Modality"] == "SEG"
+    # The SEG references an MR series that the PACS holds, and its frames decode.
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID in series_uids
+    raw = pacs.get(f"/instances/{seg_series['Instances'][0]}/file")
+    back = hd.seg.Segmentation.from_dataset(pydicom.dcmread(BytesIO(raw)))
+    assert back.SOPInstanceUID == seg.SOPInstanceUID
+    frames = back.pixel_array
+    assert frames.shape[0] == int(seg.NumberOfFrames) and frames.any()

@@ -1,0 +1,107 @@
+"""End-to-end scenarios: missing modalities, misaligned acquisitions, unusable studies."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from engines.evaluation import brats_metrics
+from operators.registration import brain_box_corners, transform_error
+from tests.app_runner import run_app
+from tests.dicom_validation import run_dciodvfy
+from tests.test_end_to_end import CASE, reference_series_files, seg_to_label_volume
+
+MISSING_SCENARIOS = {
+    "no_flair": ["flair"],
+    "no_t1": ["t1"],
+    "no_t1_no_flair": ["t1", "flair"],
+    "t2_only": ["flair", "t1", "t1ce"],
+}
+
+
+def _dice_of_run(run, study: Path) -> dict:
+    files = reference_series_files(study, run.report)
+    labels, _ = seg_to_label_volume(run.output_dir / "segmentation.dcm", files)
+    truth_img = sitk.ReadImage(str(study / "ground_truth.nii.gz"))
+    return brats_metrics(labels, sitk.GetArrayFromImage(truth_img), spacing_mm=truth_img.GetSpacing()[::-1])
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [pytest.param("t2_only")]
+    + [pytest.param(s, marks=pytest.mark.slow) for s in MISSING_SCENARIOS if s != "t2_only"],
+)
+def test_missing_modalities_give_a_seg_and_say_what_was_missing(
+    scenario: str, brats_dir: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    from samples.make_study import make_study
+
+    dropped = MISSING_SCENARIOS[scenario]
+    make_study(brats_dir / CASE, tmp_path / "study", drop=dropped, seed=1)
+    run = run_app(tmp_path / "study" / "dicom", tmp_path / "out", models_dir)
+    assert run.returncode == 0, run.log[-4000:]
+    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm"]
+    report = run.report
+    expected_missing = sorted({"flair": "FLAIR", "t1": "T1", "t1ce": "T1CE", "t2": "T2"}[m] for m in dropped)
+    assert sorted(report["modalities"]["missing"]) == expected_missing
+    assert sorted(report["modalities"]["imputed_for_network"]) == expected_missing
+    seg = pydicom.dcmread(run.output_dir / "segmentation.dcm")
+    for name in expected_missing:
+        assert name in seg.ContentDescription.split("missing")[1]
+    errors, _ = run_dciodvfy(run.output_dir / "segmentation.dcm")
+    assert errors == []
+    metrics = _dice_of_run(run, tmp_path / "study")
+    print(f"\n{scenario}: " + ", ".join(f"{r} Dice {metrics[r]['dice']:.3f}" for r in ("WT", "TC", "ET")))
+    assert metrics["WT"]["dice"] > 0.5  # a real tumour is still found with fewer inputs
+
+
+def test_study_without_usable_mr_fails_cleanly(shared_dir: Path, models_dir: Path, tmp_path: Path) -> None:
+    """Only a SEG object and a non-DICOM file: exit != 0, one-line reason, nothing else written."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "notes.txt").write_text("not DICOM")
+    src = shared_dir / "data/dicom-seg-reference/dcmqi/liver.dcm"
+    (study / "seg.dcm").write_bytes(src.read_bytes())
+    run = run_app(study, tmp_path / "out", models_dir)
+    assert run.returncode == 2, run.log[-3000:]
+    assert run.files() == ["report.json"]
+    assert run.report["status"] == "failed"
+    assert run.report["error_code"] == "no_study"
+    assert "\n" not in run.report["error"]
+
+
+@pytest.mark.slow
+def test_misaligned_study_is_registered_and_segmented(brats_dir: Path, models_dir: Path, tmp_path: Path) -> None:
+    """Known rigid transforms on the non-reference series are recovered (1 mm / 1 deg) and
+    Dice stays within 0.02 of the aligned study."""
+    from samples.make_study import make_study
+
+    make_study(brats_dir / CASE, tmp_path / "aligned", seed=0)
+    make_study(brats_dir / CASE, tmp_path / "moved", misalign_seed=3, seed=0)
+    aligned = run_app(tmp_path / "aligned" / "dicom", tmp_path / "out_aligned", models_dir)
+    moved = run_app(tmp_path / "moved" / "dicom", tmp_path / "out_moved", models_dir)
+    assert aligned.returncode == 0 and moved.returncode == 0, moved.log[-4000:]
+    truth = json.loads((tmp_path / "moved" / "misalignment.json").read_text())
+    reference = sitk.ReadImage(str(brats_dir / CASE / f"{CASE}_t1ce.nii.gz"))
+    corners = brain_box_corners(sitk.Cast(reference > 0, sitk.sitkUInt8))
+    for key, record in truth["series"].items():
+        estimated = moved.report["registration"]["series"][key.upper()]
+        est = sitk.Euler3DTransform()
+        est.SetCenter(estimated["center_mm"])
+        est.SetMatrix(estimated["matrix"])
+        est.SetTranslation(estimated["translation_mm"])
+        true = sitk.Euler3DTransform()
+        true.SetCenter(record["center_mm"])
+        true.SetRotation(*record["angles_rad"])
+        true.SetTranslation(record["translation_mm"])
+        mm, deg = transform_error(est, true, corners)
+        print(f"\n{key}: {mm:.2f} mm, {deg:.2f} deg")
+        assert mm <= 1.0 and deg <= 1.0, (key, mm, deg)
+    d_aligned = _dice_of_run(aligned, tmp_path / "aligned")
+    d_moved = _dice_of_run(moved, tmp_path / "moved")
+    for region in ("WT", "TC", "ET"):
+        assert abs(d_aligned[region]["dice"] - d_moved[region]["dice"]) <= 0.02, (region, d_aligned, d_moved)

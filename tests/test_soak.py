@@ -1,0 +1,109 @@
+"""Soak (issue 7, load): many studies in one process and in successive processes; memory
+must not grow. Slow (``-m slow``): 20 studies each way by default (``SOAK_STUDIES=N`` to
+change), small slab studies (12 slices, FLAIR + T1ce: registration and the full cascade
+still run).
+
+* In one process: the graph's work functions in a loop (``load_study`` ->
+  ``select_modalities`` -> ``build_model_input`` -> ``segment`` -> ``write_outputs`` ->
+  publish), RSS from ``/proc/self/status`` after each study (after ``gc.collect()``).
+* In successive processes: ``python -m app`` once per study; each child's peak RSS from
+  ``os.wait4``.
+
+Both: RSS after any later study at most 5 % above the RSS after the second one (the first
+study pays the one-off costs: imports, engine sessions, allocator pools).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.app_runner import REPO_ROOT
+
+CASES = ["Brats18_TCIA01_201_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_370_1", "Brats18_TCIA13_623_1"]
+SLAB = (70, 82)
+GROWTH_LIMIT = 1.05
+N_STUDIES = int(os.environ.get("SOAK_STUDIES", "20"))
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found")
+
+
+@pytest.fixture(scope="module")
+def soak_studies(brats_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """N small studies (different cases and seeds, so different UIDs and content)."""
+    from samples.make_study import make_study
+
+    root = tmp_path_factory.mktemp("soak")
+    studies = []
+    for i in range(N_STUDIES):
+        out = root / f"study_{i:02d}"
+        make_study(brats_dir / CASES[i % len(CASES)], out, drop=("t1", "t2"), seed=i, slices=SLAB)
+        studies.append(out / "dicom")
+    return studies
+
+
+def _check_growth(rss: list[int], what: str) -> None:
+    mib = [round(r / 2**20, 1) for r in rss]
+    print(f"\n{what} RSS (MiB) per study: {mib}")
+    assert len(rss) >= 3, "need at least 3 studies"
+    baseline = rss[1]
+    worst = max(rss[2:])
+    assert worst <= GROWTH_LIMIT * baseline, (
+        f"{what}: RSS grew from {baseline / 2**20:.1f} MiB after study 2 to {worst / 2**20:.1f} MiB ({mib})"
+    )
+
+
+@pytest.mark.slow  # reason: 20 full runs (registration + cascade) in one process
+def test_soak_in_one_process_rss_does_not_grow(soak_studies: list[Path], models_dir: Path, tmp_path: Path) -> None:
+    from operators.dicom_seg_writer_operator import write_outputs
+    from operators.modality_selector import SelectionRules, select_modalities
+    from operators.output_staging import OutputStaging
+    from operators.registration_operator import build_model_input
+    from operators.segmentation_operator import segment
+    from operators.study_loader import load_study
+
+    log = logging.getLogger("soak")
+    rules = SelectionRules.load()
+    rss: list[int] = []
+    for i, study_dir in enumerate(soak_studies):
+        study = load_study(study_dir)
+        selection = select_modalities(study, rules)
+        model_input = build_model_input(selection, 0, log)
+        outcome = segment(model_input, models_dir, "auto", 0, log)
+        staging = OutputStaging(tmp_path / f"out_{i:02d}")
+        result = write_outputs(outcome, staging, "soak", log)
+        staging.publish()
+        assert (tmp_path / f"out_{i:02d}" / result.seg_file).is_file()
+        del study, selection, model_input, outcome, result, staging
+        gc.collect()
+        rss.append(_rss_bytes())
+    _check_growth(rss, "one process")
+
+
+@pytest.mark.slow  # reason: 20 app processes (registration + cascade each)
+def test_soak_in_successive_processes_peak_rss_does_not_grow(
+    soak_studies: list[Path], models_dir: Path, tmp_path: Path
+) -> None:
+    peaks: list[int] = []
+    for i, study_dir in enumerate(soak_studies):
+        out = tmp_path / f"out_{i:02d}"
+        cmd = [sys.executable, "-m", "app", "-i", str(study_dir), "-o", str(out), "-m", str(models_dir)]
+        with open(tmp_path / f"log_{i:02d}.txt", "w") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0, (tmp_path / f"log_{i:02d}.txt").read_text()[-3000:]
+        assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm"]
+        peaks.append(usage.ru_maxrss * 1024)  # kB on Linux
+    _check_growth(peaks, "successive processes (peak)")
