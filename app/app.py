@@ -53,7 +53,7 @@ class BrainTumorSegApp(Application):
 
     def compose(self) -> None:
         app_context: AppContext = Application.init_app_context(self.argv)
-        settings = AppSettings.from_context(app_context)
+        settings = AppSettings.from_context(app_context, self)  # app.yaml through the SDK
         self.output_dir = settings.output_dir
         check_writable(settings.output_dir)  # fail before any work
         remove_stale_staging(settings.output_dir)
