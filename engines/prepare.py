@@ -15,7 +15,6 @@ no ``BatchNormalization`` nodes and no running statistics.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engines.engine_cache import file_sha256
 from engines.msnet import MSNet
 from engines.weights import NETWORKS, default_weights_dir, load_network, npz_path
 
@@ -41,13 +41,7 @@ OUTPUT_AXES = ["N", "classes", "D_out", "H", "W"]
 VERIFY_TOLERANCE = 1e-3
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = file_sha256  # one implementation (engines.engine_cache), streamed
 
 
 def verification_input(net: MSNet, seed: int = 0) -> np.ndarray:

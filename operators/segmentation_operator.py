@@ -120,7 +120,7 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
         model_input=model_input,
         labels=result.labels,
         engine=result.engine,
-        imputed_channels=[MODALITY_DISPLAY[m] for m in result.imputed_channels],
+        imputed_channels=[MODALITY_DISPLAY[m.lower()] for m in result.imputed_channels],
         notes=notes + list(result.notes),
         timings=timings,
     )

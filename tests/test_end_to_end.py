@@ -107,7 +107,7 @@ def test_seg_geometry_and_labels_match_ground_truth(aligned_run: AppRun, aligned
         ref_uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         ipp_seg = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
         np.testing.assert_allclose(ipp_seg, np.asarray(by_uid[ref_uid].ImagePositionPatient, dtype=float), atol=1e-3)
-    metrics = brats_metrics(labels, truth, spacing_mm=truth_img.GetSpacing()[::-1])
+    metrics = brats_metrics(labels, truth, spacing=truth_img.GetSpacing()[::-1])
     # Training-set case: the port reaches well above these (see the closing notes).
     assert metrics["WT"]["dice"] > 0.85
     assert metrics["TC"]["dice"] > 0.75
@@ -136,8 +136,8 @@ def test_seg_dice_equals_numpy_protocol(aligned_run: AppRun, aligned_study: Path
     ])
     engine_name = aligned_run.report["segmentation"]["engine"]["runtime"]
     protocol = segment_brats(volumes, (True,) * 4, create_engine(engine_name, model_dir=models_dir), seed=0)
-    app_metrics = brats_metrics(labels, truth, spacing_mm=(1.0, 1.0, 1.0))
-    protocol_metrics = brats_metrics(protocol, truth, spacing_mm=(1.0, 1.0, 1.0))
+    app_metrics = brats_metrics(labels, truth, spacing=(1.0, 1.0, 1.0))
+    protocol_metrics = brats_metrics(protocol, truth, spacing=(1.0, 1.0, 1.0))
     for region in ("WT", "TC", "ET"):
         assert abs(app_metrics[region]["dice"] - protocol_metrics[region]["dice"]) <= 0.01, (region, app_metrics, protocol_metrics)
 

@@ -27,7 +27,7 @@ def _dice_of_run(run, study: Path) -> dict:
     files = reference_series_files(study, run.report)
     labels, _ = seg_to_label_volume(run.output_dir / "segmentation.dcm", files)
     truth_img = sitk.ReadImage(str(study / "ground_truth.nii.gz"))
-    return brats_metrics(labels, sitk.GetArrayFromImage(truth_img), spacing_mm=truth_img.GetSpacing()[::-1])
+    return brats_metrics(labels, sitk.GetArrayFromImage(truth_img), spacing=truth_img.GetSpacing()[::-1])
 
 
 @pytest.mark.parametrize(
