@@ -117,6 +117,22 @@ def assert_failed_cleanly(run: AppRun, exit_code: int, error_code: str) -> dict:
     return report
 
 
+
+def write_valid_seg(labels: np.ndarray, image, used: list[str], missing: list[str], tmp_path: Path) -> pydicom.Dataset:
+    """Build a SEG on ``image``'s instances, write it, assert dciodvfy finds 0 errors, read it back."""
+    from operators.seg_builder import build_segmentation
+    from tests.dicom_validation import run_dciodvfy
+
+    seg = build_segmentation(
+        labels, image.slice_datasets, used_modalities=used, missing_modalities=missing,
+        algorithm_name="test", algorithm_version="1", source_frames=image.slice_frames,
+    )
+    out = tmp_path / "seg.dcm"
+    seg.save_as(out, enforce_file_format=True)
+    errs, _ = run_dciodvfy(out)
+    assert errs == []
+    return pydicom.dcmread(out)
+
 def test_slab_study_keeps_exact_geometry(small_study: Path, brats_dir: Path) -> None:
     """``make_study(slices=(start, end))``: slice k of the slab sits where NIfTI slice
     start + k is; the cropped ground truth has the same grid; UIDs differ from a full study."""
@@ -367,9 +383,7 @@ def test_degenerate_intensities_are_refused(small_study: Path, tmp_path: Path, k
 def test_enhanced_mr_reference_gets_a_seg_that_references_its_frames(shared_dir: Path, tmp_path: Path) -> None:
     import SimpleITK as sitk
 
-    from operators.seg_builder import build_segmentation
     from operators.series_volume import series_to_image
-    from tests.dicom_validation import run_dciodvfy
 
     (path,) = (shared_dir / "data/real-mr-dicom/siemens-xa30-enhanced-t1").glob("*.dcm")
     source = pydicom.dcmread(path)
@@ -379,15 +393,7 @@ def test_enhanced_mr_reference_gets_a_seg_that_references_its_frames(shared_dir:
     labels[40:50, 50:70, 50:70] = 2
     labels[43:47, 60:65, 60:65] = 4
     labels[44:46, 55:60, 55:60] = 1
-    seg = build_segmentation(
-        labels, image.slice_datasets, used_modalities=["T1"], missing_modalities=["FLAIR", "T1CE", "T2"],
-        algorithm_name="test", algorithm_version="1", source_frames=image.slice_frames,
-    )
-    out = tmp_path / "seg.dcm"
-    seg.save_as(out, enforce_file_format=True)
-    errs, _ = run_dciodvfy(out)
-    assert errs == []
-    back = pydicom.dcmread(out)
+    back = write_valid_seg(labels, image, ["T1"], ["FLAIR", "T1CE", "T2"], tmp_path)
     slice_of_frame = {f: k for k, f in enumerate(image.slice_frames)}
     per_frame = source.PerFrameFunctionalGroupsSequence
     n_checked = 0
@@ -408,9 +414,6 @@ def test_enhanced_mr_reference_gets_a_seg_that_references_its_frames(shared_dir:
 
 
 def test_non_ascii_and_long_text_give_a_valid_seg(small_study: Path, tmp_path: Path) -> None:
-    from operators.seg_builder import build_segmentation
-    from tests.dicom_validation import run_dciodvfy
-
     study = copy_study(small_study, tmp_path / "s", only=("t1ce",))
     long_description = "T1 post Gd — Kontrastmittel " + "x" * 200  # > 64 chars: invalid LO, seen in the wild
 
@@ -428,15 +431,7 @@ def test_non_ascii_and_long_text_give_a_valid_seg(small_study: Path, tmp_path: P
     from operators.series_volume import series_to_image
 
     image = series_to_image(series.datasets, series.header.series_description)
-    seg = build_segmentation(
-        labels, image.slice_datasets, used_modalities=["T1CE"], missing_modalities=["FLAIR", "T1", "T2"],
-        algorithm_name="test", algorithm_version="1", source_frames=image.slice_frames,
-    )
-    out = tmp_path / "seg.dcm"
-    seg.save_as(out, enforce_file_format=True)
-    errs, _ = run_dciodvfy(out)
-    assert errs == []
-    back = pydicom.dcmread(out)
+    back = write_valid_seg(labels, image, ["T1CE"], ["FLAIR", "T1", "T2"], tmp_path)
     assert str(back.PatientName) == "Müller^Zoë^José=山田^太郎"
     assert back.StudyDescription.startswith("Hirn – Tumor ✓ lang")
     assert len(back.StudyDescription.encode("utf-8")) <= 64
