@@ -8,7 +8,6 @@ improves. Slow: brain extraction plausibility, and the whole app on the native s
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,13 +134,10 @@ def test_native_brain_mask_plausible(native_dir: Path, capsys) -> None:
 
 
 @pytest.mark.slow  # the whole app: several minutes on 2 cores
-def test_app_on_native_study(native_study: Path, tmp_path: Path) -> None:
-    models = Path(os.environ.get("BRATS_MODELS", "/tmp/lead/models"))
-    if not (models / "manifest.json").is_file():
-        pytest.skip(f"no models folder at {models} (python -m engines.prepare --out DIR)")
+def test_app_on_native_study(native_study: Path, models_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     subprocess.run([sys.executable, "-m", "app", "-i", str(native_study / "dicom"), "-o", str(out),
-                    "-m", str(models)], check=True, timeout=1800)
+                    "-m", str(models_dir)], check=True, timeout=1800)
     segs = list(out.rglob("*.dcm"))
     assert segs, "no DICOM-SEG written"
     assert list(out.rglob("overlay.png"))
