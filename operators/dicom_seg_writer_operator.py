@@ -89,7 +89,6 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         missing_modalities=missing,
         algorithm_name="BraTS17 cascaded anisotropic CNN",
         algorithm_version=algorithm_version,
-        omit_empty_frames=not empty,
         source_frames=reference.slice_frames,  # Enhanced MR reference: its frame numbers
     )
     seg_path = staging.path(SEG_FILE)

@@ -24,20 +24,32 @@ REPORT_NAME = "report.json"
 STAGING_PREFIX = ".staging-"
 
 
-def write_json_atomically(path: Path, data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file and an atomic rename."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file through a temporary name in the same folder, fsync, and an atomic rename.
+
+    ``write`` receives the open binary file. On any failure the temporary file is removed
+    and ``path`` is untouched. Final permissions are 0644 (``mkstemp`` creates 0600;
+    outputs are for other users: PACS, orchestrator).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False, default=_json_default)
-            handle.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are for other users (PACS, orchestrator)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomically(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (see :func:`write_atomically`)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    return write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _json_default(value: Any) -> Any:

@@ -78,7 +78,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -645,21 +644,9 @@ def write_segmentation_atomically(seg: pydicom.Dataset, out_dir: str | Path,
         raise ValueError(f"filename must be a plain file name, got {filename!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    final = out / filename
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            seg.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, final)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return final
+    from operators.output_staging import write_atomically
+
+    return write_atomically(out / filename, lambda fh: seg.save_as(fh, enforce_file_format=True))
 
 
 # ----------------------------------------------------------------------------------------
