@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ulimit -s 32768 2>/dev/null || true
 bash scripts/bootstrap.sh --system
-if [ $# -eq 0 ]; then set -- -m "not slow"; fi
+case " $* " in *" -m "*) ;; *) set -- -m "not slow" "$@" ;; esac  # slow tests only when asked
 exec .venv/bin/python -m pytest "$@"
