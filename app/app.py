@@ -21,7 +21,7 @@ from app.settings import AppSettings
 from operators.errors import InputError
 from operators.dicom_seg_writer_operator import DicomSegWriterOperator
 from operators.modality_selector_operator import ModalitySelectorOperator
-from operators.output_staging import OutputStaging, check_writable, remove_stale_staging
+from operators.output_staging import OutputStaging, check_writable, remove_stale_staging, set_aside_earlier_outputs
 from operators.registration_operator import RegistrationOperator
 from operators.report import base_report, pipeline_sections, selection_section
 from operators.report_writer_operator import ReportWriterOperator
@@ -44,6 +44,8 @@ class BrainTumorSegApp(Application):
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.output_dir: Path | None = None
         self.staging: OutputStaging | None = None
+        #: Where an earlier run's outputs in the output folder were moved (None: there were none).
+        self.earlier_outputs: Path | None = None
         super().__init__(*args, **kwargs)
 
     def discard_outputs(self) -> None:
@@ -57,6 +59,7 @@ class BrainTumorSegApp(Application):
         self.output_dir = settings.output_dir
         check_writable(settings.output_dir)  # fail before any work
         remove_stale_staging(settings.output_dir)
+        self.earlier_outputs = set_aside_earlier_outputs(settings.output_dir)
         if not settings.input_dir.is_dir():
             raise InputError(f"input folder {settings.input_dir} does not exist")
         self.staging = OutputStaging(settings.output_dir)
@@ -83,6 +86,8 @@ class BrainTumorSegApp(Application):
 
     def _build_report(self, result: Any) -> dict:
         report = base_report(APP_NAME, __version__)
+        if self.earlier_outputs is not None:
+            report["earlier_outputs_moved_to"] = self.earlier_outputs.name
         selection = result if isinstance(result, ModalitySelection) else result.selection
         report["input"] = selection_section(selection)
         if isinstance(result, PipelineResult):

@@ -26,13 +26,15 @@ logger = logging.getLogger("app")
 APP_NAME = "brats-seg-map"
 
 
-def _failure_report(output_dir: Path | None, code: str, message: str) -> None:
+def _failure_report(output_dir: Path | None, code: str, message: str, earlier_outputs: Path | None = None) -> None:
     if output_dir is None:
         return
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         report = base_report(APP_NAME, __version__)
         report.update({"status": "failed", "error_code": code, "error": message})
+        if earlier_outputs is not None:
+            report["earlier_outputs_moved_to"] = earlier_outputs.name
         write_json_atomically(output_dir / REPORT_NAME, report)
     except OSError as exc:  # output not writable: the log line is all we can give
         logger.error("could not write the failure report: %s", exc)
@@ -45,7 +47,7 @@ def _fail(app, code: str, one_line: str, exit_code: int) -> int:
     logger.error("%s", one_line)
     if app is not None:
         app.discard_outputs()
-    _failure_report(getattr(app, "output_dir", None), code, one_line)
+    _failure_report(getattr(app, "output_dir", None), code, one_line, getattr(app, "earlier_outputs", None))
     return exit_code
 
 

@@ -8,14 +8,12 @@ import numpy as np
 import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.output_staging import OutputStaging
+from operators.output_staging import OVERLAY_FILE, SEG_FILE, OutputStaging
 from operators.registration import labels_to_reference
 from operators.report import modalities_line
 from operators.seg_builder import build_segmentation, render_overlay_png
 from operators.study_model import MODALITIES, MODALITY_DISPLAY, PipelineResult, SegmentationOutcome
 
-SEG_FILE = "segmentation.dcm"
-OVERLAY_FILE = "overlay.png"
 BRATS_REGIONS = {"whole_tumor": (1, 2, 4), "tumor_core": (1, 4), "enhancing_tumor": (4,)}
 
 

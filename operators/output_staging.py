@@ -5,6 +5,12 @@ folder (same file system, so the final ``os.replace`` is an atomic rename). Only
 whole run succeeded are the files moved to their final names; ``report.json`` is written
 last. A failed or interrupted run removes the staging folder and leaves only a
 ``report.json`` whose ``status`` is ``"failed"`` with a one-line reason.
+
+Outputs of an *earlier* run in the same folder are never mixed with this run's, and never
+deleted: before any work, they are moved into ``earlier-run-<UTC time>/`` (see
+:func:`set_aside_earlier_outputs`), so the top of the output folder always holds one run's
+outputs, consistent with its ``report.json`` (a failed re-run does not leave the earlier
+run's SEG next to a ``failed`` report).
 """
 from __future__ import annotations
 
@@ -21,7 +27,12 @@ from typing import Any, Callable
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.json"
+SEG_FILE = "segmentation.dcm"
+OVERLAY_FILE = "overlay.png"
+#: Everything a run publishes at the top of the output folder.
+RUN_OUTPUT_NAMES = (SEG_FILE, OVERLAY_FILE, REPORT_NAME)
 STAGING_PREFIX = ".staging-"
+EARLIER_RUN_PREFIX = "earlier-run-"
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -149,3 +160,33 @@ def remove_stale_staging(output_dir: Path) -> None:
         if stale.is_dir():
             logger.warning("Removing staging folder of an interrupted run: %s", stale.name)
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def set_aside_earlier_outputs(output_dir: Path) -> Path | None:
+    """Move the outputs of an earlier run (:data:`RUN_OUTPUT_NAMES`) out of the way.
+
+    They go, unchanged, into ``earlier-run-<UTC time of the newest one>/`` inside
+    ``output_dir`` (``-2``, ``-3``, ... appended if that exists). Other files are not
+    touched. Returns the folder, or None when there was nothing to move.
+    """
+    import time
+
+    output_dir = Path(output_dir)
+    earlier = [output_dir / name for name in RUN_OUTPUT_NAMES if (output_dir / name).is_file()]
+    if not earlier:
+        return None
+    newest = max(path.stat().st_mtime for path in earlier)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(newest))
+    target = output_dir / f"{EARLIER_RUN_PREFIX}{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = output_dir / f"{EARLIER_RUN_PREFIX}{stamp}-{suffix}"
+    target.mkdir()
+    for path in earlier:
+        os.replace(path, target / path.name)
+    logger.warning(
+        "The output folder held an earlier run's outputs (%s): moved to %s/",
+        ", ".join(path.name for path in earlier), target.name,
+    )
+    return target

@@ -548,6 +548,51 @@ def test_app_failure_after_publishing_leaves_no_seg(small_study: Path, models_di
     assert_failed_cleanly(run, 1, "internal_error")
 
 
+def test_earlier_outputs_are_set_aside_unchanged_and_other_files_kept(tmp_path: Path) -> None:
+    from operators.output_staging import RUN_OUTPUT_NAMES, set_aside_earlier_outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert set_aside_earlier_outputs(out) is None  # nothing there: nothing moved
+    contents = {name: f"earlier {name}".encode() for name in RUN_OUTPUT_NAMES}
+    for name, data in contents.items():
+        (out / name).write_bytes(data)
+    (out / "notes.txt").write_text("a user's file")
+    first = set_aside_earlier_outputs(out)
+    assert first is not None and first.parent == out and first.name.startswith("earlier-run-")
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == contents
+    assert sorted(p.name for p in out.iterdir()) == sorted([first.name, "notes.txt"])
+    # A second earlier run with the same time stamp gets its own folder (nothing overwritten).
+    newest = max(p.stat().st_mtime for p in first.iterdir())  # renames keep mtimes
+    (out / "report.json").write_bytes(b"second")
+    os.utime(out / "report.json", (newest, newest))
+    second = set_aside_earlier_outputs(out)
+    assert second is not None and second != first and second.name.startswith(first.name)
+    assert (second / "report.json").read_bytes() == b"second"
+    assert (first / "report.json").read_bytes() == contents["report.json"]
+
+
+def test_app_failed_rerun_sets_the_earlier_seg_aside(small_study: Path, models_dir: Path, tmp_path: Path) -> None:
+    """A failed run into a folder that holds an earlier run's SEG must not leave that SEG
+    next to its ``failed`` report (an orchestrator would ship it); nor may it delete it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {"segmentation.dcm": b"DICM earlier seg", "overlay.png": b"png", "report.json": b'{"status": "ok"}'}
+    for name, data in earlier.items():
+        (out / name).write_bytes(data)
+    study = copy_study(small_study, tmp_path / "s")
+    victim = files_of(series_dir(study, "flair"))[3]
+    victim.write_bytes(victim.read_bytes()[:-3000])
+    run = run_app(study, out, models_dir)
+    assert run.returncode == 2, run.log[-3000:]
+    report = run.report
+    assert report["status"] == "failed" and report["error_code"] == "unreadable_pixel_data"
+    moved = out / report["earlier_outputs_moved_to"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["report.json", moved.name])
+    assert {p.name: p.read_bytes() for p in moved.iterdir()} == earlier
+    assert "earlier run's outputs" in run.log
+
+
 def test_app_output_folder_under_a_regular_file_is_refused(small_study: Path, models_dir: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("x")
