@@ -6,7 +6,9 @@ Usage::
         [--networks wt32 tc32 ...]
 
 For each network ``<name>`` this writes ``<out>/<name>.pt`` (PyTorch ``state_dict``),
-``<out>/<name>.onnx`` (opset 17, dynamic ``N, D, H, W`` axes) and finally
+``<out>/<name>.onnx`` (opset 17, dynamic ``N, D, H, W`` axes), ``<out>/<name>.folded.onnx``
+(the same network in the folded layout of :mod:`engines.msnet_folded`, for batches of 5 slabs,
+dynamic ``D, H, W``; used by the ``openvino-folded*`` engines) and finally
 ``<out>/manifest.json``. Each ONNX file is checked with ``onnx.checker`` and its ONNX
 Runtime logits are compared with the PyTorch logits on a small input (tolerance 1e-3).
 The exported graph computes the batch statistics itself (``ReduceMean`` etc.); there are
@@ -29,6 +31,7 @@ import torch
 
 from engines.engine_cache import file_sha256
 from engines.msnet import MSNet
+from engines.msnet_folded import FOLDED_BATCH, FOLDED_SUFFIX, export_folded_onnx
 from engines.weights import NETWORKS, default_weights_dir, load_network, npz_path
 
 log = logging.getLogger(__name__)
@@ -84,8 +87,11 @@ def export_onnx(net: MSNet, path: Path) -> str:
         return "dynamo"
 
 
-def verify_onnx(net: MSNet, path: Path) -> dict[str, Any]:
-    """``onnx.checker`` + ORT-vs-torch comparison; raises on failure, returns the facts."""
+def verify_onnx(net: MSNet, path: Path, batch: int | None = None) -> dict[str, Any]:
+    """``onnx.checker`` + ORT-vs-torch comparison; raises on failure, returns the facts.
+
+    ``batch``: the graph's fixed batch size (folded export); default: the verification input's.
+    """
     import onnx
     import onnxruntime as ort
 
@@ -95,6 +101,8 @@ def verify_onnx(net: MSNet, path: Path) -> dict[str, Any]:
     if "BatchNormalization" in ops:
         raise RuntimeError(f"{path}: BatchNormalization node found; batch statistics must be explicit")
     x = verification_input(net)
+    if batch is not None:
+        x = np.random.default_rng(1).standard_normal((batch, *x.shape[1:]), dtype=np.float32)
     with torch.inference_mode():
         ref = net(torch.from_numpy(x)).numpy()
     so = ort.SessionOptions()
@@ -136,11 +144,17 @@ def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS) ->
         torch.save(net.state_dict(), pt)
         exporter = export_onnx(net, onnx_path)
         facts = verify_onnx(net, onnx_path)
+        folded_path = out / f"{name}{FOLDED_SUFFIX}"
+        export_folded_onnx(net, folded_path, FOLDED_BATCH, OPSET)
+        folded_facts = verify_onnx(net, folded_path, batch=FOLDED_BATCH)
         src = npz_path(name, weights_dir)
         manifest["networks"][name] = {
             "kind": net.kind,
-            "files": {"pt": pt.name, "onnx": onnx_path.name},
-            "sha256": {pt.name: sha256(pt), onnx_path.name: sha256(onnx_path)},
+            "files": {"pt": pt.name, "onnx": onnx_path.name, "onnx_folded": folded_path.name},
+            "sha256": {pt.name: sha256(pt), onnx_path.name: sha256(onnx_path), folded_path.name: sha256(folded_path)},
+            "onnx_folded": {"batch": FOLDED_BATCH, "shape": [FOLDED_BATCH, 4, "D", "H", "W"],
+                            "layout": "slabs folded end to end in depth (engines.msnet_folded)",
+                            "ort_vs_torch_max_abs": folded_facts["ort_vs_torch_max_abs"]},
             "source_npz": {"file": src.name, "sha256": sha256(src)},
             "exporter": exporter,
             "opset": OPSET,

@@ -82,6 +82,7 @@ CPU_FP32_ENGINES = [
     pytest.param("onnxruntime", {}, id="onnxruntime"),
     pytest.param("openvino", {"precision": "f32"}, id="openvino-f32"),
     pytest.param("openvino", {"precision": "f32", "hint": "THROUGHPUT"}, id="openvino-f32-throughput"),
+    pytest.param("openvino-folded", {}, id="openvino-folded-f32"),
     pytest.param("torch-compile", {"device": "cpu"}, id="torch-compile",
                  marks=pytest.mark.slow),  # slow: Inductor compile warm-up is 1-3 min per network on 2 cores
 ]  # fmt: skip
@@ -114,6 +115,73 @@ def test_openvino_bf16_masks_match(models: Path, real_batch: np.ndarray, referen
     assert eng.describe()["precision"] == "bf16"
 
 
+def _real_batch5(real_batch: np.ndarray) -> np.ndarray:
+    """(5, 4, 19, 32, 32): five different real 32 x 32 crops of the real batch (the folded
+    graph is traced for 5 slabs, the protocol's batch size)."""
+    x = real_batch[0]
+    crops = [x[:, :, i : i + 32, j : j + 32] for i, j in ((0, 0), (0, 32), (32, 0), (32, 32), (16, 16))]
+    return np.ascontiguousarray(np.stack(crops), dtype=np.float32)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_folded_msnet_equals_msnet(models: Path, real_batch: np.ndarray, n: int) -> None:
+    """The folded layout is an exact rewrite: both tracing modes, any batch size, all kinds."""
+    import torch
+
+    from engines.msnet_folded import FoldedMSNet
+    from engines.torch_engine import TorchEngine
+
+    x = torch.from_numpy(_real_batch5(real_batch)[:n])
+    eng = TorchEngine(model_dir=models)
+    for net in NETS:
+        m = eng._load(net)  # noqa: SLF001
+        with torch.inference_mode():
+            ref = m(x)
+            for static in (False, True):
+                got = FoldedMSNet(m, static_slabs=static)(x)
+                assert got.shape == ref.shape
+                err = float((got - ref).abs().max())
+                assert err < 1e-3, (net, n, static, err)
+
+
+def test_openvino_folded_batch5_matches_torch(models: Path, real_batch: np.ndarray) -> None:
+    """Folded graph from ``<net>.folded.onnx`` (N = 5), FP32 and BF16, against torch eager."""
+    from engines.torch_engine import TorchEngine
+
+    x = _real_batch5(real_batch)
+    ref = {n: TorchEngine(model_dir=models).run(n, x) for n in NETS}
+    eng = _create("openvino-folded", models)
+    for net in NETS:
+        got = eng.run(net, x)
+        assert got.shape == ref[net].shape == (5, 2, 11, 32, 32)
+        assert float(np.abs(got - ref[net]).max()) < FP32_TOL
+    assert all(str(src).endswith(".folded.onnx") for src in eng._sources.values())  # noqa: SLF001
+    d = eng.describe()
+    assert d["graph"] == "folded" and d["precision"] == "fp32"
+    bf = _create("openvino-folded-bf16", models)
+    for net in NETS:
+        got = bf.run(net, x)
+        err = float(np.abs(got - ref[net]).max())
+        agree = _mask_agreement(got, ref[net])
+        logging.getLogger(__name__).info("openvino folded bf16 %s: max|d| %.3f, mask agreement %.5f", net, err, agree)
+        assert agree >= 0.99 and err < 1.5, (net, err, agree)
+    assert bf.describe()["precision"] == "bf16"
+
+
+def test_openvino_folded_exports_other_batch_sizes(tmp_path: Path, models: Path, real_batch: np.ndarray,
+                                                   reference: dict[str, np.ndarray]) -> None:  # fmt: skip
+    """N != 5 (and no folded file at all): the folded graph is exported from the .pt on use."""
+    import shutil
+
+    only_pt = tmp_path / "pt_only"
+    only_pt.mkdir()
+    shutil.copy(models / "en32.pt", only_pt / "en32.pt")
+    eng = _create("openvino-folded", only_pt)
+    got = eng.run("en32", real_batch)  # N = 1
+    assert np.abs(got - reference["en32"]).max() < FP32_TOL
+    assert "exported" in eng._sources[("en32", 1)]  # noqa: SLF001
+
+
 def test_openvino_shape_cache_and_contract(models: Path) -> None:
     eng = _create("openvino", models, max_cached_shapes=2)
     rng = np.random.default_rng(0)
@@ -143,10 +211,13 @@ def test_registry_lists_new_engines() -> None:
     from engines.base import available_engines
     from operators.segmentation_operator import ENGINE_PREFERENCE
 
-    for n in ("openvino", "torch-compile", "tensorrt", "torch-cuda", "onnxruntime-cuda"):
+    for n in ("openvino", "openvino-folded", "openvino-folded-bf16", "torch-compile", "tensorrt", "torch-cuda",
+              "onnxruntime-cuda"):
         assert n in available_engines()
     assert set(ENGINE_PREFERENCE) <= set(available_engines())
     assert ENGINE_PREFERENCE.index("openvino") < ENGINE_PREFERENCE.index("onnxruntime")
+    # BF16 first on CPUs that have it, its FP32 twin next (the BF16 engine refuses elsewhere).
+    assert ENGINE_PREFERENCE.index("openvino-folded-bf16") + 1 == ENGINE_PREFERENCE.index("openvino-folded")
 
 
 def _gpu_stack_present() -> bool:

@@ -40,6 +40,29 @@ def test_files_and_manifest_hashes(model_dir: Path, cascade_weights_dir: Path) -
         assert dims[0] == "N" and dims[2:] == ["D", "H", "W"]
 
 
+def test_folded_files(model_dir: Path) -> None:
+    """``<net>.folded.onnx``: batch 5 fixed, D/H/W dynamic, instance norm instead of ReduceMean."""
+    import onnx
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    for name, entry in manifest["networks"].items():
+        path = model_dir / entry["files"]["onnx_folded"]
+        assert path.name == f"{name}.folded.onnx" and entry["sha256"][path.name] == sha256(path)
+        assert entry["onnx_folded"]["batch"] == 5 and entry["onnx_folded"]["ort_vs_torch_max_abs"] < 1e-3
+        model = onnx.load(str(path))
+        ops = {n.op_type for n in model.graph.node}
+        assert "InstanceNormalization" in ops and "ReduceMean" not in ops and "BatchNormalization" not in ops
+        dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == [5, 4, "D", "H", "W"]
+
+
+def test_folded_batch_is_the_protocol_batch() -> None:
+    from engines.cascade import BATCH_SIZE
+    from engines.msnet_folded import FOLDED_BATCH
+
+    assert FOLDED_BATCH == BATCH_SIZE
+
+
 def test_ort_matches_torch_on_new_shape(model_dir: Path) -> None:
     """Dynamic axes: a batch size, depth and in-plane size never seen at export time."""
     from engines.base import create_engine
