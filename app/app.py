@@ -69,8 +69,9 @@ class BrainTumorSegApp(Application):
         selector = ModalitySelectorOperator(self, rules_path=settings.rules_path, name="modality_selector")
         registration = RegistrationOperator(self, seed=settings.seed, name="registration")
         segmentation = SegmentationOperator(
-            self, model_dir=settings.model_dir, engine=settings.engine, seed=settings.seed, name="segmentation"
-        )
+            self, model_dir=settings.model_dir, engine=settings.engine, seed=settings.seed,
+            triton_server=settings.triton_server, triton_timeout_s=settings.triton_timeout_s, name="segmentation",
+        )  # fmt: skip
         seg_writer = DicomSegWriterOperator(
             self, staging=self.staging, algorithm_version=__version__, name="dicom_seg_writer"
         )

@@ -1,7 +1,8 @@
 """Run the application with a clean failure contract.
 
 Exit codes: 0 success; 2 bad input (one line in the log and in ``report.json``); 3 output
-folder not writable; 4 model folder invalid; 1 unexpected error (traceback in the log);
+folder not writable; 4 model folder invalid; 5 remote inference failed (Triton server down,
+timed out, or serving other weights; ``-t``); 1 unexpected error (traceback in the log);
 143 terminated by SIGTERM. On any failure nothing but ``report.json`` (``status: failed``)
 is left in the output folder.
 """

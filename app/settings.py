@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "engine": "auto",
     "selection_rules": "modality_rules.json",
     "seed": 0,
+    # Remote inference (``-t`` / TRITON_SERVER_NETLOC): upper bound of one request to the
+    # Triton server, seconds (queueing on the server included); never waits longer.
+    "triton_timeout_s": 300,
     "thresholds": {
         # Post-processing of the cascade (Wang et al.): whole-tumour components of at most
         # this many voxels are dropped (the largest is always kept) ...
@@ -45,6 +48,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str | None]] = {
     "BRATS_ENGINE": ("engine", None),
     "BRATS_SELECTION_RULES": ("selection_rules", None),
     "BRATS_SEED": ("seed", None),
+    "BRATS_TRITON_TIMEOUT_S": ("triton_timeout_s", None),
     "BRATS_WT_COMPONENT_VOXELS": ("thresholds", "wt_component_voxels"),
     "BRATS_MIN_ENHANCING_VOXELS": ("thresholds", "min_enhancing_voxels"),
 }
@@ -166,6 +170,7 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
         "rules_path": rules,
         "engine": engine,
         "seed": _as_int(merged["seed"], "seed"),
+        "triton_timeout_s": _as_int(merged["triton_timeout_s"], "triton_timeout_s", minimum=1),
         "wt_component_voxels": _as_int(thresholds["wt_component_voxels"], "thresholds.wt_component_voxels"),
         "min_enhancing_voxels": _as_int(thresholds["min_enhancing_voxels"], "thresholds.min_enhancing_voxels"),
     }
@@ -181,6 +186,7 @@ class AppSettings:
     engine: str
     seed: int
     triton_server: str
+    triton_timeout_s: int = DEFAULTS["triton_timeout_s"]
     wt_component_voxels: int = DEFAULTS["thresholds"]["wt_component_voxels"]
     min_enhancing_voxels: int = DEFAULTS["thresholds"]["min_enhancing_voxels"]
     config_path: Path | None = None

@@ -5,7 +5,8 @@ Usage::
     python -m benchmarks.run --cases ../shared/data/brats18 --engines torch,onnxruntime,openvino \
         --out bench-out [--runs 5] [--warmup 2] [--models DIR] [--case-limit 1] \
         [--scenarios all,FLAIR+T1ce+T2,T1ce+T2,T2] [--latency-networks wt32,tc32,en32] \
-        [--e2e-engines torch,openvino] [--threads N] [--quick]
+        [--e2e-engines torch,openvino] [--threads N] [--quick] \
+        [--triton [--triton-concurrency 1,2,4] [--triton-url HOST:PORT] [--triton-protocol http|grpc]]
 
 Every engine runs in its own subprocess (``--worker``), one after the other, so that its
 peak RSS (``ru_maxrss``) and, on a GPU, ``torch.cuda.max_memory_allocated/reserved`` are its
@@ -17,6 +18,18 @@ Outputs in ``--out``: ``results.json``, ``deployment_manifest.json`` (hardware, 
 precision, input protocol, latency protocol, quality delta), ``tables.md``,
 ``latency.png``, ``memory.png``, ``end_to_end.png``, ``workers/<engine>.json|.log`` and
 ``labels/<engine>/<case>__<scenario>.npy``.
+
+``--triton`` adds the remote engine (:mod:`engines.triton_engine`), measured in the main
+process against a real Triton server: twice, the Python-backend repository with and without
+``dynamic_batching`` (:mod:`engines.triton_repository`), each served by a local
+``tritonserver`` from ``.venv-triton`` (``bash scripts/bootstrap_triton.sh``); or once against
+``--triton-url`` (e.g. the NGC container on a GPU server, repository as generated there).
+It reports latency per network call (same protocol as the local engines), latency per study
+(the cascade on the first case / scenario ``all``, ``--crop`` applied), and throughput with
+1, 2 and 4 concurrent studies (client threads, one engine each) against one server, with the
+server's request / ``execute`` counts (``triton/`` in ``--out``: repositories, server logs;
+``throughput.png``). Every concurrent study's labels are compared with the single study's and
+with the local ``onnxruntime`` labels when that engine ran end to end.
 """
 from __future__ import annotations
 
@@ -42,6 +55,10 @@ ALL_ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16", "torch-compi
 ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "openvino-bf16": ("openvino", {"precision": "bf16"}),
     "tensorrt-fp32": ("tensorrt", {"precision": "fp32"}),
+    # Issue 9 (CPU): folded-layout graph (engines.msnet_folded), ORT with its memory arena.
+    "openvino-folded": ("openvino", {"graph": "folded"}),
+    "openvino-folded-bf16": ("openvino", {"graph": "folded", "precision": "bf16"}),
+    "onnxruntime-arena": ("onnxruntime", {"cpu_mem_arena": True}),
 }
 SCENARIOS: dict[str, tuple[bool, bool, bool, bool]] = {
     "all": (True, True, True, True),
@@ -269,6 +286,155 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+# ----------------------------------------------------------------------------- remote (Triton)
+
+
+def _process_tree_hwm_mb(pid: int) -> float:
+    """Sum of peak RSS (``VmHWM``) of ``pid`` and its descendants, MiB (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM"):
+                    total += int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+    return total
+
+
+def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndarray], server_pid: int | None) -> dict[str, Any]:
+    """Latency per call, per study and throughput at each concurrency against one server."""
+    import threading
+
+    from engines import cascade as C
+    from engines.triton_engine import TritonEngine
+
+    out: dict[str, Any] = {"url": url}
+    engine = TritonEngine(args.models, url=url, timeout_s=args.triton_timeout)
+    engine.prepare(list(C.STAGES["wt"].networks.values()) + list(C.STAGES["tc"].networks.values())
+                   + list(C.STAGES["en"].networks.values()))  # fmt: skip
+    latency: dict[str, Any] = {}
+    for net in args.latency_networks:
+        shape = tuple(args.latency_shape) if args.latency_shape else PROTOCOL_SHAPES[net]
+        x = reference_batch(shape)
+        warm = []
+        for _ in range(args.warmup):
+            t = time.perf_counter()
+            engine.run(net, x)
+            warm.append(time.perf_counter() - t)
+        samples = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            engine.run(net, x)
+            samples.append(time.perf_counter() - t)
+        latency[f"{net}@{list(shape)}"] = {"network": net, "shape": list(shape), "warmup_s": warm,
+                                           "samples_s": samples, **percentiles(samples)}  # fmt: skip
+        log.info("triton %s %s: p50 %.3f s", url, net, latency[f"{net}@{list(shape)}"]["p50"])
+    out["latency"] = latency
+    out["describe"] = _jsonable(engine.describe())
+
+    case_name, vols = case
+    ref_labels: np.ndarray | None = None
+    local_path = args.out / "labels" / "onnxruntime" / f"{case_name}__all.npy"
+    local_labels = np.load(local_path) if local_path.is_file() else None
+    levels = []
+    for conc in args.triton_concurrency:
+        engines = [TritonEngine(args.models, url=url, timeout_s=args.triton_timeout) for _ in range(conc)]
+        results: list[Any] = [None] * conc
+        walls = [0.0] * conc
+        errors: list[str] = []
+
+        def study(i: int) -> None:
+            t = time.perf_counter()
+            try:
+                results[i] = C.segment_brats_full(vols, SCENARIOS["all"], engines[i], seed=0)
+            except Exception as exc:  # noqa: BLE001 - recorded in the results
+                errors.append(f"{type(exc).__name__}: {exc}")
+            walls[i] = time.perf_counter() - t
+
+        before = engine.statistics()
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=study, args=(i,), name=f"study-{i}") for i in range(conc)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        after = engine.statistics()
+        requests = sum(after[n]["requests"] - before[n]["requests"] for n in after)
+        executions = sum(after[n]["executions"] - before[n]["executions"] for n in after)
+        row: dict[str, Any] = {"concurrent_studies": conc, "wall_s": wall, "errors": errors,
+                               "study_latency_s": percentiles(walls), "studies_per_minute": 60.0 * conc / wall,
+                               "requests": requests, "executions": executions,
+                               "requests_per_execute": requests / executions if executions else None,
+                               "seconds_in_calls_mean": float(np.mean([e.seconds_in_calls for e in engines])),
+                               "calls_per_study": float(np.mean([e.calls for e in engines]))}  # fmt: skip
+        labels = [r.labels for r in results if r is not None]
+        if labels:
+            if ref_labels is None:
+                ref_labels = labels[0]
+            row["labels_identical_to_single_study"] = all(np.array_equal(lab, ref_labels) for lab in labels)
+            if local_labels is not None:
+                row["labels_identical_to_local_onnxruntime"] = all(np.array_equal(lab, local_labels) for lab in labels)
+        levels.append(row)
+        log.info("triton %s: %d concurrent studies in %.1f s (%.2f studies/min), %d requests in %d executes",
+                 url, conc, wall, row["studies_per_minute"], requests, executions)  # fmt: skip
+    base = levels[0]["studies_per_minute"] if levels else None
+    for row in levels:
+        row["throughput_vs_1"] = row["studies_per_minute"] / base if base else None
+    out["throughput"] = levels
+    if server_pid is not None:
+        # tritonserver + one Python-backend stub per model instance; the peaks need not coincide.
+        out["server_peak_rss_mb_sum_of_processes"] = _process_tree_hwm_mb(server_pid)
+    return out
+
+
+def triton_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The remote-engine benchmark (see the module docstring)."""
+    from engines.triton_repository import generate
+    from engines.triton_server import find_triton, run_triton
+
+    case_dir = args.case_dirs[0]
+    vols, seg, _ = load_case(case_dir)
+    if args.crop:
+        vols, seg = crop_to_tumour(vols, seg, args.crop)
+    res: dict[str, Any] = {"case": case_dir.name, "scenario": "all", "crop": args.crop,
+                           "concurrency": args.triton_concurrency, "protocol": args.triton_protocol,
+                           "variants": {}}  # fmt: skip
+    case = (case_dir.name, vols)
+    if args.triton_url:
+        res["server"] = "external"
+        res["variants"]["as_configured"] = _triton_variant(args.triton_url, args, case, None)
+        return res
+    install = find_triton()
+    res["server"] = f"local tritonserver from nvidia-pytriton {install.version()} (.venv-triton), Python backend"
+    for variant, dyn in (("dynamic_batching", True), ("no_dynamic_batching", False)):
+        vdir = args.out / "triton" / variant
+        vdir.mkdir(parents=True, exist_ok=True)
+        generate(args.models, vdir / "repository", flavour="python", dynamic_batching=dyn)
+        with run_triton(vdir / "repository", log_path=vdir / "tritonserver.log") as server:
+            url = server.http_url if args.triton_protocol == "http" else server.grpc_url
+            r = _triton_variant(url, args, case, server.process.pid)
+            r["startup_s"] = server.startup_s
+        r["dynamic_batching"] = dyn
+        res["variants"][variant] = r
+    res["note"] = ("The networks normalise with batch statistics: the Python-backend model runs every request "
+                   "as its own batch, also when the dynamic batcher hands it several requests in one execute "
+                   "call (requests_per_execute > 1); dynamic batching therefore only changes queueing, never "
+                   "the arithmetic. onnxruntime_onnx / tensorrt_plan configs use max_batch_size 0 (no "
+                   "server-side batching).")  # fmt: skip
+    return res
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -383,6 +549,29 @@ def write_tables(doc: dict[str, Any], path: Path) -> None:
     for name, per_s in q["delta_dice_vs_fp32"].items():
         for s, d in per_s.items():
             lines.append(f"| {name} | {s} | " + " | ".join(f"{d.get(r, float('nan')):+.4f}" for r in REGIONS) + " |")
+    tri = doc.get("triton")
+    if tri:
+        lines += ["", "## Remote inference (Triton)", ""]
+        if "variants" not in tri:
+            lines.append(f"Failed: {tri.get('reason', '?')}")
+        else:
+            lines += [f"Server: {tri['server']}; protocol {tri['protocol']}; case {tri['case']} (scenario all, crop "
+                      f"{tri['crop']}); {tri.get('note', '')}", "",
+                      "| variant | network call | p50 | p95 | max |", "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+            for v, r in tri["variants"].items():
+                for key, x in r.get("latency", {}).items():
+                    lines.append(f"| {v} | {key} | {x['p50']:.3f} | {x['p95']:.3f} | {x['max']:.3f} |")
+            lines += ["", "| variant | concurrent studies | wall s | study latency p50 s | studies/min | vs 1 study | "
+                      "requests / execute | labels = single study | labels = local onnxruntime |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
+            for v, r in tri["variants"].items():
+                for row in r.get("throughput", []):
+                    rpe = row.get("requests_per_execute")
+                    lines.append(f"| {v} | {row['concurrent_studies']} | {row['wall_s']:.1f} | "
+                                 f"{row['study_latency_s']['p50']:.1f} | {row['studies_per_minute']:.2f} | "
+                                 f"{row['throughput_vs_1']:.2f}x | {'-' if rpe is None else f'{rpe:.2f}'} | "
+                                 f"{row.get('labels_identical_to_single_study', '-')} | "
+                                 f"{row.get('labels_identical_to_local_onnxruntime', '-')} |")  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -443,6 +632,21 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(out / "end_to_end.png", dpi=100)
     plt.close(fig)
     files.append("end_to_end.png")
+
+    tri = doc.get("triton") or {}
+    if tri.get("variants"):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for v, r in tri["variants"].items():
+            rows = r.get("throughput", [])
+            ax.plot([x["concurrent_studies"] for x in rows], [x["studies_per_minute"] for x in rows], marker="o", label=v)
+        ax.set_xlabel("concurrent studies against one server")
+        ax.set_ylabel("studies per minute")
+        ax.set_title("Triton remote inference: throughput")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "throughput.png", dpi=100)
+        plt.close(fig)
+        files.append("throughput.png")
     return files
 
 
@@ -471,7 +675,22 @@ def deployment_manifest(doc: dict[str, Any]) -> dict[str, Any]:
             "threads": doc["protocol"]["threads"],
         },  # fmt: skip
         "quality_delta": doc["quality"]["delta_dice_vs_fp32"],
+        **({"remote_inference": _remote_manifest(doc["triton"])} if "triton" in doc else {}),
     }
+
+
+def _remote_manifest(tri: dict[str, Any]) -> dict[str, Any]:
+    """The remote engine's part of the deployment manifest (same format as the local engines')."""
+    if "variants" not in tri:
+        return tri
+    return {
+        "server": tri.get("server"), "protocol": tri.get("protocol"), "case": tri.get("case"), "crop": tri.get("crop"),
+        "engines": {v: r.get("describe") for v, r in tri["variants"].items()},
+        "latency_p50_s": {v: {k: x["p50"] for k, x in r.get("latency", {}).items()} for v, r in tri["variants"].items()},
+        "throughput_studies_per_minute": {v: {str(row["concurrent_studies"]): row["studies_per_minute"]
+                                              for row in r.get("throughput", [])} for v, r in tri["variants"].items()},
+        "batching": tri.get("note"),
+    }  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,6 +713,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="Z,Y,X: crop every case to this box around the tumour (smoke tests; --quick uses 48,64,64)")
     p.add_argument("--latency-shape", default=None,
                    help="N,C,D,H,W replacing the 5,4,19,144,144 reference batch (smoke tests only)")
+    p.add_argument("--triton", action="store_true", help="also benchmark remote inference on a Triton server")
+    p.add_argument("--triton-url", default=None, help="use this server (host:port, grpc://host:port) instead of a local one")
+    p.add_argument("--triton-protocol", choices=("http", "grpc"), default="http", help="local server: endpoint used")
+    p.add_argument("--triton-concurrency", default="1,2,4", help="concurrent studies (comma list)")
+    p.add_argument("--triton-timeout", type=float, default=900.0, help="seconds per request")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -508,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.latency_shape = [int(v) for v in args.latency_shape.split(",")] if args.latency_shape else None
     args.latency_networks = [n for n in (args.latency_networks or ",".join(NETWORKS)).split(",") if n]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.triton_concurrency = [int(v) for v in str(args.triton_concurrency).split(",") if v]
     bad = [s for s in args.scenarios if s not in SCENARIOS]
     if bad:
         p.error(f"unknown scenarios {bad}; choose from {list(SCENARIOS)}")
@@ -575,6 +800,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc["engines"][name]["worker_seconds"] = time.perf_counter() - t0
         log.info("engine %s: %s in %.0f s", name, doc["engines"][name]["status"], time.perf_counter() - t0)
 
+    if args.triton:
+        t0 = time.perf_counter()
+        try:
+            doc["triton"] = triton_section(args)
+        except Exception as exc:  # noqa: BLE001 - reported, the rest of the benchmark stands
+            log.exception("triton section failed")
+            doc["triton"] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+        doc["triton"]["seconds"] = time.perf_counter() - t0
     doc["speedup_vs_torch"] = speedups(doc["engines"])
     doc["quality"] = quality(doc["engines"], args)
     doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

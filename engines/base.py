@@ -68,10 +68,14 @@ _REGISTRY: dict[str, str] = {
     "torch": "engines.torch_engine:TorchEngine",
     "onnxruntime": "engines.onnx_engine:OnnxRuntimeEngine",
     "openvino": "engines.openvino_engine:OpenVinoEngine",
+    # Folded-layout graph (engines.msnet_folded): FP32, and BF16 on CPUs with AVX512-BF16/AMX.
+    "openvino-folded": "engines.openvino_engine:OpenVinoFoldedEngine",
+    "openvino-folded-bf16": "engines.openvino_engine:OpenVinoFoldedBf16Engine",
     "torch-compile": "engines.torch_compile_engine:TorchCompileEngine",
     "tensorrt": "engines.tensorrt_engine:TensorRTEngine",
     "torch-cuda": "engines.cuda_engines:TorchCudaEngine",
     "onnxruntime-cuda": "engines.cuda_engines:OnnxRuntimeCudaEngine",
+    "triton": "engines.triton_engine:TritonEngine",  # remote: needs url= (the app's -t)
 }
 
 

@@ -73,6 +73,14 @@ class OutputNotWritableError(InputError):
     exit_code = 3
 
 
+class InferenceServerError(InputError):
+    """Remote inference (``-t``) failed: the Triton server is down, does not answer within
+    the timeout, lacks a model or serves other weights. No fallback to local inference."""
+
+    code = "inference_server_unavailable"
+    exit_code = 5
+
+
 class ModelFolderError(InputError):
     code = "model_folder_invalid"
     exit_code = 4

@@ -8,10 +8,14 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.errors import DegenerateIntensityError, ModelFolderError
+from operators.errors import DegenerateIntensityError, InferenceServerError, ModelFolderError
 from operators.study_model import MODALITY_DISPLAY, MODALITIES, ModelInput, SegmentationOutcome
 
-ENGINE_PREFERENCE = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "openvino", "onnxruntime", "torch")
+ENGINE_PREFERENCE = (
+    "tensorrt", "onnxruntime-cuda", "torch-cuda",
+    # CPU: BF16 needs native bfloat16 (AVX512-BF16 / AMX; refused elsewhere, then FP32).
+    "openvino-folded-bf16", "openvino-folded", "openvino", "onnxruntime", "torch",
+)  # fmt: skip
 """``auto`` picks the first of these that can run here (see :func:`resolve_engine`)."""
 
 
@@ -29,8 +33,13 @@ def check_model_folder(model_dir: Path) -> dict:
         raise ModelFolderError(f"{manifest_path} is not valid JSON ({exc})") from exc
 
 
-def resolve_engine(requested: str, model_dir: Path):
+def resolve_engine(requested: str, model_dir: Path, triton_server: str = "", triton_timeout_s: float = 300.0):
     """Create the engine the settings ask for; ``auto`` = best available, logged.
+
+    With ``triton_server`` (the SDK's ``-t`` / ``TRITON_SERVER_NETLOC``) the engine is the
+    remote one (:class:`engines.triton_engine.TritonEngine`), whatever ``requested`` says;
+    there is no fallback to local inference (a server problem fails the run, see
+    :func:`segment`).
 
     Returns the engine and a list of notes (fallbacks taken, with reasons).
     """
@@ -38,6 +47,15 @@ def resolve_engine(requested: str, model_dir: Path):
 
     logger = logging.getLogger(__name__)
     notes: list[str] = []
+    if triton_server:
+        try:
+            engine = create_engine("triton", model_dir=model_dir, url=triton_server, timeout_s=triton_timeout_s)
+        except ValueError as exc:  # malformed address
+            raise InferenceServerError(f"-t {triton_server}: {exc}") from exc
+        if requested != "auto":
+            notes.append(f"engine setting {requested!r} not used: remote inference on Triton at {engine.url}")
+        logger.info("Engine: triton (remote inference at %s, request timeout %.0f s)", engine.url, triton_timeout_s)
+        return engine, notes
     if requested != "auto":
         # An explicitly requested engine that cannot run here (no GPU, library missing,
         # unknown name) falls back to ``auto``; the warning goes into the report's notes.
@@ -73,17 +91,21 @@ class SegmentationOperator(Operator):
         segmentation: :class:`operators.study_model.SegmentationOutcome` (labels on the
         model grid, the engine's description, which channels were imputed and how).
 
-    The engine comes from the settings (``auto``: TensorRT > ONNX Runtime CUDA > PyTorch
-    CUDA > ONNX Runtime CPU > PyTorch CPU, the first that works here). Absent modalities
+    The engine comes from the settings (``auto``: the first of :data:`ENGINE_PREFERENCE`
+    that works here: TensorRT > ONNX Runtime CUDA > PyTorch CUDA > OpenVINO folded BF16 >
+    OpenVINO folded FP32 > OpenVINO > ONNX Runtime CPU > PyTorch CPU). Absent modalities
     are fed as documented by :mod:`engines.cascade` and listed in the outcome.
     """
 
-    def __init__(self, fragment: Fragment, *args, model_dir: Path, engine: str = "auto", seed: int = 0, **kwargs):
+    def __init__(self, fragment: Fragment, *args, model_dir: Path, engine: str = "auto", seed: int = 0,
+                 triton_server: str = "", triton_timeout_s: float = 300.0, **kwargs):
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.model_dir = Path(model_dir)
         self.manifest = check_model_folder(self.model_dir)
         self.engine_name = engine
         self.seed = seed
+        self.triton_server = triton_server
+        self.triton_timeout_s = triton_timeout_s
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -92,15 +114,37 @@ class SegmentationOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         model_input: ModelInput = op_input.receive("model_input")
-        op_output.emit(segment(model_input, self.model_dir, self.engine_name, self.seed, self._logger), "segmentation")
+        # Remote options only when remote: local runs keep the five-argument call (tests
+        # replace ``segment`` with such stubs).
+        remote = {"triton_server": self.triton_server, "triton_timeout_s": self.triton_timeout_s} if self.triton_server else {}
+        op_output.emit(segment(model_input, self.model_dir, self.engine_name, self.seed, self._logger, **remote),
+                       "segmentation")  # fmt: skip
 
 
-def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: int, logger: logging.Logger) -> SegmentationOutcome:
-    """The work of :class:`SegmentationOperator`, callable without Holoscan."""
-    from engines.cascade import segment_brats_full
+def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: int, logger: logging.Logger,
+            triton_server: str = "", triton_timeout_s: float = 300.0) -> SegmentationOutcome:
+    """The work of :class:`SegmentationOperator`, callable without Holoscan.
+
+    ``triton_server`` set: the cascade's networks run on that Triton server (checked first:
+    live, ready, same weights as ``model_dir``); any server problem raises
+    :class:`operators.errors.InferenceServerError` (one line, exit code 5). The outcome's
+    engine description says ``"inference": "remote"`` or ``"local"``.
+    """
+    from engines.cascade import STAGE_ORDER, STAGES, segment_brats_full
+    from engines.triton_engine import TritonError
 
     t0 = time.perf_counter()
-    engine, notes = resolve_engine(engine_name, model_dir)
+    engine, notes = resolve_engine(engine_name, model_dir, triton_server, triton_timeout_s)
+    remote = bool(triton_server)
+    if remote:
+        try:
+            engine.prepare([n for s in STAGE_ORDER for n in STAGES[s].networks.values()])
+        except TritonError as exc:
+            raise InferenceServerError(str(exc)) from exc
+        desc = engine.describe()
+        versions = ", ".join(f"{n} v{'/'.join(m['versions'])}" for n, m in desc["models"].items())
+        notes.append(f"remote inference: Triton {desc['server_version']} at {desc['server']} ({versions})")
+        logger.info("Segmentation: %s (checked in %.2f s)", notes[-1], time.perf_counter() - t0)
 
     def progress(stage: str, fraction: float) -> None:
         logger.info("Segmentation: stage %s done (%d%%, %.0f s)", stage.upper(), round(100 * fraction), time.perf_counter() - t0)
@@ -110,6 +154,8 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
         logger.warning("Missing modalities %s: the network gets the documented substitute for them", missing)
     try:
         result = segment_brats_full(model_input.volumes, model_input.available, engine, seed=seed, progress=progress)
+    except TritonError as exc:  # server went down / timed out / failed a request mid-run
+        raise InferenceServerError(str(exc)) from exc
     except ValueError as exc:  # the cascade's normalisation refuses degenerate channels
         if "intensity spread" in str(exc) or "no voxel > 0" in str(exc):
             raise DegenerateIntensityError(f"on the model grid: {exc}") from exc
@@ -119,7 +165,7 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     return SegmentationOutcome(
         model_input=model_input,
         labels=result.labels,
-        engine=result.engine,
+        engine={"inference": "remote" if remote else "local", **result.engine},
         imputed_channels=[MODALITY_DISPLAY[m.lower()] for m in result.imputed_channels],
         notes=notes + list(result.notes),
         timings=timings,
