@@ -27,6 +27,9 @@ class InferenceEngine(abc.ABC):
 
     #: Short runtime name, e.g. ``"torch"``, ``"onnxruntime"``.
     name: str = "abstract"
+    #: The registry name it was created under (:func:`create_engine`), e.g.
+    #: ``"openvino-folded-bf16"``: enough to create the same engine again.
+    registry_name: str = ""
 
     @abc.abstractmethod
     def prepare(self, networks: Sequence[str]) -> None:
@@ -116,4 +119,6 @@ def create_engine(
         raise ValueError(f"unknown engine {name!r}; available: {available_engines()}")
     module_name, _, cls_name = _REGISTRY[key].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(model_dir=model_dir, weights_dir=weights_dir, **options)
+    engine = cls(model_dir=model_dir, weights_dir=weights_dir, **options)
+    engine.registry_name = key
+    return engine

@@ -165,7 +165,7 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     return SegmentationOutcome(
         model_input=model_input,
         labels=result.labels,
-        engine={"inference": "remote" if remote else "local", **result.engine},
+        engine={"inference": "remote" if remote else "local", "engine": engine.registry_name, **result.engine},
         imputed_channels=[MODALITY_DISPLAY[m.lower()] for m in result.imputed_channels],
         notes=notes + list(result.notes),
         timings=timings,

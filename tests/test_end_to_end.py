@@ -134,7 +134,7 @@ def test_seg_dice_equals_numpy_protocol(aligned_run: AppRun, aligned_study: Path
         sitk.GetArrayFromImage(sitk.ReadImage(str(brats_dir / CASE / f"{CASE}_{m}.nii.gz"))).astype(np.float32)
         for m in ("flair", "t1", "t1ce", "t2")
     ])
-    engine_name = aligned_run.report["segmentation"]["engine"]["runtime"]
+    engine_name = aligned_run.report["segmentation"]["engine"]["engine"]  # the app's engine, e.g. openvino-folded-bf16
     protocol = segment_brats(volumes, (True,) * 4, create_engine(engine_name, model_dir=models_dir), seed=0)
     app_metrics = brats_metrics(labels, truth, spacing=(1.0, 1.0, 1.0))
     protocol_metrics = brats_metrics(protocol, truth, spacing=(1.0, 1.0, 1.0))
@@ -149,7 +149,14 @@ def test_overlay_png_is_an_image(aligned_run: AppRun) -> None:
 
 def test_report_names_engine_registration_and_stage_timings(aligned_run: AppRun) -> None:
     report = aligned_run.report
-    assert report["segmentation"]["engine"]["runtime"] in {"onnxruntime", "openvino", "torch", "tensorrt"}
+    engine = report["segmentation"]["engine"]
+    assert engine["runtime"] in {"onnxruntime", "openvino", "torch", "tensorrt"}
+    # auto on this CPU: the first of ENGINE_PREFERENCE that can run; named so it can be re-created.
+    from engines.base import available_engines
+    from operators.segmentation_operator import ENGINE_PREFERENCE
+
+    assert engine["engine"] in ENGINE_PREFERENCE and engine["engine"] in available_engines()
+    assert engine["inference"] == "local"
     for modality in ("FLAIR", "T1", "T2"):
         record = report["registration"]["series"][modality]
         assert "translation_mm" in record and "metric_after" in record

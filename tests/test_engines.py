@@ -255,3 +255,13 @@ def test_cuda_variants_refuse_without_cuda(models: Path) -> None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(RuntimeError, match="CUDAExecutionProvider"):
             create_engine("onnxruntime-cuda", model_dir=models)
+
+
+def test_created_engines_carry_their_registry_name(models_dir: Path) -> None:
+    """Reports name the engine so it can be created again (several share a runtime name)."""
+    from engines.base import create_engine
+
+    ort = create_engine("ort", model_dir=models_dir)  # alias
+    folded = create_engine("openvino-folded", model_dir=models_dir)
+    assert (ort.name, ort.registry_name) == ("onnxruntime", "onnxruntime")
+    assert (folded.name, folded.registry_name) == ("openvino", "openvino-folded")
