@@ -206,10 +206,11 @@ def worker(args: argparse.Namespace) -> int:
     cuda = "cuda" in json.dumps(engine.describe()) and _cuda_ok()
     latency: dict[str, Any] = {}
     ref_shape = tuple(args.latency_shape) if args.latency_shape else REFERENCE_SHAPE
-    jobs = [(f"{n}@ref{list(ref_shape)}", n, ref_shape) for n in args.latency_networks if n.startswith("wt")]
-    jobs += [(f"{n}@protocol{list(PROTOCOL_SHAPES[n])}", n, PROTOCOL_SHAPES[n]) for n in args.latency_networks]
-    if args.reference_only:
-        jobs = jobs[:1]
+    # Every network on the one reference batch (issue 9 compares all nine on it), then on the
+    # batch the protocol feeds it.
+    jobs = [(f"{n}@ref{list(ref_shape)}", n, ref_shape) for n in args.latency_networks]
+    if not args.reference_only:
+        jobs += [(f"{n}@protocol{list(PROTOCOL_SHAPES[n])}", n, PROTOCOL_SHAPES[n]) for n in args.latency_networks]
     for key, net, shape in jobs:
         x = reference_batch(shape)
         engine.prepare([net])
@@ -708,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--e2e-engines", default=None, help="engines that run whole cases (default: all)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: all cores)")
     p.add_argument("--quick", action="store_true", help="1 case, scenario 'all', runs 2, warm-up 1, wt32 latency only")
-    p.add_argument("--reference-only", action="store_true", help="latency on the first job only (the WT reference batch)")
+    p.add_argument("--reference-only", action="store_true", help="latency on the reference batch only (no protocol batches)")
     p.add_argument("--crop", default=None,
                    help="Z,Y,X: crop every case to this box around the tumour (smoke tests; --quick uses 48,64,64)")
     p.add_argument("--latency-shape", default=None,
