@@ -79,6 +79,22 @@ STAGE_KEYS = ("load", "preprocess", "infer", "postprocess")
 # ----------------------------------------------------------------------------- helpers
 
 
+def time_network(engine: Any, network: str, shape: Sequence[int], warmup: int, runs: int) -> dict[str, Any]:
+    """Model-only latency of ``engine.run(network, batch)`` on :func:`reference_batch` ``(shape)``.
+
+    ``warmup`` untimed-for-the-statistics runs first (their times are kept in ``warmup_s``),
+    then ``runs`` timed runs (wall clock, seconds) summarised by :func:`percentiles`.
+    """
+    x = reference_batch(tuple(shape))
+    warm, samples = [], []
+    for times, count in ((warm, warmup), (samples, runs)):
+        for _ in range(count):
+            t = time.perf_counter()
+            engine.run(network, x)
+            times.append(time.perf_counter() - t)
+    return {"network": network, "shape": list(shape), "warmup_s": warm, "samples_s": samples, **percentiles(samples)}
+
+
 def percentiles(samples: Sequence[float]) -> dict[str, float]:
     """``p50``, ``p95``, ``max``, ``mean``, ``n`` of latency samples (seconds)."""
     a = np.asarray(samples, dtype=np.float64)
@@ -212,22 +228,10 @@ def worker(args: argparse.Namespace) -> int:
     if not args.reference_only:
         jobs += [(f"{n}@protocol{list(PROTOCOL_SHAPES[n])}", n, PROTOCOL_SHAPES[n]) for n in args.latency_networks]
     for key, net, shape in jobs:
-        x = reference_batch(shape)
         engine.prepare([net])
-        warm = []
-        for _ in range(args.warmup):
-            t = time.perf_counter()
-            engine.run(net, x)
-            warm.append(time.perf_counter() - t)
-        samples = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            engine.run(net, x)
-            samples.append(time.perf_counter() - t)
-        latency[key] = {"network": net, "shape": list(shape), "warmup_s": warm, "samples_s": samples,
-                        **percentiles(samples)}  # fmt: skip
+        latency[key] = time_network(engine, net, shape, args.warmup, args.runs)
         log.info("%s %s: p50 %.3f s p95 %.3f s (warm-up %s)", name, key, latency[key]["p50"],
-                 latency[key]["p95"], [round(w, 2) for w in warm])  # fmt: skip
+                 latency[key]["p95"], [round(w, 2) for w in latency[key]["warmup_s"]])  # fmt: skip
     res["latency"] = latency
     res["peak_rss_mb_after_latency"] = peak_rss_mb()
 
@@ -326,19 +330,7 @@ def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndar
     latency: dict[str, Any] = {}
     for net in args.latency_networks:
         shape = tuple(args.latency_shape) if args.latency_shape else PROTOCOL_SHAPES[net]
-        x = reference_batch(shape)
-        warm = []
-        for _ in range(args.warmup):
-            t = time.perf_counter()
-            engine.run(net, x)
-            warm.append(time.perf_counter() - t)
-        samples = []
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            engine.run(net, x)
-            samples.append(time.perf_counter() - t)
-        latency[f"{net}@{list(shape)}"] = {"network": net, "shape": list(shape), "warmup_s": warm,
-                                           "samples_s": samples, **percentiles(samples)}  # fmt: skip
+        latency[f"{net}@{list(shape)}"] = time_network(engine, net, shape, args.warmup, args.runs)
         log.info("triton %s %s: p50 %.3f s", url, net, latency[f"{net}@{list(shape)}"]["p50"])
     out["latency"] = latency
     out["describe"] = _jsonable(engine.describe())
