@@ -38,7 +38,7 @@ def _failure_report(output_dir: Path | None, code: str, message: str, earlier_ou
             report["earlier_outputs_moved_to"] = earlier_outputs.name
         write_json_atomically(output_dir / REPORT_NAME, report)
     except OSError as exc:  # output not writable: the log line is all we can give
-        logger.error("could not write the failure report: %s", exc)
+        logger.error("could not write the failure report: %s", str(exc))
 
 
 def _fail(app, code: str, one_line: str, exit_code: int) -> int:

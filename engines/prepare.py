@@ -77,7 +77,7 @@ def export_onnx(net: MSNet, path: Path) -> str:
             )  # fmt: skip
         return "torchscript"
     except Exception as exc:  # pragma: no cover - depends on the torch version
-        log.warning("TorchScript ONNX export failed (%s); trying dynamo", exc)
+        log.warning("TorchScript ONNX export failed (%s); trying dynamo", str(exc))
         n, d, h, w = (torch.export.Dim(k) for k in ("N", "D", "H", "W"))
         torch.onnx.export(
             net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

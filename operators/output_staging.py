@@ -150,7 +150,7 @@ class OutputStaging:
                 try:
                     published.unlink(missing_ok=True)
                 except OSError as exc:  # pragma: no cover - nothing better to do than say so
-                    logger.error("could not remove %s of the failed run: %s", published.name, exc)
+                    logger.error("could not remove %s of the failed run: %s", published.name, str(exc))
             self.published.clear()
 
 

@@ -77,7 +77,7 @@ def resolve_engine(requested: str, model_dir: Path, triton_server: str = "", tri
             return engine, notes
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next one
             notes.append(f"engine {name} unavailable: {type(exc).__name__}: {str(exc)[:160]}")
-            logger.warning("Engine %s unavailable (%s); falling back", name, exc)
+            logger.warning("Engine %s unavailable (%s); falling back", name, str(exc))
     raise ModelFolderError(f"no inference engine could be created from {model_dir}: {notes}")
 
 

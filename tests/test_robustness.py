@@ -456,6 +456,24 @@ def test_unavailable_engine_falls_back_to_auto_with_a_note(models_dir: Path) -> 
     assert notes and "tensorrt" in notes[0] and "fell back" in notes[0], notes
 
 
+def test_engine_fallback_logs_hold_no_exception_objects(models_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A log record that keeps an exception keeps its traceback and with it every calling
+    frame (the study's volumes): in a process that handles many studies under a handler that
+    retains records (pytest's, a memory handler) that was ~0.8 GB per study (soak test)."""
+    import logging as logging_
+
+    from operators.segmentation_operator import resolve_engine
+
+    with caplog.at_level(logging_.WARNING):
+        resolve_engine("tensorrt", models_dir)  # requested fallback + auto's failed candidates
+    fallbacks = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert fallbacks, [r.getMessage() for r in caplog.records]
+    for record in caplog.records:
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        assert not any(isinstance(a, BaseException) for a in args), record.getMessage()
+        assert record.exc_info is None, record.getMessage()
+
+
 def test_degenerate_channel_on_the_model_grid_is_a_typed_error(models_dir: Path) -> None:
     """engines.cascade.preprocess raises ValueError on a channel without spread: mapped."""
     import logging
