@@ -180,6 +180,11 @@ class TritonEngine(InferenceEngine):
                 ) from None
             raise TritonUnavailableError(f"Triton server at {self.url}: {what} failed: {name}: {_one_line(exc)}") from None
 
+    def _call_json(self, what: str, fn: str, *args: Any) -> dict[str, Any]:
+        """A metadata / config / statistics call answered as a dict by both clients (HTTP
+        returns JSON; the gRPC client converts its protobuf reply with ``as_json=True``)."""
+        return self._call(what, fn, *args, **({"as_json": True} if self.protocol == "grpc" else {}))
+
     # ------------------------------------------------------------------ InferenceEngine
 
     def check_server(self) -> dict[str, Any]:
@@ -191,8 +196,7 @@ class TritonEngine(InferenceEngine):
             raise TritonUnavailableError(f"Triton server at {self.url} is not live")
         if not self._call("a readiness check", "is_server_ready"):
             raise TritonUnavailableError(f"Triton server at {self.url} is live but not ready (models still loading?)")
-        meta = self._call("the server metadata", "get_server_metadata")
-        meta = meta if isinstance(meta, dict) else {"name": meta.name, "version": meta.version}
+        meta = self._call_json("the server metadata", "get_server_metadata")
         self._server = {"name": meta.get("name", ""), "version": meta.get("version", "")}
         log.info("Triton server %s: %s %s, ready (%.2f s)", self.url, self._server["name"], self._server["version"],
                  time.perf_counter() - t0)  # fmt: skip
@@ -201,13 +205,10 @@ class TritonEngine(InferenceEngine):
     def _model_facts(self, network: str) -> dict[str, Any]:
         if not self._call(f"the readiness of model {network}", "is_model_ready", network):
             raise TritonModelError(f"model {network} is not ready on the Triton server at {self.url}")
-        meta = self._call(f"the metadata of model {network}", "get_model_metadata", network)
-        config = self._call(f"the config of model {network}", "get_model_config", network)
+        meta = self._call_json(f"the metadata of model {network}", "get_model_metadata", network)
+        config = self._call_json(f"the config of model {network}", "get_model_config", network)
         if self.protocol == "grpc":
-            from google.protobuf import json_format
-
-            meta = json_format.MessageToDict(meta, preserving_proto_field_name=True)
-            config = json_format.MessageToDict(config, preserving_proto_field_name=True).get("config", {})
+            config = config.get("config", {})  # gRPC wraps the config in a response message
         params = {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
         facts = {
             "versions": [str(v) for v in meta.get("versions", [])],
@@ -276,11 +277,7 @@ class TritonEngine(InferenceEngine):
         several requests to one call) and ``inference_count`` (batch elements)."""
         out: dict[str, dict[str, int]] = {}
         for n in networks or list(self._models):
-            stats = self._call(f"the statistics of {n}", "get_inference_statistics", n)
-            if self.protocol == "grpc":
-                from google.protobuf import json_format
-
-                stats = json_format.MessageToDict(stats, preserving_proto_field_name=True)
+            stats = self._call_json(f"the statistics of {n}", "get_inference_statistics", n)
             m = stats["model_stats"][0]
             out[n] = {
                 "requests": int(m.get("inference_stats", {}).get("success", {}).get("count", 0)),
