@@ -591,10 +591,7 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylabel("latency p50 (s), whisker p95")
     ax.set_title("Model-only latency per engine")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=100)
-    plt.close(fig)
-    files.append("latency.png")
+    _save_figure(fig, out / "latency.png", files)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     names = list(ok)
@@ -605,10 +602,7 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
     ax.set_title("Peak memory per engine")
     ax.legend(fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=20, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "memory.png", dpi=100)
-    plt.close(fig)
-    files.append("memory.png")
+    _save_figure(fig, out / "memory.png", files)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     e2e_names = [n for n in names if ok[n].get("e2e")]
@@ -621,10 +615,7 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
     ax.set_title("End-to-end stage breakdown")
     ax.legend(fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=20, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "end_to_end.png", dpi=100)
-    plt.close(fig)
-    files.append("end_to_end.png")
+    _save_figure(fig, out / "end_to_end.png", files)
 
     tri = doc.get("triton") or {}
     if tri.get("variants"):
@@ -636,11 +627,18 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
         ax.set_ylabel("studies per minute")
         ax.set_title("Triton remote inference: throughput")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "throughput.png", dpi=100)
-        plt.close(fig)
-        files.append("throughput.png")
+        _save_figure(fig, out / "throughput.png", files)
     return files
+
+
+def _save_figure(fig: Any, path: Path, files: list[str]) -> None:
+    """Lay out, write ``path`` (PNG, 100 dpi), close, and list its name in ``files``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    files.append(path.name)
 
 
 def deployment_manifest(doc: dict[str, Any]) -> dict[str, Any]:
