@@ -114,11 +114,9 @@ class SegmentationOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         model_input: ModelInput = op_input.receive("model_input")
-        # Remote options only when remote: local runs keep the five-argument call (tests
-        # replace ``segment`` with such stubs).
-        remote = {"triton_server": self.triton_server, "triton_timeout_s": self.triton_timeout_s} if self.triton_server else {}
-        op_output.emit(segment(model_input, self.model_dir, self.engine_name, self.seed, self._logger, **remote),
-                       "segmentation")  # fmt: skip
+        outcome = segment(model_input, self.model_dir, self.engine_name, self.seed, self._logger,
+                          triton_server=self.triton_server, triton_timeout_s=self.triton_timeout_s)  # fmt: skip
+        op_output.emit(outcome, "segmentation")
 
 
 def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: int, logger: logging.Logger,
@@ -130,21 +128,12 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     :class:`operators.errors.InferenceServerError` (one line, exit code 5). The outcome's
     engine description says ``"inference": "remote"`` or ``"local"``.
     """
-    from engines.cascade import STAGE_ORDER, STAGES, segment_brats_full
+    from engines.cascade import segment_brats_full
     from engines.triton_engine import TritonError
 
     t0 = time.perf_counter()
     engine, notes = resolve_engine(engine_name, model_dir, triton_server, triton_timeout_s)
     remote = bool(triton_server)
-    if remote:
-        try:
-            engine.prepare([n for s in STAGE_ORDER for n in STAGES[s].networks.values()])
-        except TritonError as exc:
-            raise InferenceServerError(str(exc)) from exc
-        desc = engine.describe()
-        versions = ", ".join(f"{n} v{'/'.join(m['versions'])}" for n, m in desc["models"].items())
-        notes.append(f"remote inference: Triton {desc['server_version']} at {desc['server']} ({versions})")
-        logger.info("Segmentation: %s (checked in %.2f s)", notes[-1], time.perf_counter() - t0)
 
     def progress(stage: str, fraction: float) -> None:
         logger.info("Segmentation: stage %s done (%d%%, %.0f s)", stage.upper(), round(100 * fraction), time.perf_counter() - t0)
@@ -154,12 +143,17 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
         logger.warning("Missing modalities %s: the network gets the documented substitute for them", missing)
     try:
         result = segment_brats_full(model_input.volumes, model_input.available, engine, seed=seed, progress=progress)
-    except TritonError as exc:  # server went down / timed out / failed a request mid-run
+    except TritonError as exc:  # the cascade's prepare() checks the server first; or it failed mid-run
         raise InferenceServerError(str(exc)) from exc
     except ValueError as exc:  # the cascade's normalisation refuses degenerate channels
         if "intensity spread" in str(exc) or "no voxel > 0" in str(exc):
             raise DegenerateIntensityError(f"on the model grid: {exc}") from exc
         raise
+    if remote:
+        desc = result.engine
+        versions = ", ".join(f"{n} v{'/'.join(m['versions'])}" for n, m in desc["models"].items())
+        notes.append(f"remote inference: Triton {desc['server_version']} at {desc['server']} ({versions})")
+        logger.info("Segmentation: %s", notes[-1])
     timings = {k: float(v) for k, v in result.timings.items()}
     timings["operator_total"] = time.perf_counter() - t0
     return SegmentationOutcome(

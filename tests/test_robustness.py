@@ -540,7 +540,7 @@ import operators.segmentation_operator as so
 import operators.report_writer_operator as rw
 from operators.study_model import SegmentationOutcome
 
-def fast_segment(model_input, model_dir, engine_name, seed, logger):  # no inference: a blob
+def fast_segment(model_input, model_dir, engine_name, seed, logger, **remote):  # no inference: a blob
     labels = np.zeros(model_input.volumes.shape[1:], dtype=np.uint8)
     z, y, x = (n // 2 for n in labels.shape)
     labels[z - 2:z + 2, y - 10:y + 10, x - 10:x + 10] = 2
@@ -737,7 +737,7 @@ import numpy as np
 import operators.segmentation_operator as so
 from operators.study_model import SegmentationOutcome
 
-def nothing_found(model_input, model_dir, engine_name, seed, logger):  # the engine finds no tumour
+def nothing_found(model_input, model_dir, engine_name, seed, logger, **remote):  # the engine finds no tumour
     labels = np.zeros(model_input.volumes.shape[1:], dtype=np.uint8)
     return SegmentationOutcome(model_input, labels, {"runtime": "stub"}, [], [], {"operator_total": 0.0})
 
