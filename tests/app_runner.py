@@ -37,12 +37,12 @@ def run_app(input_dir: Path, output_dir: Path, model_dir: Path, *, env: dict[str
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         cmd, cwd=cwd or REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-        preexec_fn=_raise_stack_limit,
+        preexec_fn=raise_stack_limit,
     )
     return AppRun(proc.returncode, proc.stdout + proc.stderr, Path(output_dir))
 
 
-def _raise_stack_limit() -> None:
+def raise_stack_limit() -> None:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_STACK)

@@ -3,9 +3,9 @@ must not grow. Slow (``-m slow``): 20 studies each way by default (``SOAK_STUDIE
 change), small slab studies (12 slices, FLAIR + T1ce: registration and the full cascade
 still run).
 
-* In one process: the graph's work functions in a loop (``load_study`` ->
-  ``select_modalities`` -> ``build_model_input`` -> ``segment`` -> ``write_outputs`` ->
-  publish), RSS from ``/proc/self/status`` after each study (after ``gc.collect()``).
+* In one process: the application's entry point (``app.main.main``, the Holoscan graph
+  composed and run afresh) once per study, all in one interpreter that holds nothing else
+  (:mod:`tests.soak_driver`); its RSS after each study (after ``gc.collect()``).
 * In successive processes: ``python -m app`` once per study; each child's own peak RSS
   (``VmHWM``, polled until it exits; see :func:`_peak_rss_until_exit`).
 
@@ -14,8 +14,7 @@ study pays the one-off costs: imports, engine sessions, allocator pools).
 """
 from __future__ import annotations
 
-import gc
-import logging
+import json
 import os
 import subprocess
 import sys
@@ -23,19 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_runner import REPO_ROOT
+from tests.app_runner import REPO_ROOT, raise_stack_limit
 
 CASES = ["Brats18_TCIA01_201_1", "Brats18_CBICA_ABM_1", "Brats18_TCIA02_370_1", "Brats18_TCIA13_623_1"]
 SLAB = (70, 82)
 GROWTH_LIMIT = 1.05
 N_STUDIES = int(os.environ.get("SOAK_STUDIES", "20"))
-
-
-def _rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found")
 
 
 @pytest.fixture(scope="module")
@@ -87,31 +79,23 @@ def _check_growth(rss: list[int], what: str) -> None:
     )
 
 
-@pytest.mark.slow  # reason: 20 full runs (registration + cascade) in one process
+@pytest.mark.slow  # reason: 20 full app runs (registration + cascade) in one process
 def test_soak_in_one_process_rss_does_not_grow(soak_studies: list[Path], models_dir: Path, tmp_path: Path) -> None:
-    from operators.dicom_seg_writer_operator import write_outputs
-    from operators.modality_selector import SelectionRules, select_modalities
-    from operators.output_staging import OutputStaging
-    from operators.registration_operator import build_model_input
-    from operators.segmentation_operator import segment
-    from operators.study_loader import load_study
-
-    log = logging.getLogger("soak")
-    rules = SelectionRules.load()
-    rss: list[int] = []
-    for i, study_dir in enumerate(soak_studies):
-        study = load_study(study_dir)
-        selection = select_modalities(study, rules)
-        model_input = build_model_input(selection, 0, log)
-        outcome = segment(model_input, models_dir, "auto", 0, log)
-        staging = OutputStaging(tmp_path / f"out_{i:02d}")
-        result = write_outputs(outcome, staging, "soak", log)
-        staging.publish()
-        assert (tmp_path / f"out_{i:02d}" / result.seg_file).is_file()
-        del study, selection, model_input, outcome, result, staging
-        gc.collect()
-        rss.append(_rss_bytes())
-    _check_growth(rss, "one process")
+    cmd = [sys.executable, "-m", "tests.soak_driver", "--models", str(models_dir), "--out", str(tmp_path),
+           *map(str, soak_studies)]  # fmt: skip
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=raise_stack_limit)
+    records = [json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("SOAK ")]
+    assert proc.returncode == 0 and len(records) == len(soak_studies), (
+        f"driver exit {proc.returncode} after {len(records)} studies: {(tmp_path / 'log.txt').read_text()[-3000:]}"
+    )
+    for r in records:
+        out = tmp_path / f"out_{r['study']:02d}"
+        assert r["exit_code"] == 0
+        assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm"]
+    print(f"\nseconds per study: {[r['seconds'] for r in records]}")
+    _check_growth([r["rss_bytes"] for r in records], "one process")
 
 
 @pytest.mark.slow  # reason: 20 app processes (registration + cascade each)
@@ -124,7 +108,7 @@ def test_soak_in_successive_processes_peak_rss_does_not_grow(
         cmd = [sys.executable, "-m", "app", "-i", str(study_dir), "-o", str(out), "-m", str(models_dir)]
         with open(tmp_path / f"log_{i:02d}.txt", "w") as log:
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=raise_stack_limit)
             peak = _peak_rss_until_exit(proc)
         assert proc.returncode == 0, (tmp_path / f"log_{i:02d}.txt").read_text()[-3000:]
         assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm"]
