@@ -9,6 +9,7 @@ Inputs and outputs follow the MAP contract: ``-i/-o/-m/-w`` on the command line,
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,11 @@ class BrainTumorSegApp(Application):
             self, staging=self.staging, algorithm_version=__version__, name="dicom_seg_writer"
         )
         reporter = ReportWriterOperator(
-            self, staging=self.staging, build_report=self._build_report, name="report_writer"
+            # A plain function, not a bound method of the app: an operator that referred to the
+            # app would close a cycle through Holoscan's C++ graph that Python's garbage
+            # collector cannot see, and keep every app (its graph, GXF context) alive until exit.
+            self, staging=self.staging, name="report_writer",
+            build_report=functools.partial(build_report, earlier_outputs=self.earlier_outputs),
         )
         # Data flows one way: study -> selection -> model input -> labels -> SEG -> report.
         self.add_flow(loader, selector, {("study", "study")})
@@ -85,12 +90,16 @@ class BrainTumorSegApp(Application):
         self.add_flow(segmentation, seg_writer, {("segmentation", "segmentation")})
         self.add_flow(seg_writer, reporter, {("result", "result")})
 
-    def _build_report(self, result: Any) -> dict:
-        report = base_report(APP_NAME, __version__)
-        if self.earlier_outputs is not None:
-            report["earlier_outputs_moved_to"] = self.earlier_outputs.name
-        selection = result if isinstance(result, ModalitySelection) else result.selection
-        report["input"] = selection_section(selection)
-        if isinstance(result, PipelineResult):
-            report.update(pipeline_sections(result))
-        return report
+
+def build_report(result: Any, earlier_outputs: Path | None = None) -> dict:
+    """The report of a finished graph: the input section from the selection and, for the full
+    graph's result, the pipeline sections; ``earlier_outputs``: where an earlier run's outputs
+    were moved (:func:`operators.output_staging.set_aside_earlier_outputs`)."""
+    report = base_report(APP_NAME, __version__)
+    if earlier_outputs is not None:
+        report["earlier_outputs_moved_to"] = earlier_outputs.name
+    selection = result if isinstance(result, ModalitySelection) else result.selection
+    report["input"] = selection_section(selection)
+    if isinstance(result, PipelineResult):
+        report.update(pipeline_sections(result))
+    return report
