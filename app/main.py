@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from app import __version__
+from app.memory import limit_malloc_arenas
 from operators.errors import InputError
 from operators import termination
 from operators.output_staging import REPORT_NAME, write_json_atomically
@@ -77,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv = list(argv)  # the SDK and Holoscan read their arguments from sys.argv
     termination.install()
     start = time.perf_counter()
+    arenas = limit_malloc_arenas()  # before Holoscan, OpenVINO and ITK start their threads
     output_dir = _output_dir_from_args(sys.argv)
     if output_dir is not None:
         # Before Holoscan and the SDK are even imported (the SDK's argument parser would
@@ -99,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_code = 0
     try:
         app = BrainTumorSegApp()
+        if arenas is not None:
+            logger.info("glibc malloc arenas capped at %d (see app/memory.py; MALLOC_ARENA_MAX overrides)", arenas)
         # The graph runs in a worker thread; the main thread stays in Python so that SIGTERM
         # is handled promptly (see operators.termination).
         outcome: dict = {}

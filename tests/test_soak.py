@@ -147,3 +147,15 @@ def test_soak_in_successive_processes_peak_rss_does_not_grow(
         assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm"]
         peaks.append(peak)
     _check_growth(peaks, "successive processes (peak)")
+
+
+@pytest.mark.parametrize("env_value", [None, "3"])
+def test_malloc_arena_cap(env_value: str | None) -> None:
+    """The app caps glibc's arenas at max(2, usable CPUs), unless MALLOC_ARENA_MAX is set."""
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    if env_value is not None:
+        env["MALLOC_ARENA_MAX"] = env_value
+    code = "from app.memory import limit_malloc_arenas; print(limit_malloc_arenas())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
+    assert out == ("None" if env_value else str(max(2, len(os.sched_getaffinity(0)))))
