@@ -55,9 +55,8 @@ ALL_ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16", "torch-compi
 ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "openvino-bf16": ("openvino", {"precision": "bf16"}),
     "tensorrt-fp32": ("tensorrt", {"precision": "fp32"}),
-    # Issue 9 (CPU): folded-layout graph (engines.msnet_folded), ORT with its memory arena.
-    "openvino-folded": ("openvino", {"graph": "folded"}),
-    "openvino-folded-bf16": ("openvino", {"graph": "folded", "precision": "bf16"}),
+    # Issue 9 (CPU): ORT with its memory arena (the folded OpenVINO graphs are registry
+    # engines of their own: openvino-folded, openvino-folded-bf16).
     "onnxruntime-arena": ("onnxruntime", {"cpu_mem_arena": True}),
 }
 SCENARIOS: dict[str, tuple[bool, bool, bool, bool]] = {
@@ -198,7 +197,7 @@ def make_engine(name: str, models: Path, threads: int | None) -> Any:
     from engines.base import create_engine
 
     reg, opts = ENGINE_VARIANTS.get(name, (name, {}))
-    if threads and reg in ("torch", "onnxruntime", "openvino", "torch-compile"):
+    if threads and reg in ("torch", "onnxruntime", "openvino", "openvino-folded", "openvino-folded-bf16", "torch-compile"):
         opts = {**opts, "threads": threads}
     return create_engine(reg, model_dir=models, **opts)
 

@@ -21,6 +21,11 @@ from typing import Any
 
 import numpy as np
 
+#: Tensor names of every exported graph (plain and folded ONNX, Triton models):
+#: input ``(N, 4, D, H, W)`` slabs, output ``(N, 2, D - 8, H, W)`` logits.
+INPUT_NAME = "slabs"
+OUTPUT_NAME = "logits"
+
 
 class InferenceEngine(abc.ABC):
     """A runtime that runs MSNet networks on batches of slabs."""
@@ -66,25 +71,27 @@ class InferenceEngine(abc.ABC):
         return np.ascontiguousarray(batch, dtype=np.float32)
 
 
-#: name -> "module:Class"; imported lazily so that an absent runtime breaks only itself.
-_REGISTRY: dict[str, str] = {
-    "torch": "engines.torch_engine:TorchEngine",
-    "onnxruntime": "engines.onnx_engine:OnnxRuntimeEngine",
-    "openvino": "engines.openvino_engine:OpenVinoEngine",
+#: name -> ("module:Class", default options); imported lazily so that an absent runtime
+#: breaks only itself. A variant of an engine is an entry with other defaults, not a subclass.
+_REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
+    "torch": ("engines.torch_engine:TorchEngine", {}),
+    "onnxruntime": ("engines.onnx_engine:OnnxRuntimeEngine", {}),
+    "openvino": ("engines.openvino_engine:OpenVinoEngine", {}),
     # Folded-layout graph (engines.msnet_folded): FP32, and BF16 on CPUs with AVX512-BF16/AMX.
-    "openvino-folded": "engines.openvino_engine:OpenVinoFoldedEngine",
-    "openvino-folded-bf16": "engines.openvino_engine:OpenVinoFoldedBf16Engine",
-    "torch-compile": "engines.torch_compile_engine:TorchCompileEngine",
-    "tensorrt": "engines.tensorrt_engine:TensorRTEngine",
-    "torch-cuda": "engines.cuda_engines:TorchCudaEngine",
-    "onnxruntime-cuda": "engines.cuda_engines:OnnxRuntimeCudaEngine",
-    "triton": "engines.triton_engine:TritonEngine",  # remote: needs url= (the app's -t)
+    "openvino-folded": ("engines.openvino_engine:OpenVinoEngine", {"graph": "folded"}),
+    "openvino-folded-bf16": ("engines.openvino_engine:OpenVinoEngine", {"graph": "folded", "precision": "bf16"}),
+    "torch-compile": ("engines.torch_compile_engine:TorchCompileEngine", {}),
+    "tensorrt": ("engines.tensorrt_engine:TensorRTEngine", {}),
+    "torch-cuda": ("engines.cuda_engines:TorchCudaEngine", {}),
+    "onnxruntime-cuda": ("engines.cuda_engines:OnnxRuntimeCudaEngine", {}),
+    "triton": ("engines.triton_engine:TritonEngine", {}),  # remote: needs url= (the app's -t)
 }
 
 
-def register_engine(name: str, target: str) -> None:
-    """Register another runtime (``target`` = ``"package.module:ClassName"``)."""
-    _REGISTRY[name] = target
+def register_engine(name: str, target: str, **defaults: Any) -> None:
+    """Register another runtime (``target`` = ``"package.module:ClassName"``; ``defaults``:
+    constructor options that :func:`create_engine`'s own options override)."""
+    _REGISTRY[name] = (target, dict(defaults))
 
 
 def available_engines() -> list[str]:
@@ -117,8 +124,9 @@ def create_engine(
     key = aliases.get(name, name)
     if key not in _REGISTRY:
         raise ValueError(f"unknown engine {name!r}; available: {available_engines()}")
-    module_name, _, cls_name = _REGISTRY[key].partition(":")
+    target, defaults = _REGISTRY[key]
+    module_name, _, cls_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    engine = cls(model_dir=model_dir, weights_dir=weights_dir, **options)
+    engine = cls(model_dir=model_dir, weights_dir=weights_dir, **{**defaults, **options})
     engine.registry_name = key
     return engine

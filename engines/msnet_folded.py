@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.base import INPUT_NAME, OUTPUT_NAME
+from engines.cascade import BATCH_SIZE
 from engines.msnet import (
     BatchStatNorm,
     ConvBnPrelu,
@@ -177,8 +179,8 @@ class FoldedMSNet(nn.Module):
 
 
 #: Batch size the folded ONNX files of :mod:`engines.prepare` are traced for: the protocol's
-#: (``engines.cascade.BATCH_SIZE``; the cascade pads every batch to it with noise slabs).
-FOLDED_BATCH = 5
+#: (the cascade pads every batch to it with noise slabs).
+FOLDED_BATCH = BATCH_SIZE
 FOLDED_SUFFIX = ".folded.onnx"
 
 
@@ -195,12 +197,12 @@ def export_folded_onnx(net: MSNet, path: Path | None = None, n: int = FOLDED_BAT
 
     model = FoldedMSNet(net, static_slabs=True).eval()
     example = torch.zeros((n, net.in_channels, 11, 8, 8), dtype=torch.float32)
-    dyn = {"slabs": {2: "D", 3: "H", 4: "W"}, "logits": {2: "D_out", 3: "H", 4: "W"}}
+    dyn = {INPUT_NAME: {2: "D", 3: "H", 4: "W"}, OUTPUT_NAME: {2: "D_out", 3: "H", 4: "W"}}
     target: Any = io.BytesIO() if path is None else str(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about the fixed N (intended)
         torch.onnx.export(
-            model, (example,), target, input_names=["slabs"], output_names=["logits"],
+            model, (example,), target, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False,
         )  # fmt: skip
     return target.getvalue() if path is None else None

@@ -240,23 +240,3 @@ class OpenVinoEngine(InferenceEngine):
             "compiled_shapes": len(self._compiled),
         }
 
-
-class OpenVinoFoldedEngine(OpenVinoEngine):
-    """:class:`OpenVinoEngine` with ``graph="folded"`` by default (FP32): registry name
-    ``openvino-folded``."""
-
-    name = "openvino"
-
-    def __init__(self, *args: Any, graph: str = "folded", **kwargs: Any) -> None:
-        super().__init__(*args, graph=graph, **kwargs)
-
-
-class OpenVinoFoldedBf16Engine(OpenVinoEngine):
-    """:class:`OpenVinoEngine` with ``graph="folded"`` and ``precision="bf16"`` by default:
-    registry name ``openvino-folded-bf16``. Refused (``RuntimeError``) on CPUs without native
-    bfloat16."""
-
-    name = "openvino"
-
-    def __init__(self, *args: Any, graph: str = "folded", precision: str = "bf16", **kwargs: Any) -> None:
-        super().__init__(*args, graph=graph, precision=precision, **kwargs)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engines.base import INPUT_NAME, OUTPUT_NAME
 from engines.engine_cache import file_sha256
 from engines.msnet import MSNet
 from engines.msnet_folded import FOLDED_BATCH, FOLDED_SUFFIX, export_folded_onnx
@@ -37,8 +38,6 @@ from engines.weights import NETWORKS, default_weights_dir, load_network, npz_pat
 log = logging.getLogger(__name__)
 
 OPSET = 17
-INPUT_NAME = "slabs"
-OUTPUT_NAME = "logits"
 INPUT_AXES = ["N", "C", "D", "H", "W"]
 OUTPUT_AXES = ["N", "classes", "D_out", "H", "W"]
 VERIFY_TOLERANCE = 1e-3

@@ -29,12 +29,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from engines.base import InferenceEngine
+from engines.base import INPUT_NAME, OUTPUT_NAME, InferenceEngine
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "slabs"
-OUTPUT_NAME = "logits"
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 
@@ -249,15 +247,15 @@ class TritonEngine(InferenceEngine):
         t0 = time.perf_counter()
         if self.protocol == "http":
             import tritonclient.http as client_mod
+
+            binary = {"binary_data": True}  # raw tensor bytes, not JSON lists
         else:
             import tritonclient.grpc as client_mod  # type: ignore[no-redef]
+
+            binary = {}  # gRPC always sends raw bytes
         inp = client_mod.InferInput(INPUT_NAME, list(batch.shape), "FP32")
-        if self.protocol == "http":
-            inp.set_data_from_numpy(batch, binary_data=True)
-            outputs = [client_mod.InferRequestedOutput(OUTPUT_NAME, binary_data=True)]
-        else:
-            inp.set_data_from_numpy(batch)
-            outputs = [client_mod.InferRequestedOutput(OUTPUT_NAME)]
+        inp.set_data_from_numpy(batch, **binary)
+        outputs = [client_mod.InferRequestedOutput(OUTPUT_NAME, **binary)]
         result = self._call(f"an inference of {network} {list(batch.shape)}", "infer", network, [inp],
                             outputs=outputs, timeout=self.timeout_s)  # fmt: skip
         y = result.as_numpy(OUTPUT_NAME)

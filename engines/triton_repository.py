@@ -49,15 +49,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from engines.base import INPUT_NAME, OUTPUT_NAME
+from engines.cascade import BATCH_SIZE as BATCH
 from engines.engine_cache import file_sha256
 from engines.weights import NETWORKS
 
 log = logging.getLogger(__name__)
 
 FLAVOURS = ("python", "onnxruntime", "tensorrt")
-INPUT_NAME = "slabs"
-OUTPUT_NAME = "logits"
-BATCH = 5  # engines.cascade.BATCH_SIZE
 IN_SLICES = 19  # engines.cascade.IN_SLICES
 OUT_SLICES = 11
 PYTHON_MAX_BATCH = 20

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from engines.local_process import free_port, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = REPO_ROOT / ".venv-triton"
@@ -138,13 +138,6 @@ def find_triton(venv: Path | None = None) -> TritonInstall:
     return install
 
 
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class TritonServer:
     """A running ``tritonserver``.
@@ -197,18 +190,6 @@ def _ready(url: str) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, ConnectionError, OSError):
         return False
-
-
-def stop(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """SIGTERM, wait, SIGKILL after ``timeout_s``."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @contextmanager

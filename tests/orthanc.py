@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from engines.local_process import free_port, stop
 
 __all__ = [
     "ORTHANC_APT_PACKAGE",
@@ -86,12 +87,6 @@ def find_orthanc() -> str:
         f"Debian package: `apt-get install -y {ORTHANC_APT_PACKAGE}` (the project's bootstrap "
         "script does this on CI). PACS tests do not skip without it."
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -203,17 +198,6 @@ def _wait_ready(server: OrthancServer, timeout_s: float) -> None:
     )
 
 
-def _stop(process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 @contextmanager
 def run_orthanc(
     aet: str = "ORTHANC_TEST",
@@ -256,9 +240,9 @@ def run_orthanc(
         # Ports are picked free, then released and handed to Orthanc: another process could
         # grab one in between. Retry a couple of times on such an early exit.
         for attempt in range(3):
-            http_port, dicom_port = _free_port(), _free_port()
+            http_port, dicom_port = free_port(), free_port()
             while dicom_port == http_port:
-                dicom_port = _free_port()
+                dicom_port = free_port()
             config = _write_config(workdir, http_port, dicom_port, aet)
             log = open(workdir / "orthanc.log", "ab")  # noqa: SIM115 - closed below
             t0 = time.monotonic()
@@ -274,7 +258,7 @@ def run_orthanc(
             try:
                 _wait_ready(server, startup_timeout_s)
             except OrthancStartupError:
-                _stop(proc)
+                stop(proc)
                 if attempt < 2 and proc.returncode not in (None, 0) and \
                         time.monotonic() - t0 < startup_timeout_s:
                     continue
@@ -285,7 +269,7 @@ def run_orthanc(
         yield server
     finally:
         if server is not None:
-            _stop(server.process)
+            stop(server.process)
         if not keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
