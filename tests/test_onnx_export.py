@@ -56,13 +56,6 @@ def test_folded_files(model_dir: Path) -> None:
         assert dims == [5, 4, "D", "H", "W"]
 
 
-def test_folded_batch_is_the_protocol_batch() -> None:
-    from engines.cascade import BATCH_SIZE
-    from engines.msnet_folded import FOLDED_BATCH
-
-    assert FOLDED_BATCH == BATCH_SIZE
-
-
 def test_ort_matches_torch_on_new_shape(model_dir: Path) -> None:
     """Dynamic axes: a batch size, depth and in-plane size never seen at export time."""
     from engines.base import create_engine
