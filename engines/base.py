@@ -35,6 +35,8 @@ class InferenceEngine(abc.ABC):
     #: The registry name it was created under (:func:`create_engine`), e.g.
     #: ``"openvino-folded-bf16"``: enough to create the same engine again.
     registry_name: str = ""
+    #: Why the app runs this engine (set by ``operators.segmentation_operator.resolve_engine``).
+    choice_reason: str = ""
 
     @abc.abstractmethod
     def prepare(self, networks: Sequence[str]) -> None:
@@ -83,6 +85,8 @@ _REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
     "torch-compile": ("engines.torch_compile_engine:TorchCompileEngine", {}),
     "tensorrt": ("engines.tensorrt_engine:TensorRTEngine", {}),
     "torch-cuda": ("engines.cuda_engines:TorchCudaEngine", {}),
+    # FP16 on CUDA without TensorRT: compiled, channels-last, one CUDA graph per (network, shape).
+    "torch-cuda-fp16": ("engines.torch_fp16_engine:TorchHalfEngine", {}),
     "onnxruntime-cuda": ("engines.cuda_engines:OnnxRuntimeCudaEngine", {}),
     "triton": ("engines.triton_engine:TritonEngine", {}),  # remote: needs url= (the app's -t)
 }

@@ -442,8 +442,17 @@ def remove_external_core(whole: np.ndarray, core: np.ndarray) -> np.ndarray:
 
 
 def close(mask: np.ndarray) -> np.ndarray:
-    """Binary closing with the 18-neighbourhood structuring element."""
-    return ndimage.binary_closing(mask, structure=STRUCT_18)
+    """Binary closing with the 18-neighbourhood structuring element, as if the array continued
+    with background beyond its edges.
+
+    !! ``scipy.ndimage.binary_closing`` alone erodes from the array border (its erosion takes
+    the outside as background after a dilation that never reached it), so a mask touching the
+    edge of a box -- a thin-slab study, a tumour at the top slice -- loses voxels there and a
+    small one vanishes. One voxel of padding (the element's radius) makes the closing extensive
+    (result >= mask) everywhere.
+    """
+    padded = np.pad(mask.astype(bool), 1)
+    return ndimage.binary_closing(padded, structure=STRUCT_18)[1:-1, 1:-1, 1:-1]
 
 
 def fuse_labels(wt: np.ndarray, tc: np.ndarray, en: np.ndarray) -> np.ndarray:

@@ -69,11 +69,25 @@ class BatchStatNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = (0, 2, 3, 4)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return self._forward_half(x, dims)
         mean = x.mean(dim=dims, keepdim=True)
         var = (x - mean).square().mean(dim=dims, keepdim=True)
         # Same factorisation as TF's batch_normalization: x * scale + (beta - mean * scale).
         scale = torch.rsqrt(var + self.eps) * self.gamma.view(1, -1, 1, 1, 1)
         return x * scale + (self.beta.view(1, -1, 1, 1, 1) - mean * scale)
+
+    def _forward_half(self, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        """Half-precision input: statistics, scale and shift in FP32, result in ``x.dtype``.
+
+        !! Never square a half tensor here: FP16 overflows above 256**2, and a mean over
+        millions of voxels needs FP32 accumulation. Compiled, the FP32 copy is fused away.
+        """
+        xf = x.float()
+        var, mean = torch.var_mean(xf, dim=dims, correction=0, keepdim=True)
+        scale = torch.rsqrt(var + self.eps) * self.gamma.float().view(1, -1, 1, 1, 1)
+        shift = self.beta.float().view(1, -1, 1, 1, 1) - mean * scale
+        return (xf * scale + shift).to(x.dtype)
 
 
 class PReLU(nn.Module):

@@ -12,7 +12,8 @@ from operators.errors import DegenerateIntensityError, InferenceServerError, Mod
 from operators.study_model import MODALITY_DISPLAY, MODALITIES, ModelInput, SegmentationOutcome
 
 ENGINE_PREFERENCE = (
-    "tensorrt", "onnxruntime-cuda", "torch-cuda",
+    # GPU: TensorRT FP16 when importable, else the compiled FP16 torch engine.
+    "tensorrt", "torch-cuda-fp16", "onnxruntime-cuda", "torch-cuda",
     # CPU: BF16 needs native bfloat16 (AVX512-BF16 / AMX; refused elsewhere, then FP32).
     "openvino-folded-bf16", "openvino-folded", "openvino", "onnxruntime", "torch",
 )  # fmt: skip
@@ -41,7 +42,9 @@ def resolve_engine(requested: str, model_dir: Path, triton_server: str = "", tri
     there is no fallback to local inference (a server problem fails the run, see
     :func:`segment`).
 
-    Returns the engine and a list of notes (fallbacks taken, with reasons).
+    Returns the engine and a list of notes (fallbacks taken, with reasons). The engine's
+    ``choice_reason`` says in one line why it was chosen (``report.json``: segmentation ->
+    engine -> ``choice_reason``).
     """
     from engines.base import available_engines, create_engine
 
@@ -55,12 +58,15 @@ def resolve_engine(requested: str, model_dir: Path, triton_server: str = "", tri
         if requested != "auto":
             notes.append(f"engine setting {requested!r} not used: remote inference on Triton at {engine.url}")
         logger.info("Engine: triton (remote inference at %s, request timeout %.0f s)", engine.url, triton_timeout_s)
+        engine.choice_reason = f"remote inference requested (Triton server {engine.url})"
         return engine, notes
     if requested != "auto":
         # An explicitly requested engine that cannot run here (no GPU, library missing,
         # unknown name) falls back to ``auto``; the warning goes into the report's notes.
         try:
-            return create_engine(requested, model_dir=model_dir), notes
+            engine = create_engine(requested, model_dir=model_dir)
+            engine.choice_reason = f"requested by the settings (engine: {requested})"
+            return engine, notes
         except Exception as exc:  # noqa: BLE001 - any failure: fall back, say so
             note = (
                 f"requested engine {requested} unavailable ({type(exc).__name__}: {str(exc)[:160]}); "
@@ -68,15 +74,19 @@ def resolve_engine(requested: str, model_dir: Path, triton_server: str = "", tri
             )
             notes.append(" ".join(note.split()))
             logger.warning("%s", notes[-1])
+    passed_over: list[str] = []
     for name in ENGINE_PREFERENCE:
         if name not in available_engines():
             continue
         try:
             engine = create_engine(name, model_dir=model_dir)
             logger.info("Engine: %s (auto)", name)
+            engine.choice_reason = (f"auto: first engine of the preference order that runs here"
+                                    + (f"; passed over {', '.join(passed_over)}" if passed_over else ""))  # fmt: skip
             return engine, notes
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next one
             notes.append(f"engine {name} unavailable: {type(exc).__name__}: {str(exc)[:160]}")
+            passed_over.append(f"{name} ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})")
             logger.warning("Engine %s unavailable (%s); falling back", name, str(exc))
     raise ModelFolderError(f"no inference engine could be created from {model_dir}: {notes}")
 
@@ -92,7 +102,8 @@ class SegmentationOperator(Operator):
         model grid, the engine's description, which channels were imputed and how).
 
     The engine comes from the settings (``auto``: the first of :data:`ENGINE_PREFERENCE`
-    that works here: TensorRT > ONNX Runtime CUDA > PyTorch CUDA > OpenVINO folded BF16 >
+    that works here: TensorRT FP16 > PyTorch CUDA FP16 (compiled) > ONNX Runtime CUDA > PyTorch
+    CUDA FP32 > OpenVINO folded BF16 >
     OpenVINO folded FP32 > OpenVINO > ONNX Runtime CPU > PyTorch CPU). Absent modalities
     are fed as documented by :mod:`engines.cascade` and listed in the outcome.
     """
@@ -159,7 +170,8 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     return SegmentationOutcome(
         model_input=model_input,
         labels=result.labels,
-        engine={"inference": "remote" if remote else "local", "engine": engine.registry_name, **result.engine},
+        engine={"inference": "remote" if remote else "local", "engine": engine.registry_name,
+                "choice_reason": engine.choice_reason, **result.engine},
         imputed_channels=[MODALITY_DISPLAY[m.lower()] for m in result.imputed_channels],
         notes=notes + list(result.notes),
         timings=timings,

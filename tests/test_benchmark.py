@@ -93,3 +93,20 @@ def test_benchmark_quick_with_reference(one_case: Path, bench_models: Path, tmp_
     assert rc == 0
     res = _check_outputs(out, ["torch", "openvino"], with_reference_quality=True)
     assert res["protocol"]["reference_batch"] == [5, 4, 19, 144, 144]
+
+
+def test_load_case_reads_nifti_in_simpleitk_order(brats_dir: Path) -> None:
+    """The benchmarks read NIfTI with nibabel (GPU machines have no SimpleITK): same arrays,
+    axis order (Z, Y, X) and spacing as SimpleITK gives."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from benchmarks.run import load_case
+
+    case = brats_dir / BRATS_CASES[1]
+    vols, seg, spacing = load_case(case)
+    img = sitk.ReadImage(str(case / f"{case.name}_t1ce.nii.gz"))
+    assert vols.shape == (4, *sitk.GetArrayFromImage(img).shape)
+    assert np.array_equal(vols[2], sitk.GetArrayFromImage(img))
+    assert np.array_equal(seg, sitk.GetArrayFromImage(sitk.ReadImage(str(case / f"{case.name}_seg.nii.gz"))))
+    assert spacing == tuple(img.GetSpacing()[::-1])

@@ -191,6 +191,41 @@ def test_largest_components_rules() -> None:
     assert C.largest_components(m, threshold=5000).sum() == 1000  # none qualifies: keep largest
 
 
+def test_closing_never_removes_voxels_at_the_box_edge() -> None:
+    """A mask touching the edge of its box (a thin-slab study, a tumour in the top slice) keeps
+    its voxels through the closing (scipy's closing alone erodes them from the array border),
+    and away from the border the result is scipy's."""
+    from scipy import ndimage
+
+    m = np.zeros((5, 20, 20), dtype=bool)
+    m[0, 5:8, 5:8] = True  # 9 voxels in the first slice
+    assert ndimage.binary_closing(m, structure=C.STRUCT_18).sum() == 0  # the trap
+    closed = C.close(m)
+    assert (closed >= m).all() and closed.sum() == 9
+    rng = np.random.default_rng(1)
+    inner = np.zeros((30, 30, 30), dtype=bool)
+    inner[3:-3, 3:-3, 3:-3] = ndimage.binary_dilation(rng.random((24, 24, 24)) > 0.99, iterations=1)
+    np.testing.assert_array_equal(C.close(inner), ndimage.binary_closing(inner, structure=C.STRUCT_18))
+
+
+def test_cascade_on_a_thin_slab_with_tumour_at_its_edge() -> None:
+    """Regression: a thin-slab study whose tumour lies in its first slice made the cascade raise
+    ``bounding box of an empty mask`` (the closing had erased the mask at the box edge)."""
+
+    class BrightEngine(EchoEngine):
+        """Foreground where channel 0 (z-scored FLAIR) is above 3: only the bright blob."""
+
+        def run(self, network: str, batch: np.ndarray) -> np.ndarray:
+            fg = 10.0 * (self.check_batch(batch)[:, 0, 4:-4] - 3.0)
+            return np.stack([np.zeros_like(fg), fg], axis=1)
+
+    vols = _synthetic_case()[:, 5:9]  # 4 slices, all brain
+    vols[0, 0, 15:25, 12:22] = 5000.0  # a bright blob in FLAIR, first slice only
+    res = C.segment_brats_full(vols, (True,) * 4, BrightEngine(), seed=0)
+    assert res.labels.shape == vols.shape[1:]
+    assert (res.labels[0, 15:25, 12:22] > 0).all() and not res.labels[1:].any()
+
+
 def test_fuse_labels() -> None:
     wt = np.zeros((30, 30, 30), dtype=bool)
     wt[5:25, 5:25, 5:25] = True  # 8000 > 2000

@@ -1,0 +1,70 @@
+"""``bash benchmarks/gpu_check.sh --device cpu --quick``: the GPU measurement's own code, on the CPU.
+
+The same script that measures the FP16 engine on a GPU machine (``benchmarks/results/``) runs
+here on a small reference batch, one network and a real case cropped around its tumour, plus
+the app end to end on a 24-slice DICOM slab of that case (~3 min on 2 cores). Asserted: every
+output file, the promised keys, engines that cannot run here reported as skipped with their
+reason, the FP16 engine's labels equal to eager FP32's (on the CPU it computes in FP32), and
+the app's stage times with its engine choice and reason. No timing is asserted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT, shared_root
+
+OUTPUTS = ("results.json", "results.md", "latency.png", "memory.png", "quality.png", "stages.png", "gpu_check.log")
+
+
+def test_gpu_check_quick_on_cpu(models_dir: Path, brats_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gpu-check"
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--out", str(out), "--device", "cpu", "--quick", "--models", str(models_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "BRATS_SHARED": str(shared_root())},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in OUTPUTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert len(list(out.iterdir())) <= 8  # what the GPU tool brings back: 8 files at most
+
+    doc = json.loads((out / "results.json").read_text())
+    eng = doc["engines"]
+    assert doc["protocol"]["device"] == "cpu" and doc["protocol"]["quick"]
+    for name in ("eager-fp32", "fp16", "compile-fp32"):
+        assert eng[name]["status"] == "ok", eng[name]
+        lat = eng[name]["latency"]["wt32"]
+        assert {"mean", "p50", "p95", "first_call_s", "samples_s"} <= set(lat) and lat["n"] == doc["protocol"]["runs"]
+    assert eng["tensorrt-fp16"]["status"] == "skipped" and "tensorrt" in eng["tensorrt-fp16"]["reason"].lower()
+    assert "case_note" in eng["compile-fp32"] and not eng["compile-fp32"]["case"]
+    assert eng["fp16"]["describe"]["runtime"] == "torch-cpu-half"
+    assert doc["flops_gflop"]["wt32"]["5x4x19x32x32"] > 0
+
+    q = doc["quality"]
+    for name in ("eager-fp32", "fp16"):
+        g = q[name]["all"]["vs_ground_truth"]
+        assert set(g) == {"WT", "TC", "ET"} and {"dice", "hd95", "sensitivity"} <= set(g["WT"])
+    # On the CPU the FP16 engine computes in FP32: its labels are eager FP32's.
+    assert q["fp16"]["all"]["label_agreement_brain"] >= 0.999
+    assert all(abs(d) <= 0.001 for d in q["fp16"]["all"]["delta_dice_vs_eager_fp32"].values())
+
+    app = doc["app"]
+    assert app["status"] == "ok", app
+    (run,) = app["runs"]
+    assert run["exit_code"] == 0 and run["status"] == "ok"
+    assert {"load", "select", "register_and_resample", "segment", "write_seg"} <= set(run["stages_s"])
+    # No CUDA here: the requested FP16 engine is passed over, and the report says why.
+    assert "torch-cuda-fp16" in run["choice_reason"] and run["engine"] != "torch-cuda-fp16"
+
+    goals = doc["summary"]["goals"]
+    assert set(goals) == {"speedup_vs_eager", "speedup_vs_compile", "peak_allocated_ratio", "abs_delta_dice",
+                          "label_agreement", "end_to_end_s"}  # fmt: skip
+    assert goals["peak_allocated_ratio"]["measured"] is None  # no GPU memory on a CPU run
+    md = (out / "results.md").read_text()
+    for heading in ("## Model only (MPA table 2)", "## Quality on the case (MPA table 1)",
+                    "## The app end to end", "## Goals (FP16 engine)"):  # fmt: skip
+        assert heading in md
