@@ -1,4 +1,10 @@
-"""Brain tumour segmentation MAP (MONAI Deploy): DICOM MR study in, DICOM-SEG out."""
+"""Brain tumour segmentation MAP (MONAI Deploy): DICOM MR study in, DICOM-SEG out.
+
+The application and its run's lifecycle: the operator graph (:mod:`app.app`, wiring only), the
+entry point with its exit codes and failure report (:mod:`app.main`), SIGTERM handling
+(:mod:`app.termination`), the settings (:mod:`app.settings`: ``app.yaml``, ``BRATS_*``), the
+glibc arena cap (:mod:`app.memory`). May import :mod:`operators` and :mod:`engines`.
+"""
 from __future__ import annotations
 
 import sys

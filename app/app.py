@@ -19,12 +19,12 @@ from monai.deploy.core import AppContext, Application
 
 from app import __version__
 from app.settings import AppSettings
-from operators.errors import InputError
 from operators.dicom_seg_writer_operator import DicomSegWriterOperator
+from operators.errors import InputError
 from operators.modality_selector_operator import ModalitySelectorOperator
-from operators.output_staging import OutputStaging, check_writable, remove_stale_staging, set_aside_earlier_outputs
+from operators.outputs.report import base_report, pipeline_sections, selection_section
+from operators.outputs.staging import OutputStaging, check_writable, remove_stale_staging, set_aside_earlier_outputs
 from operators.registration_operator import RegistrationOperator
-from operators.report import base_report, pipeline_sections, selection_section
 from operators.report_writer_operator import ReportWriterOperator
 from operators.segmentation_operator import SegmentationOperator
 from operators.study_loader_operator import StudyLoaderOperator
@@ -71,7 +71,8 @@ class BrainTumorSegApp(Application):
         registration = RegistrationOperator(self, seed=settings.seed, name="registration")
         segmentation = SegmentationOperator(
             self, model_dir=settings.model_dir, engine=settings.engine, seed=settings.seed,
-            triton_server=settings.triton_server, triton_timeout_s=settings.triton_timeout_s, name="segmentation",
+            triton_server=settings.triton_server, triton_timeout_s=settings.triton_timeout_s,
+            rules=settings.post_processing, cache_dir=settings.engine_cache_dir, name="segmentation",
         )  # fmt: skip
         seg_writer = DicomSegWriterOperator(
             self, staging=self.staging, algorithm_version=__version__, name="dicom_seg_writer"
@@ -94,7 +95,7 @@ class BrainTumorSegApp(Application):
 def build_report(result: Any, earlier_outputs: Path | None = None) -> dict:
     """The report of a finished graph: the input section from the selection and, for the full
     graph's result, the pipeline sections; ``earlier_outputs``: where an earlier run's outputs
-    were moved (:func:`operators.output_staging.set_aside_earlier_outputs`)."""
+    were moved (:func:`operators.outputs.staging.set_aside_earlier_outputs`)."""
     report = base_report(APP_NAME, __version__)
     if earlier_outputs is not None:
         report["earlier_outputs_moved_to"] = earlier_outputs.name

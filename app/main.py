@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from app import __version__
+from app import __version__, termination
 from app.memory import limit_malloc_arenas
+from app.termination import Terminated
 from operators.errors import InputError
-from operators import termination
-from operators.output_staging import REPORT_NAME, write_json_atomically
-from operators.report import base_report
-from operators.termination import Terminated
+from operators.outputs.report import base_report
+from operators.outputs.staging import REPORT_NAME, write_json_atomically
 
 logger = logging.getLogger("app")
 APP_NAME = "brats-seg-map"
@@ -83,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if output_dir is not None:
         # Before Holoscan and the SDK are even imported (the SDK's argument parser would
         # fail on it with a traceback).
-        from operators.output_staging import check_writable
+        from operators.outputs.staging import check_writable
 
         try:
             check_writable(output_dir)
@@ -104,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arenas is not None:
             logger.info("glibc malloc arenas capped at %d (see app/memory.py; MALLOC_ARENA_MAX overrides)", arenas)
         # The graph runs in a worker thread; the main thread stays in Python so that SIGTERM
-        # is handled promptly (see operators.termination).
+        # is handled promptly (see app.termination).
         outcome: dict = {}
         runner = threading.Thread(target=_run_graph, args=(app, outcome), name="graph", daemon=True)
         runner.start()

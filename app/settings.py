@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.model.cascade import PostProcessing
+
 APP_DIR = Path(__file__).resolve().parent
 
 CONFIG_SECTION = "brats"
@@ -37,9 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "thresholds": {
         # Post-processing of the cascade (Wang et al.): whole-tumour components of at most
         # this many voxels are dropped (the largest is always kept) ...
-        "wt_component_voxels": 2000,
+        "wt_component_voxels": PostProcessing.wt_component_voxels,
         # ... and an enhancing-tumour label with fewer voxels than this (but > 0) is dropped.
-        "min_enhancing_voxels": 30,
+        "min_enhancing_voxels": PostProcessing.min_enhancing_voxels,
     },
 }
 
@@ -190,6 +192,11 @@ class AppSettings:
     wt_component_voxels: int = DEFAULTS["thresholds"]["wt_component_voxels"]
     min_enhancing_voxels: int = DEFAULTS["thresholds"]["min_enhancing_voxels"]
     config_path: Path | None = None
+
+    @property
+    def post_processing(self) -> PostProcessing:
+        """The cascade's size rules from ``brats.thresholds``."""
+        return PostProcessing(self.wt_component_voxels, self.min_enhancing_voxels)
 
     @property
     def engine_cache_dir(self) -> Path:

@@ -186,8 +186,8 @@ def count_flops(networks: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> d
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engines.msnet import MSNet
-    from engines.weights import network_kind
+    from engines.model.msnet import MSNet
+    from engines.model.weights import network_kind
 
     out: dict[str, dict[str, float]] = {}
     for net_name in networks:
@@ -211,7 +211,7 @@ def peak_rate(gpu_name: str | None, precision: str) -> float | None:
 
 def model_file_sizes(models: Path, weights_fp16: Path) -> dict[str, Any]:
     """MB of the model files each engine loads or builds from (MPA table 2's 'model size')."""
-    from engines.weights import NETWORKS
+    from engines.model.weights import NETWORKS
 
     def total(pattern: str, folder: Path) -> float:
         return sum((folder / pattern.format(n)).stat().st_size for n in NETWORKS if (folder / pattern.format(n)).is_file()) / 1e6
@@ -230,7 +230,7 @@ def write_fp16_state_dicts(models: Path, out: Path) -> Path:
     """Half-precision copies of the state dicts (only to weigh them; the engine casts on load)."""
     import torch
 
-    from engines.weights import NETWORKS
+    from engines.model.weights import NETWORKS
 
     out.mkdir(parents=True, exist_ok=True)
     for n in NETWORKS:
@@ -247,8 +247,8 @@ def measure_engine(name: str, registry: str, options: dict[str, Any], args: argp
                    labels: dict[str, dict[str, np.ndarray]], networks: Sequence[str],
                    with_case: bool) -> dict[str, Any]:  # fmt: skip
     """Create one engine; latency on the reference batch; the case under each scenario."""
-    from engines import cascade as C
-    from engines.base import create_engine
+    from engines.model import cascade as C
+    from engines.runtimes.registry import create_engine
 
     res: dict[str, Any] = {"engine": name, "registry_name": registry, "options": options, "status": "ok"}
     before = reset_gpu(args.device)
@@ -328,7 +328,7 @@ def measure_engine(name: str, registry: str, options: dict[str, Any], args: argp
 def quality(labels: dict[str, dict[str, np.ndarray]], seg: np.ndarray, brain: np.ndarray,
             spacing: Sequence[float], budget: Budget) -> dict[str, Any]:  # fmt: skip
     """Dice / HD95 / sensitivity vs the expert labels; agreement with eager FP32 per scenario."""
-    from engines.evaluation import brats_metrics, region_mask
+    from benchmarks.evaluation import brats_metrics, region_mask
 
     out: dict[str, Any] = {}
     base = labels.get(BASELINE, {})
@@ -349,7 +349,7 @@ def quality(labels: dict[str, dict[str, np.ndarray]], seg: np.ndarray, brain: np
             out.setdefault(name, {})[scen] = item
             per_case_s = max(per_case_s, time.perf_counter() - t)
     # ΔDice (engine minus eager FP32, both against the expert labels), per scenario and region.
-    for name, by_scen in out.items():
+    for by_scen in out.values():
         for scen, item in by_scen.items():
             ref_item = out.get(BASELINE, {}).get(scen, {})
             if "vs_ground_truth" in item and "vs_ground_truth" in ref_item:
@@ -402,7 +402,7 @@ def app_end_to_end(args: argparse.Namespace, seg: np.ndarray, budget: Budget, en
     if args.quick:  # a slab of the case around the tumour: same code, fewer slices
         z = np.nonzero(seg.any(axis=(1, 2)))[0]
         centre = int(z.mean()) if z.size else seg.shape[0] // 2
-        cmd += ["--slices", f"{max(centre - 12, 0)}:{min(centre + 12, seg.shape[0])}"]
+        cmd += ["--slices", f"{max(centre - 6, 0)}:{min(centre + 6, seg.shape[0])}"]
         res["study"] = f"slab {cmd[-1]} of {args.case.name}"
     else:
         res["study"] = f"{args.case.name}, four series, {seg.shape[2]}x{seg.shape[1]}x{seg.shape[0]}"
@@ -521,7 +521,8 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
              f"- Eager FP32 convolutions: TF32 allowed = {doc['tf32']['cudnn_allow_tf32']} (PyTorch default)",
              f"- Reference batch {proto['reference_shape']} (NCDHW), {proto['warmup']} warm-up + {proto['runs']} timed "
              f"calls per network, wall clock around engine.run (copies in and out included; [network alone]: "
-             f"CUDA events around the graph replay); case {proto['case']}" + (f" cropped to {proto['crop']}" if proto.get("crop") else ""),
+             f"CUDA events around the graph replay); case {proto['case']}"
+             + (f" cropped to {proto['crop']}" if proto.get("crop") else ""),
              ""]  # fmt: skip
     eng = doc["engines"]
     lines += ["## Model only (MPA table 2)", "",
@@ -538,12 +539,15 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         s = summ.get("per_engine", {}).get(name, {})
         mem = r.get("memory_reference_batch", {})
         firsts = [v.get("first_call_s") or 0 for v in r.get("latency", {}).values() if "p50" in v]
-        tf = _f(s.get("achieved_tflops"), ".1f") + (f" ({100 * s['fraction_of_peak']:.1f} % of {s['peak_precision']})" if s.get("fraction_of_peak") else "")
+        tf = _f(s.get("achieved_tflops"), ".1f")
+        if s.get("fraction_of_peak"):
+            tf += f" ({100 * s['fraction_of_peak']:.1f} % of {s['peak_precision']})"
         dev = f" [{s['device_p50_ms_mean_over_networks']:.2f}]" if "device_p50_ms_mean_over_networks" in s else ""
         lines.append(f"| {name} | {_f(size_of.get(name), '.1f')} | {_f(s.get('p50_ms_mean_over_networks'))}{dev} | "
                      f"{_f(s.get('speedup_vs_eager'))}x | {_f(s.get('speedup_vs_compile'))}x | "
                      f"{_f(mem.get('peak_allocated_mb'), '.0f')} | {_f(mem.get('peak_reserved_mb'), '.0f')} | "
-                     f"{_f(s.get('peak_allocated_ratio_vs_eager'))} | {tf} | {_f(max(firsts) if firsts else None, '.1f')} |")  # fmt: skip
+                     f"{_f(s.get('peak_allocated_ratio_vs_eager'))} | {tf} | "
+                     f"{_f(max(firsts) if firsts else None, '.1f')} |")  # fmt: skip
     nets = doc["protocol"]["networks"]
     ok = [n for n, r in {**eng, **doc.get("fp16_variants", {})}.items() if r.get("status") == "ok"]
     lines += ["", "Latency per network (ms: mean / p50 / p95):", "",
@@ -571,14 +575,17 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                          + " / ".join(_f(g[r]["hd95"], ".1f") for r in REGIONS) + " | "
                          + " / ".join(_f(g[r]["sensitivity"], ".3f") for r in REGIONS) + " | "
                          + " / ".join(_f(100 * dd[r], "+.2f") if r in dd else "–" for r in REGIONS) + " | "
-                         + _f(item.get("label_agreement_brain"), ".5f") + f" | {item.get('voxels_differing', '–')} |")  # fmt: skip
+                         + _f(item.get("label_agreement_brain"), ".5f")
+                         + f" | {item.get('voxels_differing', '–')} |")  # fmt: skip
 
     lines += ["", "## The case through the cascade (seconds)", "",
-              "| engine | scenario | wall | preprocess | networks (9 views) | post-processing |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+              "| engine | scenario | wall | preprocess | networks (9 views) | post-processing |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, r in eng.items():
         for scen, c in (r.get("case") or {}).items():
             if "wall_s" in c:
-                lines.append(f"| {name} | {scen} | {c['wall_s']:.2f} | {c['preprocess_s']:.2f} | {c['networks_s']:.2f} | {c['postprocess_s']:.2f} |")
+                lines.append(f"| {name} | {scen} | {c['wall_s']:.2f} | {c['preprocess_s']:.2f} | "
+                             f"{c['networks_s']:.2f} | {c['postprocess_s']:.2f} |")
             else:
                 lines.append(f"| {name} | {scen} | {c.get('skipped', '')} ||||")
 
@@ -592,7 +599,8 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         for i, run in enumerate(app.get("runs", [])):
             stages = ", ".join(f"{k} {v:.2f}" for k, v in (run.get("stages_s") or {}).items())
             lines.append(f"| {i + 1}{' (cold)' if run.get('cold') else ''} | {run.get('exit_code', '–')} | "
-                         f"{_f(run.get('wall_s'))} | {run.get('engine', '–')} | {stages or run.get('skipped', '')} |")  # fmt: skip
+                         f"{_f(run.get('wall_s'))} | {run.get('engine', '–')} | "
+                         f"{stages or run.get('skipped', '')} |")  # fmt: skip
 
     lines += ["", "## Goals (FP16 engine)", "", "| goal | target | measured | met |", "| --- | ---: | ---: | --- |"]
     for key, g in summ.get("goals", {}).items():
@@ -723,7 +731,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.runs, args.warmup = args.runs or 2, 1 if args.warmup is None else args.warmup
         args.app_runs = args.app_runs or 1
     else:
-        from engines.weights import NETWORKS
+        from engines.model.weights import NETWORKS
 
         args.reference_shape = list(REFERENCE_SHAPE)
         args.networks = list(NETWORKS)
@@ -743,7 +751,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(args.out / "gpu_check.log", mode="w")])  # fmt: skip
+                        handlers=[logging.StreamHandler(sys.stdout),
+                                  logging.FileHandler(args.out / "gpu_check.log", mode="w")])  # fmt: skip
     import torch
 
     budget = Budget(args.budget_s, reserve_s=QUALITY_RESERVE_S)

@@ -19,9 +19,9 @@ precision, input protocol, latency protocol, quality delta), ``tables.md``,
 ``latency.png``, ``memory.png``, ``end_to_end.png``, ``workers/<engine>.json|.log`` and
 ``labels/<engine>/<case>__<scenario>.npy``.
 
-``--triton`` adds the remote engine (:mod:`engines.triton_engine`), measured in the main
+``--triton`` adds the remote engine (:mod:`engines.runtimes.triton_engine`), measured in the main
 process against a real Triton server: twice, the Python-backend repository with and without
-``dynamic_batching`` (:mod:`engines.triton_repository`), each served by a local
+``dynamic_batching`` (:mod:`engines.serving.triton_repository`), each served by a local
 ``tritonserver`` from ``.venv-triton`` (``bash scripts/bootstrap_triton.sh``); or once against
 ``--triton-url`` (e.g. the NGC container on a GPU server, repository as generated there).
 It reports latency per network call (same protocol as the local engines), latency per study
@@ -47,6 +47,9 @@ from typing import Any
 
 import numpy as np
 
+from engines.model.cascade import protocol_shape
+from engines.model.weights import NETWORKS
+
 log = logging.getLogger("benchmarks.run")
 
 ALL_ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16", "torch-compile", "tensorrt",
@@ -66,11 +69,8 @@ SCENARIOS: dict[str, tuple[bool, bool, bool, bool]] = {
     "T2": (False, False, False, True),
 }
 REFERENCE_SHAPE = (5, 4, 19, 144, 144)  # issue 9's WT reference batch (NCDHW)
-#: Protocol batch per network (engines.cascade: batch 5, 19 slices, base in-plane patch).
-PROTOCOL_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
-    "wt32": (5, 4, 19, 180, 160), "wt32sg": (5, 4, 19, 160, 180), "wt32cr": (5, 4, 19, 160, 160),
-    **{n: (5, 4, 19, 96, 96) for n in ("tc32", "tc32sg", "tc32cr", "en32", "en32sg", "en32cr")},
-}  # fmt: skip
+#: Protocol batch per network (engines.model.cascade: batch 5, 19 slices, base in-plane patch).
+PROTOCOL_SHAPES: dict[str, tuple[int, int, int, int, int]] = {n: protocol_shape(n) for n in NETWORKS}
 REGIONS = ("WT", "TC", "ET")
 STAGE_KEYS = ("load", "preprocess", "infer", "postprocess")
 
@@ -205,7 +205,7 @@ def crop_to_tumour(vols: np.ndarray, seg: np.ndarray, size: Sequence[int]) -> tu
 
 def make_engine(name: str, models: Path, threads: int | None) -> Any:
     """Create a benchmark engine (registry name or variant such as ``openvino-bf16``)."""
-    from engines.base import create_engine
+    from engines.runtimes.registry import create_engine
 
     reg, opts = ENGINE_VARIANTS.get(name, (name, {}))
     if threads and reg in ("torch", "onnxruntime", "openvino", "openvino-folded", "openvino-folded-bf16", "torch-compile"):
@@ -247,7 +247,7 @@ def worker(args: argparse.Namespace) -> int:
 
     e2e: list[dict[str, Any]] = []
     if name in args.e2e_engines:
-        from engines import cascade as C
+        from engines.model import cascade as C
 
         ldir = args.out / "labels" / name
         ldir.mkdir(parents=True, exist_ok=True)
@@ -330,8 +330,8 @@ def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndar
     """Latency per call, per study and throughput at each concurrency against one server."""
     import threading
 
-    from engines import cascade as C
-    from engines.triton_engine import TritonEngine
+    from engines.model import cascade as C
+    from engines.runtimes.triton_engine import TritonEngine
 
     out: dict[str, Any] = {"url": url}
     engine = TritonEngine(args.models, url=url, timeout_s=args.triton_timeout)
@@ -356,13 +356,15 @@ def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndar
         walls = [0.0] * conc
         errors: list[str] = []
 
+        # Each study thread is joined before the loop moves on: the closure's loop variables
+        # (results, engines, errors, walls) are this iteration's.
         def study(i: int) -> None:
             t = time.perf_counter()
             try:
-                results[i] = C.segment_brats_full(vols, SCENARIOS["all"], engines[i], seed=0)
+                results[i] = C.segment_brats_full(vols, SCENARIOS["all"], engines[i], seed=0)  # noqa: B023
             except Exception as exc:  # noqa: BLE001 - recorded in the results
-                errors.append(f"{type(exc).__name__}: {exc}")
-            walls[i] = time.perf_counter() - t
+                errors.append(f"{type(exc).__name__}: {exc}")  # noqa: B023
+            walls[i] = time.perf_counter() - t  # noqa: B023
 
         before = engine.statistics()
         t0 = time.perf_counter()
@@ -403,8 +405,8 @@ def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndar
 
 def triton_section(args: argparse.Namespace) -> dict[str, Any]:
     """The remote-engine benchmark (see the module docstring)."""
-    from engines.triton_repository import generate
-    from engines.triton_server import find_triton, run_triton
+    from benchmarks.triton_server import find_triton, run_triton
+    from engines.serving.triton_repository import generate
 
     case_dir = args.case_dirs[0]
     vols, seg, _ = load_case(case_dir)
@@ -443,8 +445,6 @@ def triton_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def model_sizes(models: Path) -> dict[str, Any]:
     """MB per network and total for each model file kind in the folder."""
-    from engines.weights import NETWORKS
-
     out: dict[str, Any] = {}
     for ext in ("onnx", "pt"):
         per = {n: (models / f"{n}.{ext}").stat().st_size / 1e6 for n in NETWORKS if (models / f"{n}.{ext}").is_file()}
@@ -454,7 +454,7 @@ def model_sizes(models: Path) -> dict[str, Any]:
 
 def quality(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Metrics per engine / case / scenario vs ground truth and vs the torch FP32 labels."""
-    from engines.evaluation import brats_metrics
+    from benchmarks.evaluation import brats_metrics
 
     q: dict[str, Any] = {}
     gts = {}
@@ -507,7 +507,8 @@ def write_tables(doc: dict[str, Any], path: Path) -> None:
     """MPA-style Markdown tables."""
     res, lines = doc["engines"], []
     lines += ["# Engine benchmark", "", f"Run: {doc['started']}, host {doc['hardware'].get('cpu_model', '?')}, "
-              f"{doc['hardware'].get('cpu_count')} CPUs; warm-up {doc['protocol']['warmup']}, runs {doc['protocol']['runs']}.", ""]  # fmt: skip
+              f"{doc['hardware'].get('cpu_count')} CPUs; warm-up {doc['protocol']['warmup']}, "
+              f"runs {doc['protocol']['runs']}.", ""]  # fmt: skip
     lines += ["## Latency (model only, seconds)", "", "| engine | batch | p50 | p95 | max | speed-up vs torch (p50) |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for name, r in res.items():
@@ -526,9 +527,11 @@ def write_tables(doc: dict[str, Any], path: Path) -> None:
     for name, r in res.items():
         if r.get("status") == "ok":
             lines.append(f"| {name} | {r.get('peak_rss_mb', float('nan')):.0f} | "
-                         f"{r.get('gpu_max_memory_allocated_mb', '-')} | {r.get('gpu_max_memory_reserved_mb', '-')} |")  # fmt: skip
+                         f"{r.get('gpu_max_memory_allocated_mb', '-')} | "
+                         f"{r.get('gpu_max_memory_reserved_mb', '-')} |")  # fmt: skip
     lines += ["", "## End to end per case (seconds)", "",
-              "| engine | case | scenario | load | preprocess | infer | postprocess | total wall | total CPU | infer % | Amdahl bound |",
+              "| engine | case | scenario | load | preprocess | infer | postprocess | total wall | total CPU | infer % "
+              "| Amdahl bound |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for name, r in res.items():
         for row in r.get("e2e", []):
@@ -722,8 +725,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    from engines.weights import NETWORKS
-
     if args.quick:
         args.case_limit, args.scenarios, args.runs, args.warmup = 1, "all", min(args.runs, 2), min(args.warmup, 1)
         args.latency_networks = args.latency_networks or "wt32"
@@ -754,8 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.models is None:
         args.models = args.out / "models"
         if not (args.models / "manifest.json").is_file():
+            from engines.model.weights import default_weights_dir
             from engines.prepare import prepare
-            from engines.weights import default_weights_dir
 
             prepare(args.models, default_weights_dir(), NETWORKS)
     if args.worker:
@@ -792,7 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logf = args.out / "workers" / f"{name}.log"
         with open(logf, "w") as lf:
             rc = subprocess.run([sys.executable, "-m", "benchmarks.run", *passthrough, "--worker", name],
-                                stdout=lf, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1]).returncode  # fmt: skip
+                                stdout=lf, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parents[1]).returncode  # fmt: skip
         jf = args.out / "workers" / f"{name}.json"
         if rc == 0 and jf.is_file():
             doc["engines"][name] = json.loads(jf.read_text())

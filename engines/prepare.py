@@ -7,7 +7,7 @@ Usage::
 
 For each network ``<name>`` this writes ``<out>/<name>.pt`` (PyTorch ``state_dict``),
 ``<out>/<name>.onnx`` (opset 17, dynamic ``N, D, H, W`` axes), ``<out>/<name>.folded.onnx``
-(the same network in the folded layout of :mod:`engines.msnet_folded`, for batches of 5 slabs,
+(the same network in the folded layout of :mod:`engines.model.msnet_folded`, for batches of 5 slabs,
 dynamic ``D, H, W``; used by the ``openvino-folded*`` engines) and finally
 ``<out>/manifest.json``. Each ONNX file is checked with ``onnx.checker`` and its ONNX
 Runtime logits are compared with the PyTorch logits on a small input (tolerance 1e-3).
@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.base import INPUT_NAME, OUTPUT_NAME
-from engines.engine_cache import file_sha256
-from engines.msnet import MSNet
-from engines.msnet_folded import FOLDED_BATCH, FOLDED_SUFFIX, export_folded_onnx
-from engines.weights import NETWORKS, default_weights_dir, load_network, npz_path
+from engines.model.modalities import CHANNEL_NAMES
+from engines.model.msnet import MSNet
+from engines.model.msnet_folded import FOLDED_BATCH, FOLDED_SUFFIX, export_folded_onnx
+from engines.model.weights import NETWORKS, default_weights_dir, load_network, npz_path
+from engines.runtimes.base import INPUT_NAME, OUTPUT_NAME
+from engines.runtimes.engine_cache import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ OUTPUT_AXES = ["N", "classes", "D_out", "H", "W"]
 VERIFY_TOLERANCE = 1e-3
 
 
-sha256 = file_sha256  # one implementation (engines.engine_cache), streamed
+sha256 = file_sha256  # one implementation (engines.runtimes.engine_cache), streamed
 
 
 def verification_input(net: MSNet, seed: int = 0) -> np.ndarray:
@@ -152,14 +153,14 @@ def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS) ->
             "files": {"pt": pt.name, "onnx": onnx_path.name, "onnx_folded": folded_path.name},
             "sha256": {pt.name: sha256(pt), onnx_path.name: sha256(onnx_path), folded_path.name: sha256(folded_path)},
             "onnx_folded": {"batch": FOLDED_BATCH, "shape": [FOLDED_BATCH, 4, "D", "H", "W"],
-                            "layout": "slabs folded end to end in depth (engines.msnet_folded)",
+                            "layout": "slabs folded end to end in depth (engines.model.msnet_folded)",
                             "ort_vs_torch_max_abs": folded_facts["ort_vs_torch_max_abs"]},
             "source_npz": {"file": src.name, "sha256": sha256(src)},
             "exporter": exporter,
             "opset": OPSET,
             "input": {"name": INPUT_NAME, "dtype": "float32", "axes": INPUT_AXES,
                       "shape": ["N", 4, "D", "H", "W"],
-                      "channels": ["FLAIR", "T1", "T1ce", "T2"]},
+                      "channels": list(CHANNEL_NAMES)},
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "axes": OUTPUT_AXES,
                        "shape": ["N", 2, "D-8", "H", "W"], "classes": ["background", "foreground"]},
             "constraints": {"D_min": 9, "H_W_multiple_of": net.spatial_multiple,

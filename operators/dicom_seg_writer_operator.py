@@ -8,10 +8,10 @@ import numpy as np
 import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.output_staging import OVERLAY_FILE, SEG_FILE, OutputStaging
-from operators.registration import labels_to_reference
-from operators.report import modalities_line
-from operators.seg_builder import build_segmentation, render_overlay_png
+from operators.dicom.seg_builder import build_segmentation, render_overlay_png
+from operators.outputs.report import modalities_line
+from operators.outputs.staging import OVERLAY_FILE, SEG_FILE, OutputStaging
+from operators.spatial.registration import labels_to_reference
 from operators.study_model import MODALITIES, MODALITY_DISPLAY, PipelineResult, SegmentationOutcome
 
 BRATS_REGIONS = {"whole_tumor": (1, 2, 4), "tumor_core": (1, 4), "enhancing_tumor": (4,)}
@@ -41,7 +41,7 @@ class DicomSegWriterOperator(Operator):
 
     The label map is resampled (nearest neighbour) from the model grid onto the reference
     series' own grid, slice ``k`` of which is the reference instance ``k``; one BINARY SEG
-    with one segment per BraTS label class (see :mod:`operators.seg_builder`) is staged as
+    with one segment per BraTS label class (see :mod:`operators.dicom.seg_builder`) is staged as
     ``segmentation.dcm``, plus a QA overlay ``overlay.png``. An empty result still gives a
     valid SEG (empty segments), flagged in the report.
     """

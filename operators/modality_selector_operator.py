@@ -7,7 +7,7 @@ from pathlib import Path
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.errors import NoUsableSeriesError
-from operators.modality_selector import SelectionRules, select_modalities
+from operators.selection.modality_selector import SelectionRules, select_modalities
 
 
 class ModalitySelectorOperator(Operator):

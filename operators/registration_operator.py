@@ -8,9 +8,9 @@ import numpy as np
 import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.brain_extraction import extract_brain, is_skull_stripped
-from operators.registration import choose_reference, model_grid, register_rigid, resample_to_grid
-from operators.series_volume import series_to_image
+from operators.dicom.series_volume import series_to_image
+from operators.spatial.brain_extraction import extract_brain, is_skull_stripped
+from operators.spatial.registration import choose_reference, model_grid, register_rigid, resample_to_grid
 from operators.study_model import MODALITIES, ModalitySelection, ModelInput
 
 
@@ -28,13 +28,13 @@ class RegistrationOperator(Operator):
     The reference is T1ce when present, else T1, T2, FLAIR (``registration.REFERENCE_ORDER``).
     Every other series is rigidly registered to it (SimpleITK, Mattes mutual information,
     multi-resolution, fixed seed, identity start = the scanner's patient coordinates, the
-    thicker-sliced image as the metric domain; see :func:`operators.registration.register_rigid`),
+    thicker-sliced image as the metric domain; see :func:`operators.spatial.registration.register_rigid`),
     then all are resampled (linear) onto the model grid: 1 mm isotropic, identity direction
     in LPS, covering the reference's field of view. Series are registered even when their
     headers claim the same frame of reference: patients move between sequences.
 
-    When the reference is not skull-stripped (:func:`operators.brain_extraction.is_skull_stripped`),
-    a brain mask is computed on it (:func:`operators.brain_extraction.extract_brain`), resampled
+    When the reference is not skull-stripped (:func:`operators.spatial.brain_extraction.is_skull_stripped`),
+    a brain mask is computed on it (:func:`operators.spatial.brain_extraction.extract_brain`), resampled
     onto the model grid and applied to every channel (background exactly 0, as the model
     expects); recorded under ``registrations[<reference>]["brain_extraction"]``.
     """

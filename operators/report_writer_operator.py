@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.output_staging import REPORT_NAME, OutputStaging, write_json_atomically
+from operators.outputs.staging import REPORT_NAME, OutputStaging, write_json_atomically
 
 
 class ReportWriterOperator(Operator):

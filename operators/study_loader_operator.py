@@ -6,7 +6,7 @@ from pathlib import Path
 
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
-from operators.study_loader import load_study
+from operators.dicom.study_loader import load_study
 
 
 class StudyLoaderOperator(Operator):

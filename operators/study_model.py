@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-"""Model input channel order (the BraTS 2017 cascade's): FLAIR, T1, T1ce, T2."""
+from engines.model.modalities import DISPLAY as MODALITY_DISPLAY
+from engines.model.modalities import MODALITIES
 
-MODALITY_DISPLAY = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1CE", "t2": "T2"}
+__all__ = ["MODALITIES", "MODALITY_DISPLAY"]  # the one vocabulary, re-exported for the operators
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class ModelInput:
     reference_modality
         Key of the series that defines the patient space and that the SEG references.
     reference
-        The reference series as a :class:`operators.series_volume.SeriesImage` (its own grid,
+        The reference series as a :class:`operators.dicom.series_volume.SeriesImage` (its own grid,
         its instances slice by slice).
     registrations
         Per moving modality: the registration record (JSON-able; identity for the reference).

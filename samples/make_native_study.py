@@ -24,7 +24,6 @@ other way; the slice order and the slice positions are unchanged.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil

@@ -93,6 +93,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from engines.model.modalities import MODALITIES
+from operators.spatial.registration import REFERENCE_ORDER
+
 __all__ = [
     "MODALITIES",
     "REFERENCE_ORDER",
@@ -108,10 +111,8 @@ __all__ = [
 
 LOG = logging.getLogger("samples.make_study")
 
-#: Modality keys (file suffixes of a BraTS case).
-MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-#: Reference preference order (same rule as the application's ``choose_reference``).
-REFERENCE_ORDER: tuple[str, ...] = ("t1ce", "t1", "t2", "flair")
+# Modality keys (also the file suffixes of a BraTS case) and the reference preference order:
+# the application's own (engines.model.modalities, operators.spatial.registration.choose_reference).
 #: Acquisition order in the simulated exam (contrast-enhanced T1 comes last).
 ACQUISITION_ORDER: tuple[str, ...] = ("t1", "t2", "flair", "t1ce")
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.slab_studies import SMALL_SLAB, make_slab_study
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -82,3 +84,9 @@ def models_dir(cascade_weights_dir: Path) -> Path:
     if not _model_folder_is_current(folder, cascade_weights_dir):
         prepare(folder, cascade_weights_dir)
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_study(brats_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-series, 12-slice study (never modified: tests copy it)."""
+    return make_slab_study(brats_dir, tmp_path_factory.mktemp("small_study"), SMALL_SLAB)

@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from engines.local_process import free_port, stop
+from benchmarks.local_process import free_port, stop
 
 __all__ = [
     "ORTHANC_APT_PACKAGE",
@@ -337,13 +337,13 @@ def c_store(
         If the association is rejected or aborted.
     """
     import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
     from pynetdicom.sop_class import (  # type: ignore[attr-defined]
         EnhancedMRImageStorage,
         MRImageStorage,
         SegmentationStorage,
     )
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s

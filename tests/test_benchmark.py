@@ -28,13 +28,9 @@ def one_case(brats_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bench_models(tmp_path_factory: pytest.TempPathFactory, cascade_weights_dir: Path) -> Path:
-    from engines.prepare import prepare
-    from engines.weights import NETWORKS
-
-    out = tmp_path_factory.mktemp("bench_models")
-    prepare(out, cascade_weights_dir, NETWORKS)
-    return out
+def bench_models(models_dir: Path) -> Path:
+    """The session's model folder (built once for the whole suite)."""
+    return models_dir
 
 
 def _check_outputs(out: Path, engines: list[str], with_reference_quality: bool) -> dict:

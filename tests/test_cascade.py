@@ -1,4 +1,4 @@
-"""Tests of the cascade protocol (engines.cascade).
+"""Tests of the cascade protocol (engines.model.cascade).
 
 (a) fast unit tests on small synthetic arrays with a fake engine;
 (b) one real case through the real networks (ONNX Runtime), cropped around the tumour,
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engines import cascade as C
-from engines.base import InferenceEngine
+from engines.model import cascade as C
+from engines.runtimes.base import InferenceEngine
 from tests.conftest import BRATS_CASES
 
 log = logging.getLogger(__name__)
@@ -263,19 +263,15 @@ def load_case(brats_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, tuple
 
 
 @pytest.fixture(scope="module")
-def onnx_models(tmp_path_factory: pytest.TempPathFactory, cascade_weights_dir: Path) -> Path:
-    from engines.prepare import prepare
-    from engines.weights import NETWORKS
-
-    out = tmp_path_factory.mktemp("models")
-    prepare(out, cascade_weights_dir, NETWORKS)
-    return out
+def onnx_models(models_dir: Path) -> Path:
+    """The session's model folder (built once for the whole suite)."""
+    return models_dir
 
 
 def _engine(models: Path) -> InferenceEngine:
     import os
 
-    from engines.base import create_engine
+    from engines.runtimes.registry import create_engine
 
     return create_engine("onnxruntime", model_dir=models, threads=min(os.cpu_count() or 1, 4))
 
@@ -287,7 +283,7 @@ def test_real_case_cropped_end_to_end(brats_dir: Path, onnx_models: Path) -> Non
     then runs on a 44 x 55 x 55 crop (Z, Y, X) around the tumour's centre, so each view of
     each stage needs one batch. Reference is the expert label in the same crop.
     """
-    from engines.evaluation import brats_metrics
+    from benchmarks.evaluation import brats_metrics
 
     case = "Brats18_TCIA02_135_1"
     vols, seg, spacing = load_case(brats_dir, case)
@@ -357,7 +353,7 @@ def test_labelled_enhancing_tumour_enhances_on_t1ce_except_in_one_case(brats_dir
 @pytest.mark.slow
 def test_all_cases_and_missing_modalities(brats_dir: Path, onnx_models: Path) -> None:
     """All 8 cases with all modalities (Dice thresholds asserted) + MPA scenarios (reported)."""
-    from engines.evaluation import brats_metrics
+    from benchmarks.evaluation import brats_metrics
 
     eng = _engine(onnx_models)
     rows: list[tuple[str, str, dict[str, dict[str, float]], float]] = []

@@ -7,7 +7,6 @@ misalignment scenarios are separate runs.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import highdicom as hd
@@ -16,12 +15,12 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from engines.evaluation import brats_metrics
+from benchmarks.evaluation import brats_metrics
 from tests.app_runner import AppRun, run_app
 from tests.dicom_validation import run_dciodvfy
 
 CASE = "Brats18_TCIA01_201_1"
-LABEL_OF_SEGMENT = {1: 1, 2: 2, 3: 4}  # SEG segment number -> BraTS label (operators.seg_builder)
+LABEL_OF_SEGMENT = {1: 1, 2: 2, 3: 4}  # SEG segment number -> BraTS label (operators.dicom.seg_builder)
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +69,7 @@ def test_outputs_are_exactly_one_seg_report_and_png(aligned_run: AppRun) -> None
     report = aligned_run.report
     assert report["status"] == "ok"
     assert report["modalities"]["missing"] == []
-    assert report["registration"]["reference_modality"] == "T1CE"
+    assert report["registration"]["reference_modality"] == "T1ce"
     assert set(report["timings_s"]) == {"load", "select", "register_and_resample", "segment", "write_seg"}
     assert report["result"]["tumour_volumes_ml"]["whole_tumor"] > 10
 
@@ -90,7 +89,7 @@ def test_seg_references_the_study_and_the_reference_series(aligned_run: AppRun, 
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert seg.SeriesInstanceUID != source.SeriesInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
-    assert "used FLAIR,T1,T1CE,T2" in seg.ContentDescription
+    assert "used FLAIR,T1,T1ce,T2" in seg.ContentDescription
     assert "missing none" in seg.ContentDescription
 
 
@@ -123,8 +122,8 @@ def test_seg_geometry_and_labels_match_ground_truth(aligned_run: AppRun, aligned
 
 def test_seg_dice_equals_numpy_protocol(aligned_run: AppRun, aligned_study: Path, brats_dir: Path, models_dir: Path) -> None:
     """The app (DICOM in, SEG out) and the plain NumPy protocol on the NIfTI agree (± 0.01)."""
-    from engines.base import create_engine
-    from engines.cascade import segment_brats
+    from engines.model.cascade import segment_brats
+    from engines.runtimes.registry import create_engine
 
     files = reference_series_files(aligned_study, aligned_run.report)
     labels, _ = seg_to_label_volume(aligned_run.output_dir / "segmentation.dcm", files)
@@ -139,7 +138,8 @@ def test_seg_dice_equals_numpy_protocol(aligned_run: AppRun, aligned_study: Path
     app_metrics = brats_metrics(labels, truth, spacing=(1.0, 1.0, 1.0))
     protocol_metrics = brats_metrics(protocol, truth, spacing=(1.0, 1.0, 1.0))
     for region in ("WT", "TC", "ET"):
-        assert abs(app_metrics[region]["dice"] - protocol_metrics[region]["dice"]) <= 0.01, (region, app_metrics, protocol_metrics)
+        difference = abs(app_metrics[region]["dice"] - protocol_metrics[region]["dice"])
+        assert difference <= 0.01, (region, app_metrics, protocol_metrics)
 
 
 def test_overlay_png_is_an_image(aligned_run: AppRun) -> None:
@@ -152,8 +152,7 @@ def test_report_names_engine_registration_and_stage_timings(aligned_run: AppRun)
     engine = report["segmentation"]["engine"]
     assert engine["runtime"] in {"onnxruntime", "openvino", "torch", "tensorrt"}
     # auto on this CPU: the first of ENGINE_PREFERENCE that can run; named so it can be re-created.
-    from engines.base import available_engines
-    from operators.segmentation_operator import ENGINE_PREFERENCE
+    from engines.runtimes.registry import ENGINE_PREFERENCE, available_engines
 
     assert engine["engine"] in ENGINE_PREFERENCE and engine["engine"] in available_engines()
     assert engine["inference"] == "local"

@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
 
-from engines.evaluation import brats_metrics
-from operators.registration import brain_box_corners, transform_error
+from benchmarks.evaluation import brats_metrics
+from operators.spatial.registration import brain_box_corners, transform_error
 from tests.app_runner import run_app
 from tests.dicom_validation import run_dciodvfy
 from tests.test_end_to_end import CASE, reference_series_files, seg_to_label_volume
@@ -46,7 +45,7 @@ def test_missing_modalities_give_a_seg_and_say_what_was_missing(
     assert run.returncode == 0, run.log[-4000:]
     assert run.files() == ["overlay.png", "report.json", "segmentation.dcm"]
     report = run.report
-    expected_missing = sorted({"flair": "FLAIR", "t1": "T1", "t1ce": "T1CE", "t2": "T2"}[m] for m in dropped)
+    expected_missing = sorted({"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}[m] for m in dropped)
     assert sorted(report["modalities"]["missing"]) == expected_missing
     assert sorted(report["modalities"]["imputed_for_network"]) == expected_missing
     seg = pydicom.dcmread(run.output_dir / "segmentation.dcm")

@@ -1,4 +1,4 @@
-"""Engine cache (engines.engine_cache): keys, invalidation, corrupt files, atomic writes.
+"""Engine cache (engines.runtimes.engine_cache): keys, invalidation, corrupt files, atomic writes.
 
 Pure Python with a fake builder / deserialiser: no TensorRT, no GPU.
 """
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engines import engine_cache as EC
+from engines.atomic_write import write_bytes_atomically
+from engines.runtimes import engine_cache as EC
 
 
 def _key(**over: str) -> EC.CacheKey:
@@ -129,22 +130,22 @@ def test_fresh_build_that_cannot_be_loaded_raises_and_stores_nothing(tmp_path: P
 
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "x.engine"
-    EC.atomic_write_bytes(target, b"one")
-    EC.atomic_write_bytes(target, b"two")
+    write_bytes_atomically(target, b"one")
+    write_bytes_atomically(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["x.engine"]
 
 
 def test_atomic_write_failure_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "x.engine"
-    EC.atomic_write_bytes(target, b"old")
+    write_bytes_atomically(target, b"old")
 
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(EC.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        EC.atomic_write_bytes(target, b"new")
+        write_bytes_atomically(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.engine"], "temporary file left behind"
 

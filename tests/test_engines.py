@@ -29,12 +29,9 @@ FP32_TOL = 2e-3
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, cascade_weights_dir: Path) -> Path:
-    from engines.prepare import prepare
-
-    out = tmp_path_factory.mktemp("engine_models")
-    prepare(out, cascade_weights_dir, list(NETS))
-    return out
+def models(models_dir: Path) -> Path:
+    """The session's model folder (built once for the whole suite)."""
+    return models_dir
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +39,7 @@ def real_batch(brats_dir: Path) -> np.ndarray:
     """(1, 4, 19, 64, 64) float32 crop around the tumour of a real case, cascade-preprocessed."""
     import SimpleITK as sitk
 
-    from engines import cascade as C
+    from engines.model import cascade as C
 
     case = "Brats18_TCIA02_135_1"
     d = brats_dir / case
@@ -59,19 +56,22 @@ def real_batch(brats_dir: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def reference(models: Path, real_batch: np.ndarray) -> dict[str, np.ndarray]:
-    from engines.torch_engine import TorchEngine
+    from engines.runtimes.torch_engine import TorchEngine
 
     eng = TorchEngine(model_dir=models)
     return {n: eng.run(n, real_batch) for n in NETS}
 
 
 def _create(name: str, models: Path, **opts: Any) -> Any:
-    from engines.base import create_engine
+    """The engine, or a skip with the reason when its runtime cannot run here. Any other
+    exception (a constructor bug) fails the test."""
+    from engines.runtimes.base import EngineUnavailable
+    from engines.runtimes.registry import create_engine
 
     try:
         return create_engine(name, model_dir=models, **opts)
-    except Exception as exc:  # noqa: BLE001 - unavailable here: skip with the reason
-        pytest.skip(f"engine {name} {opts or ''} unavailable here: {type(exc).__name__}: {exc}")
+    except EngineUnavailable as exc:
+        pytest.skip(f"engine {name} {opts or ''} unavailable here: {exc}")
 
 
 def _mask_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -132,8 +132,8 @@ def test_folded_msnet_equals_msnet(models: Path, real_batch: np.ndarray, n: int)
     """The folded layout is an exact rewrite: both tracing modes, any batch size, all kinds."""
     import torch
 
-    from engines.msnet_folded import FoldedMSNet
-    from engines.torch_engine import TorchEngine
+    from engines.model.msnet_folded import FoldedMSNet
+    from engines.runtimes.torch_engine import TorchEngine
 
     x = torch.from_numpy(_real_batch5(real_batch)[:n])
     eng = TorchEngine(model_dir=models)
@@ -150,7 +150,7 @@ def test_folded_msnet_equals_msnet(models: Path, real_batch: np.ndarray, n: int)
 
 def test_openvino_folded_batch5_matches_torch(models: Path, real_batch: np.ndarray) -> None:
     """Folded graph from ``<net>.folded.onnx`` (N = 5), FP32 and BF16, against torch eager."""
-    from engines.torch_engine import TorchEngine
+    from engines.runtimes.torch_engine import TorchEngine
 
     x = _real_batch5(real_batch)
     ref = {n: TorchEngine(model_dir=models).run(n, x) for n in NETS}
@@ -207,8 +207,7 @@ def test_openvino_converts_torch_when_no_onnx(tmp_path: Path, models: Path, refe
 
 
 def test_registry_lists_new_engines() -> None:
-    from engines.base import available_engines
-    from operators.segmentation_operator import ENGINE_PREFERENCE
+    from engines.runtimes.registry import ENGINE_PREFERENCE, available_engines
 
     for n in ("openvino", "openvino-folded", "openvino-folded-bf16", "torch-compile", "tensorrt", "torch-cuda",
               "onnxruntime-cuda"):
@@ -229,10 +228,10 @@ def test_auto_selection_falls_back_with_notes(models: Path, caplog: pytest.LogCa
     """Without a GPU, ``auto`` skips tensorrt / onnxruntime-cuda / torch-cuda, each with a note."""
     if _gpu_stack_present():
         pytest.skip("a GPU and TensorRT are present: the preferred engine is creatable here")
-    from operators.segmentation_operator import resolve_engine
+    from engines.runtimes.registry import choose_engine
 
     with caplog.at_level(logging.WARNING):
-        engine, notes = resolve_engine("auto", models)
+        engine, notes = choose_engine("auto", models)
     assert engine.name == "openvino"
     assert any(n.startswith("engine tensorrt unavailable") for n in notes), notes
     assert any("torch-cuda" in n for n in notes)
@@ -242,7 +241,7 @@ def test_auto_selection_falls_back_with_notes(models: Path, caplog: pytest.LogCa
 def test_cuda_variants_refuse_without_cuda(models: Path) -> None:
     import torch
 
-    from engines.base import create_engine
+    from engines.runtimes.registry import create_engine
 
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
@@ -258,9 +257,52 @@ def test_cuda_variants_refuse_without_cuda(models: Path) -> None:
 
 def test_created_engines_carry_their_registry_name(models_dir: Path) -> None:
     """Reports name the engine so it can be created again (several share a runtime name)."""
-    from engines.base import create_engine
+    from engines.runtimes.registry import create_engine
 
     ort = create_engine("ort", model_dir=models_dir)  # alias
     folded = create_engine("openvino-folded", model_dir=models_dir)
     assert (ort.name, ort.registry_name) == ("onnxruntime", "onnxruntime")
     assert (folded.name, folded.registry_name) == ("openvino", "openvino-folded")
+
+
+def test_missing_runtime_is_unavailable_but_a_bug_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime library that is not installed makes the engine unavailable (skip, fall back);
+    a missing module of our own is a bug and propagates as such."""
+    from engines.runtimes import registry
+    from engines.runtimes.base import EngineUnavailable
+
+    monkeypatch.setitem(registry._REGISTRY, "absent-runtime", ("no_such_runtime_lib:Engine", {}))
+    with pytest.raises(EngineUnavailable, match="no_such_runtime_lib"):
+        registry.create_engine("absent-runtime")
+    monkeypatch.setitem(registry._REGISTRY, "broken-engine", ("engines.no_such_module:Engine", {}))
+    with pytest.raises(ModuleNotFoundError) as info:
+        registry.create_engine("broken-engine")
+    assert not isinstance(info.value, EngineUnavailable)
+
+
+def test_unavailable_engine_falls_back_to_auto_with_a_note(models_dir: Path) -> None:
+    from engines.runtimes.registry import choose_engine
+
+    engine, notes = choose_engine("tensorrt", models_dir)
+    assert engine is not None
+    assert notes and "tensorrt" in notes[0] and "fell back" in notes[0], notes
+
+
+def test_engine_fallback_logs_hold_no_exception_objects(models_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A log record that keeps an exception keeps its traceback and with it every calling
+    frame (the study's volumes): in a process that handles many studies under a handler that
+    retains records (pytest's, a memory handler) that was ~0.8 GB per study (soak test)."""
+    import logging as logging_
+
+    from engines.runtimes.registry import choose_engine
+
+    with caplog.at_level(logging_.WARNING):
+        # An engine that exists nowhere: the requested-engine fallback logs on every machine
+        # (and auto's failed candidates where there is no GPU).
+        choose_engine("no-such-engine", models_dir)
+    fallbacks = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    assert fallbacks, [r.getMessage() for r in caplog.records]
+    for record in caplog.records:
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        assert not any(isinstance(a, BaseException) for a in args), record.getMessage()
+        assert record.exc_info is None, record.getMessage()

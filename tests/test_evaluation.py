@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from engines.evaluation import binary_metrics, brats_metrics, region_mask
+from benchmarks.evaluation import binary_metrics, brats_metrics, region_mask
 
 
 def _vol(shape: tuple[int, int, int] = (10, 10, 10)) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 The same script that measures the FP16 engine on a GPU machine (``benchmarks/results/``) runs
 here on a small reference batch, one network and a real case cropped around its tumour, plus
-the app end to end on a 24-slice DICOM slab of that case (~3 min on 2 cores). Asserted: every
+the app end to end on a 12-slice DICOM slab of that case (~3 min on 2 cores). Asserted: every
 output file, the promised keys, engines that cannot run here reported as skipped with their
 reason, the FP16 engine's labels equal to eager FP32's (on the CPU it computes in FP32), and
 the app's stage times with its engine choice and reason. No timing is asserted.

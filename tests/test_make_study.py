@@ -302,7 +302,7 @@ def test_misalignment_json(misaligned: StudyManifest) -> None:
     conv = doc["convention"]
     assert "reference" in conv and "moving" in conv and "fixed=reference" in conv
     assert set(doc["series"]) == {"t1", "t2", "flair"}
-    for m, e in doc["series"].items():
+    for e in doc["series"].values():
         assert len(e["angles_rad"]) == 3 and len(e["translation_mm"]) == 3
         assert max(abs(a) for a in e["angles_rad"]) <= np.radians(5) + 1e-9
         assert max(abs(t) for t in e["translation_mm"]) <= 5 + 1e-9

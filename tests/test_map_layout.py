@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
 from tests.test_packaging import build_context
 
 PR_CAPBSET_DROP = 24

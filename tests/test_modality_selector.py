@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.modality_selector import SelectionRules, classify, select_modalities
+from operators.selection.modality_selector import SelectionRules, classify, select_modalities
 from operators.study_model import LoadedSeries, LoadedStudy, SeriesHeader
 
 RULES = SelectionRules.load()
@@ -103,3 +103,14 @@ def test_rules_file_is_validated(tmp_path: Path) -> None:
     path.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="selections must be named"):
         SelectionRules.load(path)
+
+
+def test_real_scanner_series_are_loaded_and_classified(shared_dir: Path) -> None:
+    from operators.dicom.study_loader import load_study
+
+    for folder, frames in (("ge-3d-t1-mprage", 130), ("siemens-xa30-enhanced-t1", 96)):
+        study = load_study(shared_dir / "data/real-mr-dicom" / folder)
+        selection = select_modalities(study, SelectionRules.load())
+        assert study.series[0].header.number_of_frames == frames
+        assert list(selection.selected) == ["t1"], selection.candidates
+        assert selection.missing == ["flair", "t1ce", "t2"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.weights import NETWORKS, load_network
+from engines.model.weights import NETWORKS, load_network
 
 TOLERANCE = 0.05
 

@@ -17,8 +17,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from operators.registration import register_rigid, transform_error
-from operators.series_volume import series_to_image
+from operators.dicom.series_volume import series_to_image
+from operators.spatial.registration import register_rigid, transform_error
 
 SEQUENCES = {"t1": "t1.nii.gz", "t1ce": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz"}
 
@@ -117,7 +117,7 @@ def test_native_known_extra_transform_recovered(native_dir: Path, capsys) -> Non
 
 @pytest.mark.slow  # ~30-80 s on 2 shared cores
 def test_native_brain_mask_plausible(native_dir: Path, capsys) -> None:
-    from operators.brain_extraction import extract_brain, is_skull_stripped, mask_volume_ml
+    from operators.spatial.brain_extraction import extract_brain, is_skull_stripped, mask_volume_ml
 
     t1c = sitk.ReadImage(str(native_dir / "t1c.nii.gz"))
     assert not is_skull_stripped(t1c)[0]
@@ -154,7 +154,7 @@ def test_app_on_native_study(native_study: Path, models_dir: Path, tmp_path: Pat
 
 
 def test_skull_stripped_detection(native_dir: Path, brats_dir: Path) -> None:
-    from operators.brain_extraction import is_skull_stripped
+    from operators.spatial.brain_extraction import is_skull_stripped
 
     brats_t1 = brats_dir / "Brats18_TCIA01_201_1" / "Brats18_TCIA01_201_1_t1.nii.gz"
     if not brats_t1.is_file():
@@ -166,7 +166,7 @@ def test_skull_stripped_detection(native_dir: Path, brats_dir: Path) -> None:
 
 
 def test_template_loads_offline_in_lps() -> None:
-    from operators.brain_extraction import load_template, mask_volume_ml
+    from operators.spatial.brain_extraction import load_template, mask_volume_ml
 
     template, mask = load_template(2)
     assert template.GetSpacing() == (2.0, 2.0, 2.0) and mask.GetSize() == template.GetSize()
@@ -184,7 +184,7 @@ def test_template_loads_offline_in_lps() -> None:
 @pytest.mark.parametrize("case", ["Brats18_TCIA01_201_1", "Brats18_CBICA_ABM_1"])
 def test_brain_mask_on_skull_stripped_brats(brats_dir: Path, case: str) -> None:
     """Sanity check: on BraTS T1 (already skull-stripped) the mask ~ the nonzero region."""
-    from operators.brain_extraction import extract_brain
+    from operators.spatial.brain_extraction import extract_brain
 
     img = sitk.ReadImage(str(brats_dir / case / f"{case}_t1.nii.gz"))
     res = extract_brain(img)
@@ -197,7 +197,7 @@ def test_labels_land_on_native_reference_grid(native_study: Path) -> None:
     """Model grid -> the native T1ce's own grid (0.9 x 0.9 x 5.5 mm, oblique, read from the
     DICOM study): exact geometry, slice k at instance k's ImagePositionPatient, and a label
     blob survives the round trip."""
-    from operators.registration import labels_to_reference, model_grid
+    from operators.spatial.registration import labels_to_reference, model_grid
 
     folder = next((native_study / "dicom").glob("501_*"))
     datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]

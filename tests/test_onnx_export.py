@@ -25,7 +25,7 @@ def test_files_and_manifest_hashes(model_dir: Path, cascade_weights_dir: Path) -
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert set(manifest["networks"]) == set(NETS)
     assert manifest["opset"] >= 17
-    for name, entry in manifest["networks"].items():
+    for entry in manifest["networks"].values():
         for fname, digest in entry["sha256"].items():
             assert sha256(model_dir / fname) == digest, fname
         src = cascade_weights_dir / entry["source_npz"]["file"]
@@ -58,7 +58,7 @@ def test_folded_files(model_dir: Path) -> None:
 
 def test_ort_matches_torch_on_new_shape(model_dir: Path) -> None:
     """Dynamic axes: a batch size, depth and in-plane size never seen at export time."""
-    from engines.base import create_engine
+    from engines.runtimes.registry import create_engine
 
     x = np.random.default_rng(5).standard_normal((3, 4, 15, 24, 28)).astype(np.float32)
     torch_eng = create_engine("torch", model_dir=model_dir, threads=2)

@@ -30,7 +30,7 @@ IMAGE_DISTRIBUTION = {
     "cuda": "cuda-python",
     "pycuda": "pycuda",
 }
-# Modules only the Triton server provides: engines/triton_python_model.py is the template of
+# Modules only the Triton server provides: engines/serving/triton_python_model.py is the template of
 # the server's model.py (run by Triton's Python backend, never imported in the MAP).
 SERVER_SIDE_MODULES = {"triton_python_backend_utils"}
 

@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from operators.seg_builder import (
+from operators.dicom.seg_builder import (
     build_segmentation,
     read_segment_masks,
     sort_datasets_along_normal,
@@ -46,7 +46,7 @@ def stored(orthanc: OrthancServer, shared_dir: Path,
             [pydicom.dcmread(f, stop_before_pixels=True) for f in files])
         labels = nested_spheres((len(series), int(series[0].Rows), int(series[0].Columns)))
         seg = build_segmentation(
-            labels, series, used_modalities=["FLAIR", "T1", "T1CE", "T2"],
+            labels, series, used_modalities=["FLAIR", "T1", "T1ce", "T2"],
             missing_modalities=[], algorithm_name="BraTS17 cascade (test)",
             algorithm_version="0.1.0-test",
         )

@@ -1,4 +1,4 @@
-"""Tests for operators/registration.py on real BraTS data (skipped without ../shared).
+"""Tests for operators/spatial/registration.py on real BraTS data (skipped without ../shared).
 
 Synthetic "second acquisition": a BraTS sequence is moved by a known rigid transform,
 blurred along z and resampled onto a 1.2 x 1.2 x 3 mm grid of another size and origin, then
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from operators.registration import (
+from operators.spatial.registration import (
     REFERENCE_ORDER,
     RegistrationResult,
     brain_box_corners,
@@ -255,7 +255,7 @@ def test_register_rigid_frees_its_registration_method(fixed):
 
 def test_register_rigid_direction_inverse_is_exact_inverse(t1_pair):
     """``direction="inverse"`` returns a fixed -> moving transform (inverted exactly)."""
-    from operators.registration import _inverse_euler
+    from operators.spatial.registration import _inverse_euler
 
     t = sitk.Euler3DTransform()
     t.SetCenter((1.0, 2.0, 3.0))

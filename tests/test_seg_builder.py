@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from operators.seg_builder import (
+from operators.dicom.seg_builder import (
     BRATS_SEGMENTS,
     build_segmentation,
     content_description_for,
@@ -33,7 +33,7 @@ from tests.dicom_validation import run_dciodvfy
 # The GE phantom's PatientName "dicom" has one component; highdicom warns when copying it.
 pytestmark = pytest.mark.filterwarnings("ignore:The string \"dicom\" is unlikely:UserWarning")
 
-ALL4 = ["FLAIR", "T1", "T1CE", "T2"]
+ALL4 = ["FLAIR", "T1", "T1ce", "T2"]
 ALGO = ("BraTS17 cascade (test)", "0.1.0-test")
 
 
@@ -231,9 +231,9 @@ def test_patient_study_and_references(seg: hd.seg.Segmentation,
 
 
 def test_descriptions_name_modalities(seg: hd.seg.Segmentation) -> None:
-    assert seg.ContentDescription == "Tumor seg; used FLAIR,T1,T1CE,T2; missing none"
+    assert seg.ContentDescription == "Tumor seg; used FLAIR,T1,T1ce,T2; missing none"
     assert seg.ContentLabel == "SEG_ALL_INPUTS"
-    assert "used FLAIR,T1,T1CE,T2" in seg.SeriesDescription
+    assert "used FLAIR,T1,T1ce,T2" in seg.SeriesDescription
     assert str(seg.ContentCreatorName) == "BraTS^SegMap"
 
 
@@ -251,20 +251,20 @@ def test_description_strings_fit_vr_for_every_combination(n_missing: int) -> Non
             assert m in desc.split("missing ")[1]
         if missing:
             assert label.startswith("SEG_NO_") and "MISSING" not in label  # names, not count
-    assert content_label_for(["T1CE"]) == "SEG_NO_T1C"
+    assert content_label_for(["T1ce"]) == "SEG_NO_T1C"
 
 
 def test_missing_modalities_written(tmp_path: Path, labels: np.ndarray,
                                     ge_series: list[pydicom.Dataset]) -> None:
     iops_before = [list(map(str, d.ImageOrientationPatient)) for d in ge_series]
     seg = build_segmentation(labels, ge_series, used_modalities=["flair", "T2", "T1"],
-                             missing_modalities=["T1CE"], algorithm_name=ALGO[0],
+                             missing_modalities=["T1ce"], algorithm_name=ALGO[0],
                              algorithm_version=ALGO[1], uid_seed="test-seed-1")
-    assert seg.ContentDescription == "Tumor seg; used FLAIR,T1,T2; missing T1CE"
+    assert seg.ContentDescription == "Tumor seg; used FLAIR,T1,T2; missing T1ce"
     assert seg.ContentLabel == "SEG_NO_T1C"
-    assert seg.SeriesDescription.endswith("missing T1CE")
+    assert seg.SeriesDescription.endswith("missing T1ce")
     again = build_segmentation(labels[:, :, :], ge_series, used_modalities=["FLAIR", "T1", "T2"],
-                               missing_modalities=["T1CE"], algorithm_name=ALGO[0],
+                               missing_modalities=["T1ce"], algorithm_name=ALGO[0],
                                algorithm_version=ALGO[1], uid_seed="test-seed-1")
     assert again.SOPInstanceUID == seg.SOPInstanceUID  # reproducible from the seed
     # orientation jitter was harmonised on copies only: the caller's datasets are untouched

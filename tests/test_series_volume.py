@@ -7,8 +7,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from operators.series_volume import series_to_image
-from operators.study_loader import load_study
+from operators.dicom.series_volume import series_to_image
+from operators.dicom.study_loader import load_study
 
 
 def _same_physical_content(ours: sitk.Image, reference: sitk.Image) -> float:
@@ -61,8 +61,9 @@ def test_enhanced_multiframe_series_matches_gdcm_reader(shared_dir: Path) -> Non
 
 
 def test_uneven_slices_are_refused(shared_dir: Path) -> None:
-    from operators.errors import InconsistentGeometryError
     import pytest
+
+    from operators.errors import InconsistentGeometryError
 
     folder = shared_dir / "data/real-mr-dicom/ge-3d-t1-mprage"
     datasets = [pydicom.dcmread(p) for p in sorted(folder.iterdir())]

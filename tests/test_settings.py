@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import yaml
@@ -42,7 +43,7 @@ def test_repository_app_yaml_gives_the_defaults() -> None:
 
 
 def test_thresholds_match_the_cascade_constants() -> None:
-    from engines import cascade
+    from engines.model import cascade
 
     assert settings.DEFAULTS["thresholds"] == {
         "wt_component_voxels": cascade.WT_COMPONENT_THRESHOLD,
@@ -125,3 +126,145 @@ def test_engine_cache_lives_in_the_workdir(tmp_path: Path, monkeypatch: pytest.M
     s = AppSettings.from_context(context(tmp_path))
     assert s.work_dir == tmp_path / "work"
     assert s.engine_cache_dir == tmp_path / "work" / "engine-cache"
+
+
+# ----------------------------------------------------------------------------- effects
+
+
+class _BlobEngine:
+    """Stub engine for every network: foreground where channel 0 (z-scored FLAIR) is above 3."""
+
+    name = "blob"
+    registry_name = "blob"
+    choice_reason = "test stub"
+
+    def prepare(self, networks: object) -> None:
+        pass
+
+    def run(self, network: str, batch: Any) -> Any:
+        import numpy as np
+
+        fg = 10.0 * (batch[:, 0, 4:-4] - 3.0)
+        return np.stack([np.zeros_like(fg), fg], axis=1).astype(np.float32)
+
+    def describe(self) -> dict[str, str]:
+        return {"runtime": "blob"}
+
+
+def _blob_input() -> Any:
+    """Model-grid volumes with a 10x10x10 (1000-voxel) and a 3x3x3 (27-voxel) bright blob."""
+    import types
+
+    import numpy as np
+
+    vols = np.zeros((4, 40, 48, 48), dtype=np.float32)
+    vols[:, 4:36, 6:42, 6:42] = np.random.default_rng(0).uniform(50, 500, size=(4, 32, 36, 36))
+    vols[0, 10:20, 10:20, 10:20] = 5000.0
+    vols[0, 28:31, 30:33, 30:33] = 5000.0
+    return types.SimpleNamespace(volumes=vols, available=(True,) * 4)
+
+
+@pytest.mark.parametrize(("env", "blob_kept", "small_kept"), [
+    pytest.param({}, True, False, id="defaults"),
+    pytest.param({"BRATS_MIN_ENHANCING_VOXELS": "1001"}, False, False, id="huge-min-enhancing"),
+    pytest.param({"BRATS_WT_COMPONENT_VOXELS": "10"}, True, True, id="small-wt-components"),
+])  # fmt: skip
+def test_threshold_settings_change_the_labels(env: dict[str, str], blob_kept: bool, small_kept: bool,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """BRATS_* thresholds -> AppSettings -> the segmentation operator's work -> the cascade's
+    post-processing: the enhancing label of the big blob, the small blob's whole tumour."""
+    import logging
+
+    import operators.segmentation_operator as seg_op
+
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    settings = AppSettings.from_context(context(tmp_path))
+    monkeypatch.setattr(seg_op, "choose_engine", lambda *a, **k: (_BlobEngine(), []))
+    outcome = seg_op.segment(_blob_input(), tmp_path, "auto", 0, logging.getLogger("test"),
+                             rules=settings.post_processing, cache_dir=settings.engine_cache_dir)  # fmt: skip
+    labels = outcome.labels
+    assert (labels[10:20, 10:20, 10:20] == 4).all() == blob_kept
+    assert (labels[10:20, 10:20, 10:20] > 0).all()  # the big blob is tumour either way
+    assert (labels[28:31, 30:33, 30:33] > 0).all() == small_kept
+
+
+def test_the_app_hands_thresholds_and_engine_cache_to_the_segmentation(
+        models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The composed graph's segmentation operator gets the settings' rules and cache folder."""
+    import sys
+
+    from app.app import BrainTumorSegApp
+    from engines.model.cascade import PostProcessing
+
+    (tmp_path / "in").mkdir()
+    monkeypatch.setenv("BRATS_MIN_ENHANCING_VOXELS", "77")
+    monkeypatch.setenv("BRATS_WT_COMPONENT_VOXELS", "555")
+    monkeypatch.setattr(sys, "argv", ["app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                                      "-m", str(models_dir), "-w", str(tmp_path / "work")])  # fmt: skip
+    monkeypatch.setenv("BRATS_ENGINE", "onnxruntime")
+    monkeypatch.setenv("BRATS_SEED", "11")
+    monkeypatch.setenv("BRATS_TRITON_TIMEOUT_S", "42")
+    site_rules = tmp_path / "site_rules.json"
+    site_rules.write_text((REPO_ROOT / "app" / "modality_rules.json").read_text().replace('"min_slices": 10', '"min_slices": 33'))
+    monkeypatch.setenv("BRATS_SELECTION_RULES", str(site_rules))
+    app = BrainTumorSegApp()
+    app.compose()
+    nodes = {n.name: n for n in app.graph.get_nodes()}
+    seg = nodes["segmentation"]
+    assert seg.rules == PostProcessing(wt_component_voxels=555, min_enhancing_voxels=77)
+    assert seg.cache_dir == (tmp_path / "work" / "engine-cache").resolve()
+    assert (seg.engine_name, seg.seed, seg.triton_timeout_s) == ("onnxruntime", 11, 42)
+    assert nodes["registration"].seed == 11
+    assert nodes["modality_selector"].rules.raw["series_filter"]["min_slices"] == 33
+
+
+def test_site_selection_rules_change_the_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRATS_SELECTION_RULES -> the rules the selector loads: a site that wants at least 40
+    slices per series drops a 30-slice FLAIR the shipped rules take."""
+    from operators.selection.modality_selector import SelectionRules, classify
+    from tests.test_modality_selector import FLAIR
+
+    assert classify(FLAIR, SelectionRules.load(AppSettings.from_context(context(tmp_path)).rules_path)).modality == "flair"
+    site_rules = tmp_path / "site_rules.json"
+    site_rules.write_text((REPO_ROOT / "app" / "modality_rules.json").read_text().replace('"min_slices": 10', '"min_slices": 40'))
+    monkeypatch.setenv("BRATS_SELECTION_RULES", str(site_rules))
+    candidate = classify(FLAIR, SelectionRules.load(AppSettings.from_context(context(tmp_path)).rules_path))
+    assert candidate.modality == "other" and any("slice" in r for r in candidate.reasons), candidate
+
+
+def test_seed_setting_changes_the_noise_and_only_the_noise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRATS_SEED -> the segmentation's noise fills: another seed feeds the networks other
+    background noise (same brain voxels); the same seed feeds them the very same batches."""
+    import logging
+
+    import numpy as np
+
+    import operators.segmentation_operator as seg_op
+
+    def batches_for(seed_text: str) -> list[Any]:
+        monkeypatch.setenv("BRATS_SEED", seed_text)
+        settings = AppSettings.from_context(context(tmp_path))
+        engine = _BlobEngine()
+        seen: list[Any] = []
+        run = engine.run
+        engine.run = lambda network, batch: (seen.append(batch.copy()), run(network, batch))[1]  # type: ignore[method-assign]
+        monkeypatch.setattr(seg_op, "choose_engine", lambda *a, **k: (engine, []))
+        seg_op.segment(_blob_input(), tmp_path, "auto", settings.seed, logging.getLogger("test"))
+        return seen
+
+    a, b, c = batches_for("1"), batches_for("1"), batches_for("2")
+    assert len(a) == len(b) == len(c) > 0
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c))
+
+
+def test_create_engine_gives_the_cache_folder_to_engines_that_cache(tmp_path: Path,
+                                                                    cascade_weights_dir: Path) -> None:  # fmt: skip
+    from engines.runtimes.registry import create_engine
+
+    half = create_engine("torch-cuda-fp16", weights_dir=cascade_weights_dir, cache_dir=tmp_path / "cache",
+                         device="cpu", compile=False)  # fmt: skip
+    assert half.cache_dir == tmp_path / "cache"
+    eager = create_engine("torch", weights_dir=cascade_weights_dir, cache_dir=tmp_path / "cache")  # no such option
+    assert eager.describe()["runtime"] == "torch"

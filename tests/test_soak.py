@@ -1,7 +1,7 @@
 """Soak (issue 7, load): many studies in one process and in successive processes; memory
 must not grow. The two soaks are slow (``-m slow``; one structural check of the cause found
-runs by default): 20 studies each way by default (``SOAK_STUDIES=N`` to change), small slab studies (12 slices, FLAIR + T1ce: registration and the full cascade
-still run).
+runs by default): 20 studies each way by default (``SOAK_STUDIES=N`` to change), small slab
+studies (12 slices, FLAIR + T1ce: registration and the full cascade still run).
 
 * In one process: the application's entry point (``app.main.main``, the Holoscan graph
   composed and run afresh) once per study, all in one interpreter that holds nothing else

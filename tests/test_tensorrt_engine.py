@@ -1,4 +1,4 @@
-"""TensorRT engine (engines.tensorrt_engine).
+"""TensorRT engine (engines.runtimes.tensorrt_engine).
 
 The profile logic is pure Python and runs everywhere. Everything that builds or runs a
 plan is marked ``gpu`` and skips with the reason when ``import tensorrt`` fails or there is
@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import tensorrt_engine as T
-from engines.weights import NETWORKS
+from engines.model.weights import NETWORKS
+from engines.runtimes import tensorrt_engine as T
 
 MODELS = Path("/nonexistent")
 
 
 def test_default_profile_covers_every_protocol_batch() -> None:
-    from engines import cascade as C
+    from engines.model import cascade as C
 
     for stage in C.STAGES.values():
         for view, net in stage.networks.items():
@@ -54,7 +54,7 @@ def test_construction_without_tensorrt_or_gpu_raises_clearly(tmp_path: Path) -> 
     reason = _skip_reason()
     if reason is None:
         pytest.skip("TensorRT and a GPU are present: the refusal path cannot be exercised here")
-    from engines.base import create_engine
+    from engines.runtimes.registry import create_engine
 
     with pytest.raises(RuntimeError, match="tensorrt engine"):
         create_engine("tensorrt", model_dir=tmp_path)
@@ -73,7 +73,7 @@ def trt_models(tmp_path_factory: pytest.TempPathFactory, cascade_weights_dir: Pa
 
 
 def _torch_ref(models: Path, net: str, x: np.ndarray) -> np.ndarray:
-    from engines.torch_engine import TorchEngine
+    from engines.runtimes.torch_engine import TorchEngine
 
     return TorchEngine(model_dir=models).run(net, x)
 
@@ -126,5 +126,8 @@ def test_tensorrt_static_fallback_and_cuda_graphs(trt_models: Path, tmp_path: Pa
     assert np.abs(a - _torch_ref(trt_models, "en32", x)).max() < 2e-3
 
 
-def test_all_networks_have_an_opt_shape() -> None:
-    assert set(T.OPT_HW) == set(NETWORKS)
+def test_every_network_has_a_profile_around_its_protocol_batch() -> None:
+    for net in NETWORKS:
+        prof = T.default_profile(net)
+        assert prof.opt[:3] == (5, 4, 19) and prof.covers(prof.opt) and prof.covers((1, 4, 9, 16, 16))
+    assert T.default_profile("wt32").opt[3:] == (180, 160) and T.default_profile("en32sg").opt[3:] == (96, 96)

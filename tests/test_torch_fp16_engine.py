@@ -23,7 +23,7 @@ def batch() -> np.ndarray:
 
 
 def _engine(weights: Path, **opts: Any) -> Any:
-    from engines.torch_fp16_engine import TorchHalfEngine
+    from engines.runtimes.torch_fp16_engine import TorchHalfEngine
 
     return TorchHalfEngine(weights_dir=weights, device="cpu", **opts)
 
@@ -41,7 +41,7 @@ def test_runner_keys_are_per_network_and_shape(cascade_weights_dir: Path) -> Non
 
 def test_half_statistics_stay_finite_where_a_half_square_overflows() -> None:
     """Activations of ~1000: their squares (1e6) do not fit in FP16 (max 65504)."""
-    from engines.msnet import BatchStatNorm
+    from engines.model.msnet import BatchStatNorm
 
     norm = BatchStatNorm(3)
     with torch.no_grad():
@@ -60,7 +60,7 @@ def test_half_statistics_stay_finite_where_a_half_square_overflows() -> None:
 def test_bf16_on_cpu_keeps_the_masks(cascade_weights_dir: Path, batch: np.ndarray) -> None:
     """Half precision (BF16 here, 8 mantissa bits) moves logits by < 1.5 and keeps >= 99 % of
     the argmax (the OpenVINO BF16 engine's bar, tests/test_engines.py)."""
-    from engines.torch_engine import TorchEngine
+    from engines.runtimes.torch_engine import TorchEngine
 
     ref = TorchEngine(weights_dir=cascade_weights_dir).run("wt32", batch)
     eng = _engine(cascade_weights_dir, precision="bf16")
@@ -76,7 +76,7 @@ def test_bf16_on_cpu_keeps_the_masks(cascade_weights_dir: Path, batch: np.ndarra
 
 
 def test_cpu_fp16_request_is_stated(cascade_weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engines.torch_fp16_engine as m
+    import engines.runtimes.torch_fp16_engine as m
 
     monkeypatch.setattr(m, "cpu_has_native_bf16", lambda: False)
     eng = _engine(cascade_weights_dir)
@@ -102,7 +102,7 @@ def test_buffers_are_shared_per_shape(cascade_weights_dir: Path, batch: np.ndarr
 
 def test_compile_failure_falls_back_to_eager(cascade_weights_dir: Path, batch: np.ndarray,
                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import engines.torch_fp16_engine as m
+    import engines.runtimes.torch_fp16_engine as m
 
     def broken_compile(model: Any, dynamic_hw: bool) -> Any:
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -134,14 +134,14 @@ def test_inductor_cache_goes_to_the_engine_cache(cascade_weights_dir: Path, tmp_
 def test_refuses_without_cuda(cascade_weights_dir: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the engine is creatable here")
-    from engines.base import create_engine
+    from engines.runtimes.registry import create_engine
 
     with pytest.raises(RuntimeError, match="no CUDA device"):
         create_engine("torch-cuda-fp16", weights_dir=cascade_weights_dir)
 
 
 def test_auto_prefers_tensorrt_then_the_fp16_engine() -> None:
-    from operators.segmentation_operator import ENGINE_PREFERENCE
+    from engines.runtimes.registry import ENGINE_PREFERENCE
 
     order = [ENGINE_PREFERENCE.index(n) for n in ("tensorrt", "torch-cuda-fp16", "onnxruntime-cuda", "torch-cuda")]
     assert order == sorted(order)
@@ -167,21 +167,21 @@ def test_auto_choice_and_reason_on_a_gpu_without_tensorrt(tmp_path: Path, monkey
     import sys
     import types
 
-    from engines import base
-    from operators.segmentation_operator import resolve_engine
+    from engines.runtimes import registry
+    from engines.runtimes.registry import choose_engine
 
     fake = types.ModuleType("fake_engines")
     fake.Unavailable, fake.StubHalfEngine = _Unavailable, _StubHalfEngine  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fake_engines", fake)
-    monkeypatch.setitem(base._REGISTRY, "tensorrt", ("fake_engines:Unavailable", {}))
-    monkeypatch.setitem(base._REGISTRY, "torch-cuda-fp16", ("fake_engines:StubHalfEngine", {}))
-    engine, notes = resolve_engine("auto", tmp_path)
+    monkeypatch.setitem(registry._REGISTRY, "tensorrt", ("fake_engines:Unavailable", {}))
+    monkeypatch.setitem(registry._REGISTRY, "torch-cuda-fp16", ("fake_engines:StubHalfEngine", {}))
+    engine, notes = choose_engine("auto", tmp_path)
     assert isinstance(engine, _StubHalfEngine) and engine.registry_name == "torch-cuda-fp16"
     assert engine.choice_reason.startswith("auto: first engine of the preference order that runs here")
     assert "passed over tensorrt (RuntimeError: no TensorRT on this machine)" in engine.choice_reason
     assert any(n.startswith("engine tensorrt unavailable") for n in notes)
 
-    explicit, _ = resolve_engine("torch-cuda-fp16", tmp_path)
+    explicit, _ = choose_engine("torch-cuda-fp16", tmp_path)
     assert explicit.choice_reason == "requested by the settings (engine: torch-cuda-fp16)"
 
 
@@ -191,8 +191,8 @@ def test_symbolic_hw_compile_serves_every_shape_without_recompiling(cascade_weig
     ``W`` symbolic serves the cascade's growing in-plane patches, with eager's logits."""
     from torch._dynamo.utils import counters
 
-    from engines.torch_compile_engine import compile_network, mark_hw_dynamic
-    from engines.weights import load_network
+    from engines.model.weights import load_network
+    from engines.runtimes.torch_compile_engine import compile_network, mark_hw_dynamic
 
     net = load_network("en32", cascade_weights_dir)
     compiled = compile_network(net, dynamic_hw=True)

@@ -1,0 +1,278 @@
+"""Classify MR series as FLAIR / T1 / T1ce / T2 / other and pick one series per modality.
+
+The rules live in a JSON file a site can edit (``app/modality_rules.json``), in the MONAI
+Deploy SDK selector's format (``{"selections": [{"name": ..., "conditions": {...}}]}``)
+extended with scoring. Every series is scored for every modality from
+
+* its SeriesDescription / ProtocolName (regular expressions),
+* its sequence parameters: RepetitionTime, EchoTime, InversionTime (ms) and ScanningSequence,
+* contrast evidence: ContrastBolusAgent, a "post / Gd / +C" description, or being acquired
+  after a series that carries a ContrastBolusAgent (acquisition order within the study).
+
+Parameters outweigh a description that disagrees with them: a series described "FLAIR"
+with TR 550 / TE 10 and no inversion time scores higher as T1 than as FLAIR.
+
+When several series qualify for one modality, the ``preference`` list of the rules decides
+(default: axial, then 3D, then thinnest slices, most slices, latest acquisition, highest
+series number). Every decision is written down as a reason for the report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from operators.study_model import (
+    MODALITIES,
+    LoadedSeries,
+    LoadedStudy,
+    ModalitySelection,
+    SeriesCandidate,
+    SeriesHeader,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RULES_PATH = Path(__file__).resolve().parents[2] / "app" / "modality_rules.json"
+_PARAMETER_FIELDS = {
+    "RepetitionTime": "repetition_time_ms",
+    "EchoTime": "echo_time_ms",
+    "InversionTime": "inversion_time_ms",
+}
+_CONTRAST_IN_TEXT = re.compile(r"(?i)(post|\+c\b|\bgd\b|gad|contrast|\bce\b|\bkm\b)")
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """Parsed, validated selection rules (see ``app/modality_rules.json``)."""
+
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> "SelectionRules":
+        path = Path(path) if path else DEFAULT_RULES_PATH
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read selection rules {path}: {exc}") from exc
+        names = [s.get("name") for s in raw.get("selections", [])]
+        unknown = set(names) - set(MODALITIES)
+        if unknown or not names:
+            raise ValueError(f"selection rules {path}: selections must be named from {MODALITIES}, got {names}")
+        return cls(raw)
+
+    @property
+    def selections(self) -> list[Mapping[str, Any]]:
+        return list(self.raw["selections"])
+
+    @property
+    def weights(self) -> Mapping[str, float]:
+        return self.raw["weights"]
+
+
+def _orientation_label(header: SeriesHeader) -> str:
+    """'axial' / 'coronal' / 'sagittal' from the slice normal's dominant LPS axis."""
+    if not header.image_orientation or len(header.image_orientation) != 6:
+        return "unknown"
+    row = np.asarray(header.image_orientation[:3])
+    col = np.asarray(header.image_orientation[3:])
+    normal = np.abs(np.cross(row, col))
+    return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+
+
+def is_usable_image_series(header: SeriesHeader, rules: SelectionRules) -> tuple[bool, str]:
+    """Whether a series can be an input channel at all, and why not."""
+    flt = rules.raw.get("series_filter", {})
+    modality_re = flt.get("Modality")
+    if modality_re and not re.search(modality_re, header.modality or ""):
+        return False, f"Modality {header.modality or '(none)'} is not MR"
+    excluded = {t.upper() for t in flt.get("exclude_image_type", [])}
+    hit = excluded.intersection(header.image_type)
+    if hit:
+        return False, f"ImageType contains {'/'.join(sorted(hit))} (localiser, derived or map)"
+    if header.number_of_frames < int(flt.get("min_slices", 1)):
+        return False, f"only {header.number_of_frames} slice(s)"
+    return True, ""
+
+
+def _contrast_evidence(header: SeriesHeader, after_contrast: bool) -> tuple[bool, str]:
+    if header.contrast_bolus_agent.strip():
+        return True, f"ContrastBolusAgent '{header.contrast_bolus_agent.strip()}'"
+    text = f"{header.series_description} {header.protocol_name}"
+    if _CONTRAST_IN_TEXT.search(text):
+        return True, "description says post-contrast"
+    if after_contrast:
+        return True, "acquired after a series with a contrast agent"
+    return False, "no contrast agent recorded"
+
+
+def score_series(
+    header: SeriesHeader, rules: SelectionRules, *, after_contrast: bool = False
+) -> tuple[dict[str, float], list[str]]:
+    """Score one series for every modality of the rules.
+
+    Returns
+    -------
+    scores
+        ``{modality: score}``; higher is more likely.
+    reasons
+        Human-readable notes on what contributed.
+    """
+    weights = rules.weights
+    text = f"{header.series_description} | {header.protocol_name}"
+    has_contrast, contrast_note = _contrast_evidence(header, after_contrast)
+    scores: dict[str, float] = {}
+    notes: list[str] = [contrast_note]
+    for selection in rules.selections:
+        name = selection["name"]
+        conditions = selection.get("conditions", {})
+        # SDK semantics: every condition regex must match its attribute.
+        ok = all(
+            re.search(str(pattern), str(getattr_header(header, key) or "")) for key, pattern in conditions.items()
+        )
+        if not ok:
+            scores[name] = -math.inf
+            continue
+        score = 0.0
+        if any(re.search(p, text) for p in selection.get("description_patterns", [])):
+            score += weights["description"]
+            notes.append(f"{name}: description matches")
+        for key, (low, high) in selection.get("parameters", {}).items():
+            value = getattr(header, _PARAMETER_FIELDS[key])
+            if value is None:
+                if key == "InversionTime":
+                    score += weights["parameter_out_of_range"]
+                continue
+            if low <= value <= high:
+                score += weights["parameter_in_range"]
+            else:
+                score += weights["parameter_out_of_range"]
+        for key in selection.get("parameters_absent", []):
+            value = getattr(header, _PARAMETER_FIELDS[key])
+            if value is not None and value > 0:
+                score += weights["parameter_out_of_range"]
+        codes = set(selection.get("scanning_sequence", []))
+        if codes and codes.intersection(header.scanning_sequence):
+            score += weights["scanning_sequence"]
+        contrast_rule = selection.get("contrast", "any")
+        if contrast_rule == "required":
+            score += weights["contrast_match"] if has_contrast else weights["contrast_violation"]
+        elif contrast_rule == "forbidden" and has_contrast:
+            score += weights["contrast_violation"]
+        scores[name] = score
+    return scores, notes
+
+
+def getattr_header(header: SeriesHeader, dicom_keyword: str) -> Any:
+    mapping = {
+        "Modality": header.modality,
+        "SeriesDescription": header.series_description,
+        "ProtocolName": header.protocol_name,
+        "MRAcquisitionType": header.mr_acquisition_type,
+    }
+    return mapping.get(dicom_keyword, "")
+
+
+def classify(header: SeriesHeader, rules: SelectionRules, *, after_contrast: bool = False) -> SeriesCandidate:
+    """Decide the modality of one series (or ``"other"``) with reasons."""
+    usable, why_not = is_usable_image_series(header, rules)
+    if not usable:
+        return SeriesCandidate(header.series_instance_uid, header.series_description, "other", {}, [why_not])
+    scores, notes = score_series(header, rules, after_contrast=after_contrast)
+    ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+    best, best_score = ranked[0]
+    runner_up = ranked[1][1] if len(ranked) > 1 else -math.inf
+    params = (
+        f"TR={header.repetition_time_ms} TE={header.echo_time_ms} TI={header.inversion_time_ms} "
+        f"seq={'/'.join(header.scanning_sequence) or '-'}"
+    )
+    if best_score < float(rules.raw.get("min_score", 0.0)):
+        reason = f"no modality scored high enough (best {best} {best_score:.1f}; {params})"
+        return SeriesCandidate(header.series_instance_uid, header.series_description, "other", scores, [reason, *notes])
+    if best_score - runner_up < float(rules.raw.get("min_margin", 0.0)):
+        reason = f"ambiguous: {best} {best_score:.1f} vs {ranked[1][0]} {runner_up:.1f} ({params})"
+        return SeriesCandidate(header.series_instance_uid, header.series_description, "other", scores, [reason, *notes])
+    reason = f"classified {best} (score {best_score:.1f}, next {ranked[1][0]} {runner_up:.1f}; {params})"
+    return SeriesCandidate(header.series_instance_uid, header.series_description, best, scores, [reason, *notes])
+
+
+def _preference_key(series: LoadedSeries, preference: Sequence[str]) -> tuple:
+    h = series.header
+    key: list[float] = []
+    for rule in preference:
+        if rule == "axial":
+            key.append(0 if _orientation_label(h) == "axial" else 1)
+        elif rule == "3d":
+            key.append(0 if h.mr_acquisition_type.upper() == "3D" else 1)
+        elif rule == "thinnest_slices":
+            key.append(h.slice_thickness_mm if h.slice_thickness_mm else 99.0)
+        elif rule == "most_slices":
+            key.append(-h.number_of_frames)
+        elif rule == "latest_acquisition":
+            key.append(-_time_value(h.acquisition_time or h.series_time))
+        elif rule == "highest_series_number":
+            key.append(-(h.series_number or 0))
+    return tuple(key)
+
+
+def _time_value(text: str) -> float:
+    digits = re.sub(r"[^0-9.]", "", text or "")
+    try:
+        return float(digits) if digits else 0.0
+    except ValueError:
+        return 0.0
+
+
+def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySelection:
+    """Classify every series of the study and pick at most one per modality."""
+    start = time.perf_counter()
+    contrast_times = [
+        _time_value(s.header.acquisition_time or s.header.series_time)
+        for s in study.series
+        if s.header.contrast_bolus_agent.strip()
+    ]
+    first_contrast = min(contrast_times) if contrast_times else math.inf
+    candidates: list[SeriesCandidate] = []
+    by_modality: dict[str, list[LoadedSeries]] = {m: [] for m in MODALITIES}
+    for series in study.series:
+        t = _time_value(series.header.acquisition_time or series.header.series_time)
+        candidate = classify(series.header, rules, after_contrast=t > first_contrast)
+        candidates.append(candidate)
+        logger.info(
+            "Series %s '%s': %s", series.header.series_number, series.header.series_description, candidate.reasons[0]
+        )
+        if candidate.modality in by_modality:
+            by_modality[candidate.modality].append(series)
+
+    preference = rules.raw.get("preference", [])
+    selected: dict[str, LoadedSeries] = {}
+    reasons: dict[str, str] = {}
+    for modality in MODALITIES:
+        options = by_modality[modality]
+        if not options:
+            reasons[modality] = "missing: no series classified as this modality"
+            continue
+        options = sorted(options, key=lambda s: _preference_key(s, preference))
+        chosen = options[0]
+        selected[modality] = chosen
+        desc = f"series {chosen.header.series_number} '{chosen.header.series_description}'"
+        if len(options) > 1:
+            others = ", ".join(f"{s.header.series_number}" for s in options[1:])
+            reasons[modality] = f"{desc} chosen over series {others} by preference {'>'.join(preference)}"
+        else:
+            reasons[modality] = f"{desc} (only candidate)"
+    duration = time.perf_counter() - start
+    logger.info(
+        "Selected %s; missing %s (%.3f s)",
+        {m: s.header.series_number for m, s in selected.items()},
+        [m for m in MODALITIES if m not in selected] or "none",
+        duration,
+    )
+    return ModalitySelection(study, selected, candidates, reasons, duration)
