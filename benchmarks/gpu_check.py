@@ -30,7 +30,9 @@ Outputs in ``--out`` (at most 8 files, what the GPU tool brings back): ``results
 every phase, so a run cut short still leaves what it measured.
 
 ``--device cpu --quick`` runs the same code on the CPU with a small reference batch, one
-network, a case cropped around the tumour and one scenario (the test suite's check).
+network, a case cropped around the tumour with 48 x 48 in-plane patches (not the protocol's:
+:func:`engines.model.cascade.smoke_stages`), one scenario, and the app on a 12-slice slab (the
+test suite's check).
 
 Timing protocol: wall clock around ``engine.run`` (host->device copy, inference,
 device->host copy, NumPy output); engines run one after another in this process, their
@@ -299,7 +301,8 @@ def measure_engine(name: str, registry: str, options: dict[str, Any], args: argp
                 log.warning("%s case %s: %s", name, scen, res["case"][scen]["skipped"])
                 continue
             t = time.perf_counter()
-            out = C.segment_brats_full(vols, SCENARIOS[scen], engine, seed=0)
+            out = C.segment_brats_full(vols, SCENARIOS[scen], engine, seed=0,
+                                       stages=C.smoke_stages() if args.quick else None)
             wall = time.perf_counter() - t
             estimates[f"{name}.case"] = wall
             timings = out.timings
@@ -763,6 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "protocol": {"device": args.device, "quick": args.quick, "budget_s": args.budget_s, "runs": args.runs,
                      "warmup": args.warmup, "reference_shape": args.reference_shape, "networks": args.networks,
                      "scenarios": args.scenarios, "case": args.case.name, "crop": args.crop, "seed": 0,
+                     "case_patches": ("quick: every in-plane patch 48 x 48 (engines.model.cascade.smoke_stages; "
+                                      "not the protocol)" if args.quick else "the protocol's"),
                      "timer": "time.perf_counter around engine.run (copies in and out included)"},
         "engines": {}, "fp16_variants": {}, "skipped": [],
     }  # fmt: skip

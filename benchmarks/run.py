@@ -259,7 +259,8 @@ def worker(args: argparse.Namespace) -> int:
                 if args.crop:
                     vols, seg = crop_to_tumour(vols, seg, args.crop)
                 row["load"] = time.perf_counter() - w0
-                res_c = C.segment_brats_full(vols, SCENARIOS[scen], engine, seed=0)
+                res_c = C.segment_brats_full(vols, SCENARIOS[scen], engine, seed=0,
+                                             stages=C.smoke_stages() if args.smoke_patches else None)
                 t = res_c.timings
                 infer = sum(v for k, v in t.items() if k.split(".")[0] in ("wt", "tc", "en") and "." in k)
                 row["preprocess"] = t["preprocess"]
@@ -711,7 +712,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-networks", default=None, help="comma list (default: all nine)")
     p.add_argument("--e2e-engines", default=None, help="engines that run whole cases (default: all)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: all cores)")
-    p.add_argument("--quick", action="store_true", help="1 case, scenario 'all', runs 2, warm-up 1, wt32 latency only")
+    p.add_argument("--quick", action="store_true",
+                   help="1 case, scenario 'all', runs 2, warm-up 1, wt32 latency only, --smoke-patches")
+    p.add_argument("--smoke-patches", action="store_true",
+                   help="cases with 48 x 48 in-plane patches (engines.model.cascade.smoke_stages): not the protocol")
     p.add_argument("--reference-only", action="store_true", help="latency on the reference batch only (no protocol batches)")
     p.add_argument("--crop", default=None,
                    help="Z,Y,X: crop every case to this box around the tumour (smoke tests; --quick uses 48,64,64)")
@@ -726,6 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.quick:
+        args.smoke_patches = True
         args.case_limit, args.scenarios, args.runs, args.warmup = 1, "all", min(args.runs, 2), min(args.warmup, 1)
         args.latency_networks = args.latency_networks or "wt32"
         args.reference_only = True
@@ -770,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "protocol": {"runs": args.runs, "warmup": args.warmup, "threads": args.threads or os.cpu_count(),
                      "cases": [c.name for c in args.case_dirs], "scenarios": args.scenarios,
                      "latency_networks": args.latency_networks, "e2e_engines": args.e2e_engines,
-                     "quick": args.quick, "crop": args.crop,
+                     "quick": args.quick, "crop": args.crop, "smoke_patches": args.smoke_patches,
                      "reference_batch": args.latency_shape or list(REFERENCE_SHAPE)},
         "model_sizes": model_sizes(args.models), "engines": {},
     }  # fmt: skip
@@ -784,6 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         passthrough += ["--threads", str(args.threads)]
     if args.reference_only:
         passthrough += ["--reference-only"]
+    if args.smoke_patches:
+        passthrough += ["--smoke-patches"]
     if args.crop:
         passthrough += ["--crop", ",".join(map(str, args.crop))]
     if args.latency_shape:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import SimpleITK as sitk
@@ -83,27 +85,36 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
     registrations: dict[str, dict] = {reference_key: {"reference": True}}
     transforms: dict[str, sitk.Transform] = {reference_key: sitk.Euler3DTransform()}
     volumes = np.zeros((4, *sitk.GetArrayViewFromImage(grid).shape), dtype=np.float32)
+    # Every moving series is registered to the reference at once, one thread each (SimpleITK
+    # releases the GIL; each registration is single-threaded, hence deterministic), at most one
+    # per core.
+    moving_keys = [m for m in MODALITIES if m in images and m != reference_key]
+    t1 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, min(len(moving_keys), os.cpu_count() or 1))) as pool:
+        results = dict(zip(moving_keys, pool.map(
+            lambda m: register_rigid(reference.image, images[m].image, seed=seed + 1, initializer="identity"),
+            moving_keys)))  # fmt: skip
+    if moving_keys:
+        timings["register_all"] = time.perf_counter() - t1
+    for modality, result in results.items():
+        transforms[modality] = result.transform
+        registrations[modality] = result.as_dict()
+        timings[f"register_{modality}"] = result.duration_s
+        logger.info(
+            "Registered %s -> %s: angles %s deg, translation %s mm, MI %.4f -> %.4f%s (%.1f s)",
+            modality,
+            reference_key,
+            [round(a, 2) for a in registrations[modality]["angles_deg"]],
+            [round(t, 2) for t in registrations[modality]["translation_mm"]],
+            result.metric_before,
+            result.metric_after,
+            " (kept identity)" if result.kept_identity else "",
+            result.duration_s,
+        )
     for modality in MODALITIES:
         if modality not in images:
             continue
         moving = images[modality].image
-        if modality != reference_key:
-            t1 = time.perf_counter()
-            result = register_rigid(reference.image, moving, seed=seed + 1, initializer="identity")
-            transforms[modality] = result.transform
-            registrations[modality] = result.as_dict()
-            timings[f"register_{modality}"] = time.perf_counter() - t1
-            logger.info(
-                "Registered %s -> %s: angles %s deg, translation %s mm, MI %.4f -> %.4f%s (%.1f s)",
-                modality,
-                reference_key,
-                [round(a, 2) for a in registrations[modality]["angles_deg"]],
-                [round(t, 2) for t in registrations[modality]["translation_mm"]],
-                result.metric_before,
-                result.metric_after,
-                " (kept identity)" if result.kept_identity else "",
-                result.duration_s,
-            )
         t2 = time.perf_counter()
         on_grid = resample_to_grid(moving, grid, transforms[modality], sitk.sitkLinear, 0.0)
         volumes[MODALITIES.index(modality)] = sitk.GetArrayFromImage(on_grid).astype(np.float32)

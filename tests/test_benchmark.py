@@ -2,7 +2,8 @@
 
 * default suite: ``--quick`` on one real case cropped around the tumour, OpenVINO (the
   fastest CPU engine here) + torch, latency on a small batch (``--latency-shape``), the
-  cascade end to end with OpenVINO only (~1-2 min on 2 cores);
+  cascade end to end with OpenVINO only, on 48 x 48 smoke patches (``--quick`` implies
+  ``--smoke-patches``; under a minute on 2 cores);
 * ``slow``: the same with the real 5 x 4 x 19 x 144 x 144 reference batch and torch end to
   end as well, so that the quality delta vs FP32 is filled (the torch cascade alone takes
   several minutes on 2 cores, hence slow).

@@ -409,3 +409,21 @@ def test_labels_round_trip_through_oblique_reference() -> None:
     b = sitk.GetArrayFromImage(labels_to_reference(on_ref, labels))
     assert set(np.unique(b)) <= {0, 1, 4}
     assert _dice(b == 4, ball) > 0.9
+
+
+def test_concurrent_registrations_equal_sequential_ones(t1_pair):
+    """The operator registers the moving series at once, one thread each: every result is
+    bit-identical to the same registration run alone, and SimpleITK's global thread count is
+    restored afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fixed_img, moving, _ = t1_pair
+    small_fixed = sitk.Shrink(fixed_img, [2, 2, 2])
+    kw = dict(initializer="identity", shrink_factors=(2, 1), smoothing_sigmas_mm=(2.0, 0.0), samples_per_level=20_000)
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    alone = [register_rigid(small_fixed, moving, seed=s, **kw).transform.GetParameters() for s in (3, 5)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(lambda s: register_rigid(small_fixed, moving, seed=s, **kw).transform.GetParameters(),
+                                 (3, 5)))  # fmt: skip
+    assert together == alone
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before

@@ -137,6 +137,13 @@ STAGES: dict[str, StageSpec] = {
 STAGE_ORDER = ("wt", "tc", "en")
 
 
+def smoke_stages(patch: int = 48) -> dict[str, StageSpec]:
+    """:data:`STAGES` with every base in-plane patch ``patch x patch``: **not the protocol** (the
+    networks were run on 96-180), only for smoke runs of code around the cascade on a CPU, where
+    the real WT batches (5 x 4 x 19 x 180 x 160) cost seconds each."""
+    return {k: StageSpec(s.name, dict(s.networks), {v: (patch, patch) for v in VIEWS}) for k, s in STAGES.items()}
+
+
 def protocol_shape(network: str) -> tuple[int, int, int, int, int]:
     """The batch the protocol feeds ``network`` at its base in-plane patch, ``(N, C, D, H, W)``
     = ``(5, 4, 19, H, W)``; ``H``, ``W`` grow with the brain box (:func:`inplane_patch`)."""
@@ -400,6 +407,7 @@ def run_stage(
     seed: int,
     noise_channels: Sequence[bool] = (True,) * 4,
     timings: dict[str, float] | None = None,
+    stages: dict[str, StageSpec] | None = None,
 ) -> np.ndarray:
     """Mean of the three views' foreground softmax for one stage.
 
@@ -418,7 +426,7 @@ def run_stage(
         float32 ``(z, y, x)`` mean foreground probability; the mask is ``> 0.5``
         (argmax of the averaged two-class softmax, ties to background).
     """
-    spec = STAGES[stage]
+    spec = (stages or STAGES)[stage]
     s_idx = STAGE_ORDER.index(stage)
     acc = np.zeros(image.shape[1:], dtype=np.float32)
     for v_idx, view in enumerate(VIEWS):
@@ -551,22 +559,24 @@ class CascadeResult:
 
 def segment_preprocessed(
     pre: Preprocessed, engine: InferenceEngine, progress: ProgressFn | None = None,
-    rules: PostProcessing = PostProcessing(),
+    rules: PostProcessing = PostProcessing(), stages: dict[str, StageSpec] | None = None,
 ) -> CascadeResult:
     """Run the WT -> TC -> EN cascade on a :class:`Preprocessed` crop.
 
     ``progress(step, fraction)`` is called after each stage, if given; ``rules``: the size
-    rules of the post-processing.
+    rules of the post-processing; ``stages``: networks and base patches per stage (default
+    :data:`STAGES`, the authors'; smaller patches only for smoke runs, see
+    :func:`smoke_stages`).
     """
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
-    engine.prepare([n for s in STAGE_ORDER for n in STAGES[s].networks.values()])
+    engine.prepare([n for s in STAGE_ORDER for n in (stages or STAGES)[s].networks.values()])
     noise = pre.available
     img, brain = pre.image, pre.brain_mask
 
     # Stage 1: WT on the brain box.
-    p_wt = run_stage(engine, "wt", img, pre.seed, noise, timings)
+    p_wt = run_stage(engine, "wt", img, pre.seed, noise, timings, stages)
     wt = (p_wt > 0.5) & brain
     if progress:
         progress("wt", 1 / 3)
@@ -580,7 +590,7 @@ def segment_preprocessed(
         box1 = bounding_box(brain, BOX_MARGIN)
     sl1 = box_slices(box1)
     img1, brain1 = np.ascontiguousarray(img[(slice(None), *sl1)]), brain[sl1]
-    p_tc = run_stage(engine, "tc", img1, pre.seed, noise, timings)
+    p_tc = run_stage(engine, "tc", img1, pre.seed, noise, timings, stages)
     tc = (p_tc > 0.5) & brain1
     if progress:
         progress("tc", 2 / 3)
@@ -593,7 +603,7 @@ def segment_preprocessed(
         box2 = tuple((0, n) for n in tc.shape)  # type: ignore[assignment]
     sl2 = box_slices(box2)
     img2, brain2 = np.ascontiguousarray(img1[(slice(None), *sl2)]), brain1[sl2]
-    p_en = run_stage(engine, "en", img2, pre.seed, noise, timings)
+    p_en = run_stage(engine, "en", img2, pre.seed, noise, timings, stages)
     en2 = (p_en > 0.5) & brain2
     if progress:
         progress("en", 1.0)
@@ -632,12 +642,13 @@ def segment_brats_full(
     seed: int = 0,
     progress: ProgressFn | None = None,
     rules: PostProcessing = PostProcessing(),
+    stages: dict[str, StageSpec] | None = None,
 ) -> CascadeResult:
     """:func:`preprocess` + :func:`segment_preprocessed`; returns the full result object."""
     t0 = time.perf_counter()
     pre = preprocess(volumes, available, seed)
     t_pre = time.perf_counter() - t0
-    res = segment_preprocessed(pre, engine, progress, rules)
+    res = segment_preprocessed(pre, engine, progress, rules, stages)
     res.timings["preprocess"] = t_pre
     res.timings["total"] = time.perf_counter() - t0
     if pre.imputed_channels:
