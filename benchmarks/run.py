@@ -5,8 +5,14 @@ Usage::
     python -m benchmarks.run --cases ../shared/data/brats18 --engines torch,onnxruntime,openvino \
         --out bench-out [--runs 5] [--warmup 2] [--models DIR] [--case-limit 1] \
         [--scenarios all,FLAIR+T1ce+T2,T1ce+T2,T2] [--latency-networks wt32,tc32,en32] \
-        [--e2e-engines torch,openvino] [--threads N] [--quick] \
+        [--e2e-engines torch,openvino] [--threads N] [--quick | --full] \
         [--triton [--triton-concurrency 1,2,4] [--triton-url HOST:PORT] [--triton-protocol http|grpc]]
+
+The default is what a user can wait for: the first case under all four sequences, and one
+network per architecture (wt32; en32: TC networks are WT-shaped) on the reference batch. ``--full`` is the whole protocol
+(all nine networks on the reference and the protocol batches, every case under the four
+scenarios); the plan line printed first says how much longer that is. Every step of every
+engine prints a progress line with the time left for that engine and for the ones after it.
 
 Every engine runs in its own subprocess (``--worker``), one after the other, so that its
 peak RSS (``ru_maxrss``) and, on a GPU, ``torch.cuda.max_memory_allocated/reserved`` are its
@@ -237,11 +243,15 @@ def worker(args: argparse.Namespace) -> int:
     jobs = [(f"{n}@ref{list(ref_shape)}", n, ref_shape) for n in args.latency_networks]
     if not args.reference_only:
         jobs += [(f"{n}@protocol{list(PROTOCOL_SHAPES[n])}", n, PROTOCOL_SHAPES[n]) for n in args.latency_networks]
+    n_cases = len(args.case_dirs) * len(args.scenarios) if name in args.e2e_engines else 0
+    eta = Progress(name, len(jobs), n_cases)
     for key, net, shape in jobs:
+        t_job = time.perf_counter()
         engine.prepare([net])
         latency[key] = time_network(engine, net, shape, args.warmup, args.runs)
         log.info("%s %s: p50 %.3f s p95 %.3f s (warm-up %s)", name, key, latency[key]["p50"],
                  latency[key]["p95"], [round(w, 2) for w in latency[key]["warmup_s"]])  # fmt: skip
+        eta.done("latency", time.perf_counter() - t_job, f"{key}: p50 {latency[key]['p50']:.3f} s")
     res["latency"] = latency
     res["peak_rss_mb_after_latency"] = peak_rss_mb()
 
@@ -273,6 +283,7 @@ def worker(args: argparse.Namespace) -> int:
                 row["views"] = {k: v for k, v in t.items() if "." in k}
                 np.save(ldir / f"{case_dir.name}__{scen}.npy", res_c.labels)
                 e2e.append(row)
+                eta.done("case", row["total_wall"], f"{case_dir.name} {scen}: {row['total_wall']:.0f} s")
                 log.info("%s %s %s: %.1f s wall, %.1f s CPU (infer %.0f%%)", name, case_dir.name, scen,
                          row["total_wall"], row["total_cpu"], 100 * row["infer_fraction"])  # fmt: skip
     else:
@@ -287,6 +298,31 @@ def worker(args: argparse.Namespace) -> int:
         res["gpu_max_memory_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
     (wdir / f"{name}.json").write_text(json.dumps(res, indent=2))
     return 0
+
+
+class Progress:
+    """One line per finished step of a worker, on its stdout (the parent shows it), with the
+    time left for this engine: remaining latency batches x their mean so far, plus remaining
+    cases x the mean case time (guessed as 5 latency batches until a case has run)."""
+
+    def __init__(self, engine: str, latency_jobs: int, cases: int) -> None:
+        self.engine, self.todo = engine, {"latency": latency_jobs, "case": cases}
+        self.spent: dict[str, list[float]] = {"latency": [], "case": []}
+
+    def done(self, kind: str, seconds: float, what: str) -> None:
+        self.spent[kind].append(seconds)
+        left = 0.0
+        for k, total in self.todo.items():
+            times = self.spent[k] or self.spent["latency"]
+            scale = 5.0 if k == "case" and not self.spent[k] else 1.0
+            left += (total - len(self.spent[k])) * (float(np.mean(times)) * scale if times else 0.0)
+        n_done = sum(len(v) for v in self.spent.values())
+        print(f"PROGRESS {self.engine}: {kind} {n_done}/{sum(self.todo.values())} {what}; "
+              f"~{_minutes(left)} left for this engine", flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _cuda_ok() -> bool:
@@ -707,9 +743,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--models", type=Path, default=None, help="model folder (default: build into OUT/models)")
-    p.add_argument("--case-limit", type=int, default=None)
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {list(SCENARIOS)}")
-    p.add_argument("--latency-networks", default=None, help="comma list (default: all nine)")
+    p.add_argument("--case-limit", type=int, default=None, help="cases used (default 1; --full: all)")
+    p.add_argument("--scenarios", default=None, help=f"comma list of {list(SCENARIOS)} (default all; --full: every one)")
+    p.add_argument("--latency-networks", default=None,
+                   help="comma list (default: wt32,en32, one per architecture; --full: all nine)")
+    p.add_argument("--full", action="store_true",
+                   help="the whole protocol: nine networks on the reference and the protocol batches, every case "
+                        "under the four scenarios (hours on a 2-core CPU; the plan line says how much longer)")
     p.add_argument("--e2e-engines", default=None, help="engines that run whole cases (default: all)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per engine (default: all cores)")
     p.add_argument("--quick", action="store_true",
@@ -735,6 +775,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.latency_networks = args.latency_networks or "wt32"
         args.reference_only = True
         args.crop = args.crop or "48,64,64"
+    if args.full or args.worker:
+        args.scenarios = args.scenarios or ",".join(SCENARIOS)
+        args.latency_networks = args.latency_networks or ",".join(NETWORKS)
+    else:
+        # The default a user can wait for (<= 10 min for two CPU engines on 2 cores): one case,
+        # all four sequences, one network per architecture, on the reference batch only.
+        args.case_limit = args.case_limit or 1
+        args.scenarios = args.scenarios or "all"
+        args.latency_networks = args.latency_networks or "wt32,en32"  # one per architecture (TC = WT)
+        args.reference_only = True
     args.crop = [int(v) for v in args.crop.split(",")] if args.crop else None
     args.latency_shape = [int(v) for v in args.latency_shape.split(",")] if args.latency_shape else None
     args.latency_networks = [n for n in (args.latency_networks or ",".join(NETWORKS)).split(",") if n]
@@ -767,8 +817,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         return worker(args)
 
-    from tqdm import tqdm
-
     doc: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "hardware": hardware_facts(), "runtime_versions": runtime_versions(),
@@ -795,19 +843,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         passthrough += ["--crop", ",".join(map(str, args.crop))]
     if args.latency_shape:
         passthrough += ["--latency-shape", ",".join(map(str, args.latency_shape))]
-    for name in tqdm(engines, desc="engines", unit="engine", file=sys.stderr):
+    n_lat = len(args.latency_networks) * (1 if args.reference_only else 2)
+    n_case = len(args.case_dirs) * len(args.scenarios)
+    longer = (18 / max(n_lat, 1) + 4 * len(case_dirs) / max(n_case, 1)) / 2
+    print(f"plan: {len(engines)} engines ({', '.join(engines)}); each: {n_lat} latency batches x "
+          f"{args.warmup + args.runs} calls, then {n_case} cascades ({len(args.case_dirs)} cases x "
+          f"{len(args.scenarios)} scenarios) for {len(args.e2e_engines)} of them"
+          + ("" if args.full else f"; --full (9 networks x 2 batch shapes, every case x 4 scenarios) is ~{longer:.0f}x longer"),
+          file=sys.stderr)  # fmt: skip
+    engine_seconds: list[float] = []
+    for i, name in enumerate(engines):
         t0 = time.perf_counter()
         logf = args.out / "workers" / f"{name}.log"
         with open(logf, "w") as lf:
-            rc = subprocess.run([sys.executable, "-m", "benchmarks.run", *passthrough, "--worker", name],
-                                stdout=lf, stderr=subprocess.STDOUT,
-                                cwd=Path(__file__).resolve().parents[1]).returncode  # fmt: skip
+            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *passthrough, "--worker", name],
+                                    stdout=subprocess.PIPE, stderr=lf, text=True,
+                                    cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lf.write(line)
+                if line.startswith("PROGRESS "):
+                    rest = len(engines) - i - 1
+                    after = (f"; then ~{_minutes(float(np.mean(engine_seconds)) * rest)} for {rest} more engines"
+                             if engine_seconds and rest else "")
+                    print(f"[{i + 1}/{len(engines)}] {line[9:].rstrip()}{after}", file=sys.stderr, flush=True)
+            rc = proc.wait()
         jf = args.out / "workers" / f"{name}.json"
         if rc == 0 and jf.is_file():
             doc["engines"][name] = json.loads(jf.read_text())
         else:
             doc["engines"][name] = {"engine": name, "status": "failed", "reason": f"worker exit {rc}, see {logf}"}
         doc["engines"][name]["worker_seconds"] = time.perf_counter() - t0
+        engine_seconds.append(time.perf_counter() - t0)
         log.info("engine %s: %s in %.0f s", name, doc["engines"][name]["status"], time.perf_counter() - t0)
 
     if args.triton:

@@ -107,3 +107,19 @@ def test_load_case_reads_nifti_in_simpleitk_order(brats_dir: Path) -> None:
     assert np.array_equal(vols[2], sitk.GetArrayFromImage(img))
     assert np.array_equal(seg, sitk.GetArrayFromImage(sitk.ReadImage(str(case / f"{case.name}_seg.nii.gz"))))
     assert spacing == tuple(img.GetSpacing()[::-1])
+
+
+def test_progress_lines_count_steps_and_estimate_the_time_left(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each finished step prints a line; the time left is the remaining latency batches at their
+    mean, plus the remaining cases at 5 latency batches each until a case has run, then at theirs."""
+    from benchmarks.run import Progress
+
+    p = Progress("torch", latency_jobs=2, cases=2)
+    p.done("latency", 10.0, "wt32")
+    p.done("latency", 20.0, "en32")
+    p.done("case", 100.0, "case-1 all")
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[1].split()[:2] for ln in lines] == [["latency", "1/4"], ["latency", "2/4"], ["case", "3/4"]]
+    assert lines[0].endswith("~1.8 min left for this engine")  # 1 x 10 s + 2 cases x 5 x 10 s = 110 s
+    assert lines[1].endswith("~2.5 min left for this engine")  # 2 cases x 5 x 15 s = 150 s
+    assert lines[2].endswith("~1.7 min left for this engine")  # 1 case x 100 s = 100 s

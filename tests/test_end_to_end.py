@@ -160,6 +160,15 @@ def test_report_names_engine_registration_and_stage_timings(aligned_run: AppRun)
         record = report["registration"]["series"][modality]
         assert "translation_mm" in record and "metric_after" in record
     assert all(v >= 0 for v in report["timings_s"].values())
+    # The finer breakdown adds up to the coarse stages it splits, and names the network's part.
+    fine, coarse = report["stage_breakdown_s"], report["timings_s"]
+    assert set(fine) == {"load", "select", "series_to_volume", "registration", "resampling", "brain_extraction",
+                         "network", "cascade_other", "back_to_reference", "seg", "overlay"}  # fmt: skip
+    assert 0 < fine["network"] < coarse["segment"]
+    assert fine["network"] + fine["cascade_other"] == pytest.approx(coarse["segment"], abs=0.01)
+    assert fine["series_to_volume"] + fine["registration"] + fine["resampling"] <= coarse["register_and_resample"] + 0.01
+    assert report["amdahl_bound_zero_time_network"] > 1.0
+    assert sum(report["stage_share"].values()) <= 1.0 + 1e-3
 
 
 @pytest.fixture(scope="session")

@@ -362,8 +362,12 @@ def predict_view(
     rng: np.random.Generator,
     noise_channels: Sequence[bool],
     batch_size: int = BATCH_SIZE,
+    network_seconds: list[float] | None = None,
 ) -> np.ndarray:
     """Foreground probability of one network over a whole (view-ordered) volume.
+
+    ``network_seconds``, when given, receives the wall time of every ``engine.run`` call (the
+    network alone, without patch extraction, noise and softmax).
 
     Parameters
     ----------
@@ -393,7 +397,12 @@ def predict_view(
         while len(slabs) < batch_size:
             # Noise slabs pad the last batch: they take part in the batch statistics.
             slabs.append(extract_patch(volume, (-10 * IN_SLICES, 0, 0), (IN_SLICES, ph, pw), rng, noise_channels))
-        fg = softmax_foreground(engine.run(network, np.stack(slabs)))  # (N, 11, ph, pw)
+        batch = np.stack(slabs)
+        t_net = time.perf_counter()
+        logits = engine.run(network, batch)
+        if network_seconds is not None:
+            network_seconds.append(time.perf_counter() - t_net)
+        fg = softmax_foreground(logits)  # (N, 11, ph, pw)
         for s, p in zip(chunk, fg):
             d0, d1 = max(s, 0), min(s + OUT_SLICES, depth)  # s < 0 only when depth < 10
             prob[d0:d1] = p[d0 - s : d1 - s, -h0 : -h0 + h, -w0 : -w0 + w]
@@ -435,11 +444,14 @@ def run_stage(
         # !! view transpose of (Z, Y, X); channel axis 0 stays first.
         vol = np.ascontiguousarray(image.transpose(0, *(a + 1 for a in perm)))
         rng = np.random.default_rng([seed, 1, s_idx, v_idx])
-        p = predict_view(engine, spec.networks[view], vol, spec.patch_hw[view], rng, noise_channels)
+        calls: list[float] = []
+        p = predict_view(engine, spec.networks[view], vol, spec.patch_hw[view], rng, noise_channels,
+                         network_seconds=calls)  # fmt: skip
         acc += p.transpose(np.argsort(perm))  # back to (Z, Y, X)
         dt = time.perf_counter() - t0
         if timings is not None:
             timings[f"{stage}.{view}"] = dt
+            timings["network"] = timings.get("network", 0.0) + sum(calls)
         log.info("stage %s view %s (%s): volume %s, %.1f s", stage, view, spec.networks[view], vol.shape[1:], dt)
     return acc / 3.0
 
@@ -537,7 +549,8 @@ class CascadeResult:
         ``"brain"``, ``"wt"`` (box the TC stage ran on), ``"tc"`` (box the EN stage ran on);
         half-open, full-volume (Z, Y, X) coordinates.
     timings
-        Seconds per step (``preprocess``, ``wt.axial``, ..., ``postprocess``, ``total``).
+        Seconds per step (``preprocess``, ``wt.axial``, ..., ``postprocess``, ``total``);
+        ``network``: the part of the views spent in ``engine.run`` (the networks alone).
     available, imputed_channels
         Modalities given / fed as zeros.
     engine

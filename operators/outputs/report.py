@@ -100,6 +100,22 @@ def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
         "segment": outcome.timings.get("operator_total", 0.0),
         "write_seg": result.timings.get("total", 0.0),
     }
+    reg, seg_t, out_t = model_input.timings, outcome.timings, result.timings
+    network = float(seg_t.get("network", 0.0))
+    breakdown = {
+        "load": study.duration_s,
+        "select": model_input.selection.duration_s,
+        "series_to_volume": reg.get("series_to_volume", 0.0),
+        "registration": reg.get("register_all", 0.0),
+        "resampling": sum(v for k, v in reg.items() if k.startswith("resample_")),
+        "brain_extraction": reg.get("brain_extraction", 0.0),
+        "network": network,
+        "cascade_other": max(seg_t.get("operator_total", 0.0) - network, 0.0),
+        "back_to_reference": out_t.get("to_reference_grid", 0.0),
+        "seg": out_t.get("seg_build_write", 0.0),
+        "overlay": out_t.get("overlay", 0.0),
+    }
+    total = sum(stage_timings.values())
     return {
         "modalities": {
             "used": [MODALITY_DISPLAY[m] for m in MODALITIES if available[m]],
@@ -136,4 +152,9 @@ def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
             "empty_note": "no tumour voxel found: the SEG holds empty segments" if result.empty else "",
         },
         "timings_s": _rounded(stage_timings),
+        # The same run, finer (seconds and share of the stages' total); "network": inside
+        # engine.run only; amdahl_bound: the end-to-end speed-up an infinitely fast network gives.
+        "stage_breakdown_s": _rounded(breakdown),
+        "stage_share": {k: round(v / total, 4) if total > 0 else 0.0 for k, v in breakdown.items()},
+        "amdahl_bound_zero_time_network": round(total / (total - network), 3) if total > network else None,
     }
