@@ -9,8 +9,9 @@ import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.dicom.seg_builder import build_segmentation, render_overlay_png
+from operators.dicom.sr_builder import build_volume_report
 from operators.outputs.report import modalities_line
-from operators.outputs.staging import OVERLAY_FILE, SEG_FILE, OutputStaging
+from operators.outputs.staging import OVERLAY_FILE, SEG_FILE, SR_FILE, OutputStaging
 from operators.spatial.registration import labels_to_reference
 from operators.study_model import MODALITIES, MODALITY_DISPLAY, PipelineResult, SegmentationOutcome
 
@@ -42,7 +43,9 @@ class DicomSegWriterOperator(Operator):
     The label map is resampled (nearest neighbour) from the model grid onto the reference
     series' own grid, slice ``k`` of which is the reference instance ``k``; one BINARY SEG
     with one segment per BraTS label class (see :mod:`operators.dicom.seg_builder`) is staged as
-    ``segmentation.dcm``, plus a QA overlay ``overlay.png``. An empty result still gives a
+    ``segmentation.dcm``, with the tumour volumes as a DICOM SR (TID 1500,
+    :mod:`operators.dicom.sr_builder`) referencing its segments, ``volumes_sr.dcm``, and a QA
+    overlay ``overlay.png``. An empty result still gives a
     valid SEG (empty segments), flagged in the report.
     """
 
@@ -93,6 +96,18 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
     seg.save_as(seg_path, enforce_file_format=True)
     timings["seg_build_write"] = time.perf_counter() - t1
 
+    voxel_ml_grid = float(np.prod(model_input.grid.GetSpacing()))
+    volumes = tumour_volumes_ml(np.asarray(outcome.labels), voxel_ml_grid)
+    t_sr = time.perf_counter()
+    sources = list({ds.SOPInstanceUID: ds for ds in reference.slice_datasets}.values())  # multi-frame: once
+    sr = build_volume_report(
+        seg, sources,
+        {1: volumes["necrotic_non_enhancing_core"], 2: volumes["edema"], 4: volumes["enhancing_tumor"]},
+        algorithm_version,
+    )  # fmt: skip
+    sr.save_as(staging.path(SR_FILE), enforce_file_format=True)
+    timings["sr_build_write"] = time.perf_counter() - t_sr
+
     t2 = time.perf_counter()
     reference_array = sitk.GetArrayFromImage(reference.image)
     render_overlay_png(
@@ -103,8 +118,6 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         + ("; NO TUMOUR FOUND" if empty else ""),
     )
     timings["overlay"] = time.perf_counter() - t2
-    voxel_ml_grid = float(np.prod(model_input.grid.GetSpacing()))
-    volumes = tumour_volumes_ml(np.asarray(outcome.labels), voxel_ml_grid)
     timings["total"] = time.perf_counter() - t0
     logger.info(
         "SEG %s: %d frames, volumes (ml) %s%s (%.1f s)",
@@ -119,4 +132,6 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         volumes_ml=volumes,
         empty=empty,
         timings=timings,
+        sr_file=SR_FILE,
+        sr_sop_instance_uid=str(sr.SOPInstanceUID),
     )

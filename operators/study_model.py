@@ -186,6 +186,8 @@ class PipelineResult:
     volumes_ml: dict[str, float]
     empty: bool
     timings: dict[str, float]
+    sr_file: str = ""
+    sr_sop_instance_uid: str = ""
 
     @property
     def selection(self) -> ModalitySelection:

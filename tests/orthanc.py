@@ -58,6 +58,7 @@ DEFAULT_ORTHANC_BINARY = "/usr/sbin/Orthanc"
 STORAGE_SOP_CLASSES: dict[str, str] = {
     "MR Image Storage": "1.2.840.10008.5.1.4.1.1.4",
     "Enhanced MR Image Storage": "1.2.840.10008.5.1.4.1.1.4.1",
+    "Comprehensive 3D SR Storage": "1.2.840.10008.5.1.4.1.1.88.34",
     "Segmentation Storage": "1.2.840.10008.5.1.4.1.1.66.4",
 }
 
@@ -308,8 +309,8 @@ def c_store(
 ) -> list[int]:
     """Send files to a Storage SCP with C-STORE (pynetdicom), one association for all.
 
-    Presentation contexts: MR Image Storage, Enhanced MR Image Storage and Segmentation
-    Storage, each with Explicit VR Little Endian and Implicit VR Little Endian. Files are
+    Presentation contexts: :data:`STORAGE_SOP_CLASSES` (MR, Enhanced MR, Segmentation,
+    Comprehensive 3D SR), each with Explicit VR Little Endian and Implicit VR Little Endian. Files are
     sent as stored (their own transfer syntax must be one of these).
 
     Parameters
@@ -339,15 +340,9 @@ def c_store(
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
-    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-        EnhancedMRImageStorage,
-        MRImageStorage,
-        SegmentationStorage,
-    )
-
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    for sop in (MRImageStorage, EnhancedMRImageStorage, SegmentationStorage):
+    for sop in STORAGE_SOP_CLASSES.values():
         ae.add_requested_context(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(host, port, ae_title=aet)
     if not assoc.is_established:

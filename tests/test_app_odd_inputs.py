@@ -70,7 +70,7 @@ def test_app_valid_odd_study_gives_a_valid_seg(brats_dir: Path, shared_dir: Path
     work = tmp_path / "work"
     run = run_app(study, tmp_path / "out", models_dir, env={"BRATS_ENGINE": "tensorrt", "HOLOSCAN_WORKDIR": str(work)})
     assert run.returncode == 0, run.log[-4000:]
-    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm"]
+    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
     errs, _ = run_dciodvfy(run.output_dir / "segmentation.dcm")
     assert errs == []
     report = run.report
@@ -114,7 +114,7 @@ def _check_empty_result(run: AppRun) -> None:
     from tests.dicom_validation import run_dciodvfy
 
     assert run.returncode == 0, run.log[-4000:]
-    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm"]
+    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
     result = run.report["result"]
     assert result["empty"] is True and "no tumour" in result["empty_note"]
     assert result["tumour_volumes_ml"]["whole_tumor"] == 0

@@ -65,7 +65,7 @@ def reference_series_files(study: Path, report: dict) -> list[Path]:
 
 
 def test_outputs_are_exactly_one_seg_report_and_png(aligned_run: AppRun) -> None:
-    assert aligned_run.files() == ["overlay.png", "report.json", "segmentation.dcm"]
+    assert aligned_run.files() == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
     report = aligned_run.report
     assert report["status"] == "ok"
     assert report["modalities"]["missing"] == []
@@ -77,6 +77,30 @@ def test_outputs_are_exactly_one_seg_report_and_png(aligned_run: AppRun) -> None
 def test_seg_passes_dciodvfy(aligned_run: AppRun) -> None:
     errors, _warnings = run_dciodvfy(aligned_run.output_dir / "segmentation.dcm")
     assert errors == []
+
+
+def test_sr_passes_dciodvfy_and_reports_the_segment_volumes(aligned_run: AppRun) -> None:
+    """The SR (TID 1500): valid, one volume per SEG segment, equal to report.json's, each
+    referencing that segment of the SEG this run wrote; the SEG is in its evidence."""
+    from operators.dicom.sr_builder import volumes_from_report
+
+    path = aligned_run.output_dir / "volumes_sr.dcm"
+    errors, _warnings = run_dciodvfy(path)
+    assert errors == []
+    sr, seg = pydicom.dcmread(path), pydicom.dcmread(aligned_run.output_dir / "segmentation.dcm")
+    assert (sr.StudyInstanceUID, sr.PatientID) == (seg.StudyInstanceUID, seg.PatientID)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.Modality == "SR"
+    result = aligned_run.report["result"]
+    assert result["sr_file"] == "volumes_sr.dcm" and result["sr_sop_instance_uid"] == sr.SOPInstanceUID
+    ml = result["tumour_volumes_ml"]
+    expected = {1: ml["necrotic_non_enhancing_core"], 2: ml["edema"], 3: ml["enhancing_tumor"]}
+    got = volumes_from_report(sr)
+    assert {n: uid for n, (uid, _) in got.items()} == {n: seg.SOPInstanceUID for n in expected}
+    assert {n: v for n, (_, v) in got.items()} == pytest.approx(expected, abs=1e-3)
+    assert sum(expected.values()) == pytest.approx(ml["whole_tumor"], abs=0.01) and ml["whole_tumor"] > 10
+    evidence = {item.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}  # fmt: skip
+    assert seg.SOPInstanceUID in evidence
 
 
 def test_seg_references_the_study_and_the_reference_series(aligned_run: AppRun, aligned_study: Path) -> None:
@@ -163,7 +187,7 @@ def test_report_names_engine_registration_and_stage_timings(aligned_run: AppRun)
     # The finer breakdown adds up to the coarse stages it splits, and names the network's part.
     fine, coarse = report["stage_breakdown_s"], report["timings_s"]
     assert set(fine) == {"load", "select", "series_to_volume", "registration", "resampling", "brain_extraction",
-                         "network", "cascade_other", "back_to_reference", "seg", "overlay"}  # fmt: skip
+                         "network", "cascade_other", "back_to_reference", "seg", "sr", "overlay"}  # fmt: skip
     assert 0 < fine["network"] < coarse["segment"]
     assert fine["network"] + fine["cascade_other"] == pytest.approx(coarse["segment"], abs=0.01)
     assert fine["series_to_volume"] + fine["registration"] + fine["resampling"] <= coarse["register_and_resample"] + 0.01
@@ -186,13 +210,16 @@ def test_study_and_seg_round_trip_through_orthanc(aligned_run: AppRun, aligned_s
 
     from tests.orthanc import c_store
 
-    files = sorted((aligned_study / "dicom").rglob("*.dcm")) + [aligned_run.output_dir / "segmentation.dcm"]
+    files = sorted((aligned_study / "dicom").rglob("*.dcm")) + [aligned_run.output_dir / "segmentation.dcm",
+                                                                 aligned_run.output_dir / "volumes_sr.dcm"]
     statuses = c_store(files, pacs.host, pacs.dicom_port, pacs.aet)
     assert all(s == 0 for s in statuses)
     studies = pacs.get_json("/studies")
     assert len(studies) == 1
     study = pacs.get_json(f"/studies/{studies[0]}")
-    assert len(study["Series"]) == 5  # four MR series + the SEG
+    assert len(study["Series"]) == 6  # four MR series, the SEG and the SR
+    modalities = sorted(pacs.get_json(f"/series/{s}")["MainDicomTags"]["Modality"] for s in study["Series"])
+    assert modalities == ["MR", "MR", "MR", "MR", "SEG", "SR"]
     seg = pydicom.dcmread(aligned_run.output_dir / "segmentation.dcm")
     assert study["MainDicomTags"]["StudyInstanceUID"] == seg.StudyInstanceUID
     series_uids = {}

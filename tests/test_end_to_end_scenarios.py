@@ -43,7 +43,7 @@ def test_missing_modalities_give_a_seg_and_say_what_was_missing(
     make_study(brats_dir / CASE, tmp_path / "study", drop=dropped, seed=1)
     run = run_app(tmp_path / "study" / "dicom", tmp_path / "out", models_dir)
     assert run.returncode == 0, run.log[-4000:]
-    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm"]
+    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
     report = run.report
     expected_missing = sorted({"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}[m] for m in dropped)
     assert sorted(report["modalities"]["missing"]) == expected_missing

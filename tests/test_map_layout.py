@@ -171,6 +171,6 @@ def test_full_study_succeeds_in_the_map_layout(layout: MapLayout, brats_dir: Pat
     before = layout.app_snapshot()
     proc = layout.run(timeout=1800)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert sorted(p.name for p in layout.output.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm"]
+    assert sorted(p.name for p in layout.output.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
     assert json.loads((layout.output / "report.json").read_text())["status"] == "ok"
     assert layout.app_snapshot() == before, "the app wrote inside /opt/holoscan"

@@ -126,7 +126,7 @@ def test_soak_in_one_process_rss_does_not_grow(soak_studies: list[Path], models_
     for r in records:
         out = tmp_path / f"out_{r['study']:02d}"
         assert r["exit_code"] == 0
-        assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm"]
+        assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
     print(f"\nseconds per study: {[r['seconds'] for r in records]}")
     _check_growth([r["rss_bytes"] for r in records], "one process")
 
@@ -144,7 +144,7 @@ def test_soak_in_successive_processes_peak_rss_does_not_grow(
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=raise_stack_limit)
             peak = _peak_rss_until_exit(proc)
         assert proc.returncode == 0, (tmp_path / f"log_{i:02d}.txt").read_text()[-3000:]
-        assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm"]
+        assert sorted(p.name for p in out.iterdir()) == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
         peaks.append(peak)
     _check_growth(peaks, "successive processes (peak)")
 

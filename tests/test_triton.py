@@ -245,7 +245,7 @@ def test_cascade_stage_remote_equals_local_on_a_real_case(triton: TritonServer, 
 def test_app_with_triton_server(remote_run: tuple[AppRun, dict[str, int]]) -> None:
     run, requests = remote_run
     assert run.returncode == 0, run.log[-4000:]
-    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm"]
+    assert run.files() == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
     seg = run.report["segmentation"]
     engine = seg["engine"]
     assert engine["inference"] == "remote" and engine["runtime"] == "triton" and engine["server_version"]

@@ -113,6 +113,7 @@ def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
         "cascade_other": max(seg_t.get("operator_total", 0.0) - network, 0.0),
         "back_to_reference": out_t.get("to_reference_grid", 0.0),
         "seg": out_t.get("seg_build_write", 0.0),
+        "sr": out_t.get("sr_build_write", 0.0),
         "overlay": out_t.get("overlay", 0.0),
     }
     total = sum(stage_timings.values())
@@ -147,6 +148,8 @@ def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
             "overlay_file": result.overlay_file,
             "seg_series_instance_uid": result.seg_series_instance_uid,
             "seg_sop_instance_uid": result.seg_sop_instance_uid,
+            "sr_file": result.sr_file,
+            "sr_sop_instance_uid": result.sr_sop_instance_uid,
             "tumour_volumes_ml": result.volumes_ml,
             "empty": result.empty,
             "empty_note": "no tumour voxel found: the SEG holds empty segments" if result.empty else "",

@@ -29,9 +29,11 @@ logger = logging.getLogger(__name__)
 
 REPORT_NAME = "report.json"
 SEG_FILE = "segmentation.dcm"
+#: The tumour volumes as a DICOM SR (TID 1500), referencing the SEG's segments.
+SR_FILE = "volumes_sr.dcm"
 OVERLAY_FILE = "overlay.png"
 #: Everything a run publishes at the top of the output folder.
-RUN_OUTPUT_NAMES = (SEG_FILE, OVERLAY_FILE, REPORT_NAME)
+RUN_OUTPUT_NAMES = (SEG_FILE, SR_FILE, OVERLAY_FILE, REPORT_NAME)
 STAGING_PREFIX = ".staging-"
 EARLIER_RUN_PREFIX = "earlier-run-"
 
