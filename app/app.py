@@ -47,6 +47,7 @@ class BrainTumorSegApp(Application):
         self.staging: OutputStaging | None = None
         #: Where an earlier run's outputs in the output folder were moved (None: there were none).
         self.earlier_outputs: Path | None = None
+        self.settings: AppSettings | None = None
         super().__init__(*args, **kwargs)
 
     def discard_outputs(self) -> None:
@@ -58,6 +59,7 @@ class BrainTumorSegApp(Application):
         app_context: AppContext = Application.init_app_context(self.argv)
         settings = AppSettings.from_context(app_context, self)  # app.yaml through the SDK
         self.output_dir = settings.output_dir
+        self.settings = settings
         check_writable(settings.output_dir)  # fail before any work
         remove_stale_staging(settings.output_dir)
         self.earlier_outputs = set_aside_earlier_outputs(settings.output_dir)

@@ -2,12 +2,14 @@
 
 Exit codes: 0 success; 2 bad input (one line in the log and in ``report.json``); 3 output
 folder not writable; 4 model folder invalid; 5 remote inference failed (Triton server down,
-timed out, or serving other weights; ``-t``); 1 unexpected error (traceback in the log);
-143 terminated by SIGTERM. On any failure nothing but ``report.json`` (``status: failed``)
-is left in the output folder.
+timed out, or serving other weights; ``-t``); 6 the results were written but could not be
+sent to the PACS (``BRATS_SEND_DIMSE``: the outputs stay); 1 unexpected error (traceback in
+the log); 143 terminated by SIGTERM. On any other failure nothing but ``report.json``
+(``status: failed``) is left in the output folder.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -50,6 +52,41 @@ def _fail(app, code: str, one_line: str, exit_code: int) -> int:
         app.discard_outputs()
     _failure_report(getattr(app, "output_dir", None), code, one_line, getattr(app, "earlier_outputs", None))
     return exit_code
+
+
+def send_results(app) -> int:
+    """C-STORE the published SEG and SR when the settings ask for it (``send.dimse``); record
+    the outcome in ``report.json``'s ``send`` section. Returns the exit code: 0, or 6 when the
+    send failed (one line in the log; the outputs stay as published)."""
+    from operators.outputs.send import parse_destination, send_c_store
+    from operators.outputs.staging import SEG_FILE, SR_FILE
+
+    settings = getattr(app, "settings", None)
+    if settings is None or not settings.send_dimse:
+        return 0
+    destination = parse_destination(settings.send_dimse)
+    files = [settings.output_dir / SEG_FILE, settings.output_dir / SR_FILE]
+    record: dict = {"destination": destination.text(), "files": [f.name for f in files], "protocol": "DIMSE C-STORE"}
+    t0 = time.perf_counter()
+    try:
+        send_c_store(files, destination, timeout_s=settings.send_timeout_s)
+        record.update(status="ok")
+        logger.info("Sent %s to %s (%.1f s)", ", ".join(record["files"]), destination.text(), time.perf_counter() - t0)
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - any failure to send: exit 6, outputs untouched
+        one_line = " ".join(f"send_failed: {exc}".split())[:500]
+        record.update(status="failed", error=one_line)
+        logger.error("%s", one_line)
+        code = 6
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    report_path = settings.output_dir / REPORT_NAME
+    try:
+        report = json.loads(report_path.read_text())
+        report["send"] = record
+        write_json_atomically(report_path, report)
+    except (OSError, ValueError) as exc:
+        logger.error("could not add the send record to %s: %s", report_path, str(exc))
+    return code
 
 
 def _output_dir_from_args(argv: Sequence[str]) -> Path | None:
@@ -112,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             termination.install()  # Holoscan replaces the handlers when the graph starts
         if "error" in outcome:
             raise outcome["error"]
+        exit_code = send_results(app)
     except InputError as exc:
         exit_code = _fail(app, exc.code, exc.one_line(), exc.exit_code)
     except (Terminated, KeyboardInterrupt) as exc:

@@ -43,9 +43,17 @@ DEFAULTS: dict[str, Any] = {
         # ... and an enhancing-tumour label with fewer voxels than this (but > 0) is dropped.
         "min_enhancing_voxels": PostProcessing.min_enhancing_voxels,
     },
+    "send": {
+        # After a run, C-STORE the SEG and the SR to this PACS: "AE_TITLE@host:port" ("" = off).
+        "dimse": "",
+        # Upper bound of every wait of the send (connect, association, each response), seconds.
+        "timeout_s": 30,
+    },
 }
+#: Sections of app.yaml's ``brats:`` that are mappings of their own.
+NESTED_SECTIONS = ("thresholds", "send")
 
-#: ``BRATS_*`` environment variable -> (section key, threshold key or None).
+#: ``BRATS_*`` environment variable -> (section key, key inside a nested section or None).
 ENV_OVERRIDES: dict[str, tuple[str, str | None]] = {
     "BRATS_ENGINE": ("engine", None),
     "BRATS_SELECTION_RULES": ("selection_rules", None),
@@ -53,6 +61,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str | None]] = {
     "BRATS_TRITON_TIMEOUT_S": ("triton_timeout_s", None),
     "BRATS_WT_COMPONENT_VOXELS": ("thresholds", "wt_component_voxels"),
     "BRATS_MIN_ENHANCING_VOXELS": ("thresholds", "min_enhancing_voxels"),
+    "BRATS_SEND_DIMSE": ("send", "dimse"),
+    "BRATS_SEND_TIMEOUT_S": ("send", "timeout_s"),
 }
 
 ENGINE_CACHE_DIRNAME = "engine-cache"
@@ -107,19 +117,18 @@ def read_config_section(path: Path | None, fragment: Any = None) -> dict[str, An
 
 
 def _merge(section: dict[str, Any], origin: str) -> dict[str, Any]:
-    merged = {**DEFAULTS, "thresholds": dict(DEFAULTS["thresholds"])}
+    merged = {**DEFAULTS, **{k: dict(DEFAULTS[k]) for k in NESTED_SECTIONS}}
     for key, value in section.items():
         if key not in DEFAULTS:
             raise SettingsError(f"{origin}: unknown setting '{CONFIG_SECTION}.{key}' (known: {', '.join(DEFAULTS)})")
-        if key == "thresholds":
+        if key in NESTED_SECTIONS:
             if not isinstance(value, dict):
-                raise SettingsError(f"{origin}: '{CONFIG_SECTION}.thresholds' must be a mapping")
+                raise SettingsError(f"{origin}: '{CONFIG_SECTION}.{key}' must be a mapping")
             for tkey, tvalue in value.items():
-                if tkey not in DEFAULTS["thresholds"]:
-                    raise SettingsError(
-                        f"{origin}: unknown threshold '{tkey}' (known: {', '.join(DEFAULTS['thresholds'])})"
-                    )
-                merged["thresholds"][tkey] = tvalue
+                if tkey not in DEFAULTS[key]:
+                    what = "threshold" if key == "thresholds" else f"'{key}' setting"
+                    raise SettingsError(f"{origin}: unknown {what} '{tkey}' (known: {', '.join(DEFAULTS[key])})")
+                merged[key][tkey] = tvalue
         else:
             merged[key] = value
     return merged
@@ -155,18 +164,26 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
     env_set: set[str] = set()
     for var, (key, tkey) in ENV_OVERRIDES.items():
         if var in os.environ:
-            env_set.add(key if tkey is None else f"thresholds.{tkey}")
+            env_set.add(key if tkey is None else f"{key}.{tkey}")
             if tkey is None:
                 merged[key] = os.environ[var]
             else:
-                merged["thresholds"][tkey] = os.environ[var]
+                merged[key][tkey] = os.environ[var]
     rules = Path(str(merged["selection_rules"]))
     if not rules.is_absolute() and "selection_rules" not in env_set:
         rules = APP_DIR / rules  # app.yaml / default: relative to the app folder
     engine = str(merged["engine"]).strip()
     if not engine:
         raise SettingsError("engine must not be empty (use 'auto')")
-    thresholds = merged["thresholds"]
+    thresholds, send = merged["thresholds"], merged["send"]
+    send_dimse = str(send["dimse"] or "").strip()
+    if send_dimse:
+        from operators.outputs.send import parse_destination
+
+        try:
+            send_dimse = parse_destination(send_dimse).text()
+        except ValueError as exc:
+            raise SettingsError(f"send.dimse: {exc}") from None
     return {
         "config_path": config_path,
         "rules_path": rules,
@@ -175,6 +192,8 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
         "triton_timeout_s": _as_int(merged["triton_timeout_s"], "triton_timeout_s", minimum=1),
         "wt_component_voxels": _as_int(thresholds["wt_component_voxels"], "thresholds.wt_component_voxels"),
         "min_enhancing_voxels": _as_int(thresholds["min_enhancing_voxels"], "thresholds.min_enhancing_voxels"),
+        "send_dimse": send_dimse,
+        "send_timeout_s": _as_int(send["timeout_s"], "send.timeout_s", minimum=1),
     }
 
 
@@ -191,6 +210,8 @@ class AppSettings:
     triton_timeout_s: int = DEFAULTS["triton_timeout_s"]
     wt_component_voxels: int = DEFAULTS["thresholds"]["wt_component_voxels"]
     min_enhancing_voxels: int = DEFAULTS["thresholds"]["min_enhancing_voxels"]
+    send_dimse: str = ""
+    send_timeout_s: int = DEFAULTS["send"]["timeout_s"]
     config_path: Path | None = None
 
     @property

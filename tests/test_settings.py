@@ -89,6 +89,9 @@ def test_holoscan_config_path_and_env_overrides(tmp_path: Path, monkeypatch: pyt
         ({"thresholds": {"min_et": 3}}, {}, "unknown threshold 'min_et'"),
         ({"seed": "abc"}, {}, "seed must be an integer"),
         ({}, {"BRATS_WT_COMPONENT_VOXELS": "-1"}, "thresholds.wt_component_voxels must be >= 0"),
+        ({}, {"BRATS_SEND_DIMSE": "ORTHANC@localhost"}, "send.dimse:"),
+        ({"send": {"dimse": "PACS@pacs:104", "timeout_s": 0}}, {}, "send.timeout_s must be >= 1"),
+        ({"send": {"stow": "x"}}, {}, "unknown 'send' setting 'stow'"),
     ],
 )
 def test_invalid_settings_fail_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
