@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.dicom.seg_builder import build_segmentation, render_overlay_png
+from operators.dicom.source_attributes import AttributeFix, fixes_text
 from operators.dicom.sr_builder import build_volume_report
 from operators.outputs.report import modalities_line
 from operators.outputs.staging import OVERLAY_FILE, SEG_FILE, SR_FILE, OutputStaging
@@ -83,6 +84,7 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
     missing = [MODALITY_DISPLAY[m] for m in MODALITIES if not available[m]]
     empty = not bool(labels_ref.any())
     t1 = time.perf_counter()
+    source_fixes: list[AttributeFix] = []
     seg = build_segmentation(
         labels_ref,
         reference.slice_datasets,
@@ -91,6 +93,7 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         algorithm_name="BraTS17 cascaded anisotropic CNN",
         algorithm_version=algorithm_version,
         source_frames=reference.slice_frames,  # Enhanced MR reference: its frame numbers
+        source_fixes=source_fixes,
     )
     seg_path = staging.path(SEG_FILE)
     seg.save_as(seg_path, enforce_file_format=True)
@@ -134,4 +137,5 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         timings=timings,
         sr_file=SR_FILE,
         sr_sop_instance_uid=str(sr.SOPInstanceUID),
+        source_attribute_fixes=fixes_text(source_fixes),
     )

@@ -54,6 +54,8 @@ class SeriesHeader:
     series_time: str
     number_of_instances: int
     number_of_frames: int
+    patient_position: str = ""
+    frame_of_reference_uid: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +110,10 @@ class ModalitySelection:
     reasons: dict[str, str]
     """Per modality: why this series was chosen, or why the modality is missing."""
     duration_s: float = 0.0
+    contrast: dict[str, Any] = field(default_factory=dict)
+    """The contrast-phase decision (status, statement, per-series phase and evidence)."""
+    set_aside: dict[str, str] = field(default_factory=dict)
+    """SeriesInstanceUID -> why the series cannot serve as an image (mask, blank, position)."""
 
     @property
     def availability(self) -> dict[str, bool]:
@@ -188,6 +194,8 @@ class PipelineResult:
     timings: dict[str, float]
     sr_file: str = ""
     sr_sop_instance_uid: str = ""
+    source_attribute_fixes: list[str] = field(default_factory=list)
+    """Copied source attributes changed to fit their VR (one line each)."""
 
     @property
     def selection(self) -> ModalitySelection:

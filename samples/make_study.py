@@ -3,7 +3,9 @@
 Usage
 -----
 ``python -m samples.make_study <case dir> <out dir> [--drop t1,flair] [--misalign SEED]
-[--seed N] [--slices START:END] [--overwrite]``
+[--seed N] [--slices START:END] [--overwrite]``, or a clinical-looking exam:
+``... --clinical {philips,siemens,ge} [--mask-series] [--no-contrast-evidence]``
+(:mod:`samples.clinical_profiles`)
 
 or, without a subprocess, :func:`make_study` (returns a :class:`StudyManifest`).
 
@@ -1198,6 +1200,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for UIDs, names, vendor (default 0)")
     p.add_argument("--slices", type=_parse_slices, default=None, metavar="START:END",
                    help="keep only NIfTI slices START <= k < END (a small study; default all)")
+    p.add_argument("--clinical", default=None, metavar="PROFILE",
+                   help="a clinical-looking exam (philips, siemens, ge): extra series, pre/post T1 "
+                        "of one protocol without contrast attributes, faulty attributes "
+                        "(samples.clinical_profiles)")
+    p.add_argument("--mask-series", action="store_true",
+                   help="with --clinical: add a lesion mask saved as a FLAIR-like MR series")
+    p.add_argument("--no-contrast-evidence", action="store_true",
+                   help="with --clinical: post-contrast T1 series without enhancement or time gap")
     p.add_argument("--overwrite", action="store_true", help="replace an existing <out>/dicom")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
@@ -1209,6 +1219,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="[make_study] %(message)s")
     try:
+        if args.clinical:
+            from samples.clinical_profiles import make_clinical_study
+
+            if args.drop or args.misalign is not None:
+                raise StudyBuildError("--clinical does not combine with --drop / --misalign")
+            make_clinical_study(args.case_dir, args.out_dir, args.clinical, seed=args.seed, slices=args.slices,
+                                mask_series=args.mask_series, contrast_evidence=not args.no_contrast_evidence,
+                                overwrite=args.overwrite)
+            return 0
         make_study(args.case_dir, args.out_dir, drop=args.drop.split(","),
                    misalign_seed=args.misalign, seed=args.seed, overwrite=args.overwrite,
                    slices=args.slices)

@@ -87,13 +87,25 @@ def test_selection_reports_missing_and_reasons() -> None:
     assert "only candidate" in selection.reasons["t1ce"]
 
 
-def test_preference_axial_then_thinnest() -> None:
+def test_preference_finest_resolution_then_axial() -> None:
     sag = header("T2 SAG", tr=5000, te=100, orientation=SAGITTAL, thickness=1.0, number=7)
     thick = header("T2 AX thick", tr=5000, te=100, thickness=6.0, number=8)
     thin = header("T2 AX thin", tr=5000, te=100, thickness=3.0, number=9)
     selection = select_modalities(_study(sag, thick, thin), RULES)
-    assert selection.selected["t2"].header.series_number == 9
+    assert selection.selected["t2"].header.series_number == 7  # 1 mm sagittal beats 3 mm axial
     assert "chosen over series" in selection.reasons["t2"]
+    sag3 = dataclasses.replace(sag, slice_thickness_mm=3.0)
+    selection = select_modalities(_study(sag3, thick, thin), RULES)
+    assert selection.selected["t2"].header.series_number == 9  # equal resolution: axial
+
+
+def test_post_contrast_flair_is_second_choice() -> None:
+    pre = header("AX FLAIR", tr=9000, te=81, ti=2500, seq=("SE", "IR"), number=4, time="110500", thickness=4.0)
+    post = dataclasses.replace(pre, series_instance_uid="1.2.3.99", series_number=12, acquisition_time="131000",
+                               series_time="131000", slice_thickness_mm=3.0)
+    selection = select_modalities(_study(T1, pre, post, T1CE), RULES)
+    assert selection.selected["flair"].header.series_number == 4, selection.reasons["flair"]
+    assert selection.contrast["series"][post.series_instance_uid]["phase"] == "post"
 
 
 def test_rules_file_is_validated(tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ from pydicom.uid import generate_uid
 
 from engines.atomic_write import write_atomically
 from engines.model.modalities import CHANNEL_NAMES
+from operators.dicom.source_attributes import AttributeFix, fixes_text, sanitised_copy
 
 logger = logging.getLogger(__name__)
 
@@ -382,7 +383,8 @@ def _same_values(a: pydicom.Dataset, b: pydicom.Dataset, atol: float = 1e-4) -> 
 
 
 def _harmonised_sources(
-    source_datasets: Sequence[pydicom.Dataset], atol: float = 1e-4
+    source_datasets: Sequence[pydicom.Dataset], atol: float = 1e-4,
+    fixes: list[AttributeFix] | None = None,
 ) -> list[pydicom.Dataset]:
     """Metadata-only copies of the sources sharing one ImageOrientationPatient.
 
@@ -392,9 +394,11 @@ def _harmonised_sources(
     orientation"). If all orientations agree within ``atol``, the copies carry the first
     instance's value; the caller's datasets are not modified and PixelData is left out
     (highdicom needs only the metadata; SOP Instance UIDs are untouched, so references stay
-    exact). A genuinely different orientation is still an error.
+    exact). A genuinely different orientation is still an error. Attribute values that do
+    not fit their VR are repaired, emptied or dropped in the copies
+    (:func:`operators.dicom.source_attributes.sanitised_copy`); the first instance's fixes
+    are appended to ``fixes``.
     """
-    pixel_tags = {0x7FE00010, 0x7FE00008, 0x7FE00009}
     first = source_datasets[0]
     iop0 = np.asarray(first.ImageOrientationPatient, dtype=float)
     out: list[pydicom.Dataset] = []
@@ -405,12 +409,12 @@ def _harmonised_sources(
                 f"source_datasets[{k}] orientation differs from source_datasets[0] by "
                 f"{np.max(np.abs(iop - iop0)):.2g} (> {atol}); not one volume"
             )
-        # New dict sharing the element objects: never assign to an existing element of
+        # A new dataset sharing the element objects: never assign to an existing element of
         # `meta` (pydicom would mutate the shared element, i.e. the caller's dataset);
         # delete it first so that a new element is created.
-        meta = pydicom.Dataset({tag: elem for tag, elem in ds.items() if tag not in pixel_tags})
-        if hasattr(ds, "file_meta"):
-            meta.file_meta = ds.file_meta
+        meta, ds_fixes = sanitised_copy(ds)
+        if fixes is not None and k == 0:
+            fixes.extend(ds_fixes)
         del meta.ImageOrientationPatient
         meta.ImageOrientationPatient = [str(v) for v in first.ImageOrientationPatient]
         out.append(meta)
@@ -435,6 +439,7 @@ def build_segmentation(
     sop_instance_uid: str | None = None,
     omit_empty_frames: bool = True,
     source_frames: Sequence[int] | None = None,
+    source_fixes: list[AttributeFix] | None = None,
 ) -> hd.seg.Segmentation:
     """Encode a BraTS label map as a BINARY DICOM Segmentation referencing its source series.
 
@@ -481,6 +486,9 @@ def build_segmentation(
         instance repeated once per slice, and ``source_frames[k]`` is the 1-based frame
         number of slice ``k`` inside it (one frame per slice, every frame used once). The
         SEG references the source's frames (highdicom: frames in the source's frame order).
+    source_fixes : list, optional
+        Receives the changes made to attribute values copied from the source that did not
+        fit their VR (:mod:`operators.dicom.source_attributes`); they are also logged.
 
     Returns
     -------
@@ -550,8 +558,18 @@ def build_segmentation(
         for s in BRATS_SEGMENTS
     ]
 
+    fixes: list[AttributeFix] = []
+    if multiframe is not None:
+        clean_source, fixes = sanitised_copy(source)
+        sources = [clean_source]
+    else:
+        sources = _harmonised_sources(source_datasets, fixes=fixes)
+    for line in fixes_text(fixes):
+        logger.warning("SEG: source attribute %s", line)
+    if source_fixes is not None:
+        source_fixes.extend(fixes)
     seg = hd.seg.Segmentation(
-        source_images=[source] if multiframe is not None else _harmonised_sources(source_datasets),
+        source_images=sources,
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

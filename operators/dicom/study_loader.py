@@ -160,6 +160,8 @@ def summarise_series(datasets: list[Any]) -> SeriesHeader:
         series_time=_text(ds, "SeriesTime"),
         number_of_instances=len(datasets),
         number_of_frames=sum(int(d.get("NumberOfFrames", 1) or 1) for d in datasets),
+        patient_position=_text(ds, "PatientPosition"),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
     )
 
 

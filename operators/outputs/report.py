@@ -73,6 +73,8 @@ def selection_section(selection: ModalitySelection) -> dict[str, Any]:
         },
         "missing": [MODALITY_DISPLAY[m] for m in selection.missing],
         "reasons": selection.reasons,
+        "contrast_phase": selection.contrast,
+        "set_aside": selection.set_aside,
     }
 
 
@@ -150,6 +152,8 @@ def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
             "seg_sop_instance_uid": result.seg_sop_instance_uid,
             "sr_file": result.sr_file,
             "sr_sop_instance_uid": result.sr_sop_instance_uid,
+            # Source attribute values that did not fit their VR: repaired, emptied or removed.
+            "source_attribute_fixes": result.source_attribute_fixes,
             "tumour_volumes_ml": result.volumes_ml,
             "empty": result.empty,
             "empty_note": "no tumour voxel found: the SEG holds empty segments" if result.empty else "",

@@ -6,15 +6,18 @@ extended with scoring. Every series is scored for every modality from
 
 * its SeriesDescription / ProtocolName (regular expressions),
 * its sequence parameters: RepetitionTime, EchoTime, InversionTime (ms) and ScanningSequence,
-* contrast evidence: ContrastBolusAgent, a "post / Gd / +C" description, or being acquired
-  after a series that carries a ContrastBolusAgent (acquisition order within the study).
+* its contrast phase, decided for the whole study by :mod:`operators.selection.contrast_phase`
+  (header, description, acquisition order, image enhancement; "undetermined" said plainly).
 
 Parameters outweigh a description that disagrees with them: a series described "FLAIR"
 with TR 550 / TE 10 and no inversion time scores higher as T1 than as FLAIR.
 
 When several series qualify for one modality, the ``preference`` list of the rules decides
-(default: axial, then 3D, then thinnest slices, most slices, latest acquisition, highest
-series number). Every decision is written down as a reason for the report.
+(default: pre-contrast over post-contrast (FLAIR), finest resolution (largest voxel edge),
+3-D over 2-D, axial over other planes, most slices, latest acquisition, highest series
+number). A preferred series that cannot serve as an image (:mod:`operators.selection.usability`:
+a mask stored as an image, constant values, another patient position) is set aside with its
+reason and the next one is used. Every decision is written down as a reason for the report.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from operators.selection.contrast_phase import ContrastDecision, decide_phases, seconds_of_day
+from operators.selection.usability import image_problem, majority_patient_position
 from operators.study_model import (
     MODALITIES,
     LoadedSeries,
@@ -102,21 +107,13 @@ def is_usable_image_series(header: SeriesHeader, rules: SelectionRules) -> tuple
     return True, ""
 
 
-def _contrast_evidence(header: SeriesHeader, after_contrast: bool) -> tuple[bool, str]:
-    if header.contrast_bolus_agent.strip():
-        return True, f"ContrastBolusAgent '{header.contrast_bolus_agent.strip()}'"
-    text = f"{header.series_description} {header.protocol_name}"
-    if _CONTRAST_IN_TEXT.search(text):
-        return True, "description says post-contrast"
-    if after_contrast:
-        return True, "acquired after a series with a contrast agent"
-    return False, "no contrast agent recorded"
-
-
 def score_series(
-    header: SeriesHeader, rules: SelectionRules, *, after_contrast: bool = False
+    header: SeriesHeader, rules: SelectionRules, *, post_contrast: bool | None = False, phase_note: str = ""
 ) -> tuple[dict[str, float], list[str]]:
     """Score one series for every modality of the rules.
+
+    ``post_contrast``: the series' contrast phase (see :mod:`operators.selection.contrast_phase`);
+    None leaves the contrast rules out (used to find the T1-weighted series).
 
     Returns
     -------
@@ -127,9 +124,9 @@ def score_series(
     """
     weights = rules.weights
     text = f"{header.series_description} | {header.protocol_name}"
-    has_contrast, contrast_note = _contrast_evidence(header, after_contrast)
+    has_contrast = post_contrast
     scores: dict[str, float] = {}
-    notes: list[str] = [contrast_note]
+    notes: list[str] = [phase_note] if phase_note else []
     for selection in rules.selections:
         name = selection["name"]
         conditions = selection.get("conditions", {})
@@ -161,7 +158,7 @@ def score_series(
         codes = set(selection.get("scanning_sequence", []))
         if codes and codes.intersection(header.scanning_sequence):
             score += weights["scanning_sequence"]
-        contrast_rule = selection.get("contrast", "any")
+        contrast_rule = selection.get("contrast", "any") if has_contrast is not None else "any"
         if contrast_rule == "required":
             score += weights["contrast_match"] if has_contrast else weights["contrast_violation"]
         elif contrast_rule == "forbidden" and has_contrast:
@@ -180,12 +177,22 @@ def getattr_header(header: SeriesHeader, dicom_keyword: str) -> Any:
     return mapping.get(dicom_keyword, "")
 
 
-def classify(header: SeriesHeader, rules: SelectionRules, *, after_contrast: bool = False) -> SeriesCandidate:
-    """Decide the modality of one series (or ``"other"``) with reasons."""
+def classify(
+    header: SeriesHeader, rules: SelectionRules, *, after_contrast: bool | None = None, phase_note: str = ""
+) -> SeriesCandidate:
+    """Decide the modality of one series (or ``"other"``) with reasons.
+
+    ``after_contrast``: the series' contrast phase (True = post-contrast); None = judge it from
+    this header alone (ContrastBolusAgent or a post-contrast description), as for a series
+    seen on its own.
+    """
     usable, why_not = is_usable_image_series(header, rules)
     if not usable:
         return SeriesCandidate(header.series_instance_uid, header.series_description, "other", {}, [why_not])
-    scores, notes = score_series(header, rules, after_contrast=after_contrast)
+    if after_contrast is None:
+        after_contrast = bool(header.contrast_bolus_agent.strip()) or bool(
+            contrast_words(rules).search(f"{header.series_description} {header.protocol_name}"))
+    scores, notes = score_series(header, rules, post_contrast=after_contrast, phase_note=phase_note)
     ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
     best, best_score = ranked[0]
     runner_up = ranked[1][1] if len(ranked) > 1 else -math.inf
@@ -203,11 +210,21 @@ def classify(header: SeriesHeader, rules: SelectionRules, *, after_contrast: boo
     return SeriesCandidate(header.series_instance_uid, header.series_description, best, scores, [reason, *notes])
 
 
-def _preference_key(series: LoadedSeries, preference: Sequence[str]) -> tuple:
+def _largest_voxel_edge(h: SeriesHeader) -> float:
+    """The coarsest of the voxel's three edges (mm); 99 when unknown."""
+    edges = [*(h.pixel_spacing_mm or (99.0, 99.0)), h.slice_thickness_mm or 99.0]
+    return float(max(edges))
+
+
+def _preference_key(series: LoadedSeries, preference: Sequence[str], phases: ContrastDecision) -> tuple:
     h = series.header
     key: list[float] = []
     for rule in preference:
-        if rule == "axial":
+        if rule == "pre_contrast":
+            key.append(1 if phases.phase_of(h.series_instance_uid) == "post" else 0)
+        elif rule == "finest_resolution":
+            key.append(round(_largest_voxel_edge(h), 1))
+        elif rule == "axial":
             key.append(0 if _orientation_label(h) == "axial" else 1)
         elif rule == "3d":
             key.append(0 if h.mr_acquisition_type.upper() == "3D" else 1)
@@ -216,34 +233,79 @@ def _preference_key(series: LoadedSeries, preference: Sequence[str]) -> tuple:
         elif rule == "most_slices":
             key.append(-h.number_of_frames)
         elif rule == "latest_acquisition":
-            key.append(-_time_value(h.acquisition_time or h.series_time))
+            key.append(-(seconds_of_day(h.acquisition_time) or seconds_of_day(h.series_time) or 0.0))
         elif rule == "highest_series_number":
             key.append(-(h.series_number or 0))
     return tuple(key)
 
 
-def _time_value(text: str) -> float:
-    digits = re.sub(r"[^0-9.]", "", text or "")
-    try:
-        return float(digits) if digits else 0.0
-    except ValueError:
-        return 0.0
+def contrast_words(rules: SelectionRules) -> re.Pattern[str]:
+    """The description pattern that means post-contrast (rules ``contrast_phase.description_pattern``)."""
+    pattern = rules.raw.get("contrast_phase", {}).get("description_pattern")
+    return re.compile(pattern) if pattern else _CONTRAST_IN_TEXT
+
+
+class _LazyImages(dict):
+    """SeriesInstanceUID -> sitk.Image, built on first use (only the contrast check needs pixels)."""
+
+    def __init__(self, series: Sequence[LoadedSeries]) -> None:
+        super().__init__()
+        self._series = {s.header.series_instance_uid: s for s in series}
+
+    def __missing__(self, uid: str) -> Any:
+        from operators.dicom.series_volume import series_to_image
+
+        s = self._series[uid]
+        image = series_to_image(s.datasets, s.header.series_description).image
+        self[uid] = image
+        return image
+
+
+def _t1_weighted(series: Sequence[LoadedSeries], rules: SelectionRules) -> list[str]:
+    """UIDs of usable series that score best as T1 / T1ce with the contrast rules left out."""
+    found = []
+    for s in series:
+        if not is_usable_image_series(s.header, rules)[0]:
+            continue
+        scores, _ = score_series(s.header, rules, post_contrast=None)
+        best = max(scores, key=scores.get)
+        if best in ("t1", "t1ce") and scores[best] >= float(rules.raw.get("min_score", 0.0)):
+            found.append(s.header.series_instance_uid)
+    return found
 
 
 def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySelection:
-    """Classify every series of the study and pick at most one per modality."""
+    """Classify every series of the study and pick at most one usable series per modality."""
     start = time.perf_counter()
-    contrast_times = [
-        _time_value(s.header.acquisition_time or s.header.series_time)
-        for s in study.series
-        if s.header.contrast_bolus_agent.strip()
-    ]
-    first_contrast = min(contrast_times) if contrast_times else math.inf
+    position = majority_patient_position(study.series)
+    set_aside: dict[str, str] = {}
+    usable_series = []
+    for series in study.series:
+        header_ok = is_usable_image_series(series.header, rules)[0]
+        problem = image_problem(series, position) if header_ok else ""
+        if problem:
+            set_aside[series.header.series_instance_uid] = problem
+        else:
+            usable_series.append(series)
+    phases = decide_phases(
+        usable_series, _t1_weighted(usable_series, rules), _LazyImages(usable_series),
+        rules.raw.get("contrast_phase", {}), contrast_words(rules),
+    )  # fmt: skip
+    if phases.status in ("undetermined", "inferred", "single_t1"):
+        log = logger.warning if phases.status != "inferred" else logger.info
+        log("Contrast phase: %s", phases.statement)
+
     candidates: list[SeriesCandidate] = []
     by_modality: dict[str, list[LoadedSeries]] = {m: [] for m in MODALITIES}
     for series in study.series:
-        t = _time_value(series.header.acquisition_time or series.header.series_time)
-        candidate = classify(series.header, rules, after_contrast=t > first_contrast)
+        uid = series.header.series_instance_uid
+        if uid in set_aside:
+            candidate = SeriesCandidate(uid, series.header.series_description, "other", {},
+                                        [f"set aside: {set_aside[uid]}"])
+        else:
+            phase = phases.phases.get(uid)
+            note = f"contrast phase {phase.phase} ({phase.basis}): {'; '.join(phase.reasons)}" if phase else ""
+            candidate = classify(series.header, rules, after_contrast=phases.phase_of(uid) == "post", phase_note=note)
         candidates.append(candidate)
         logger.info(
             "Series %s '%s': %s", series.header.series_number, series.header.series_description, candidate.reasons[0]
@@ -258,8 +320,10 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
         options = by_modality[modality]
         if not options:
             reasons[modality] = "missing: no series classified as this modality"
+            if modality == "t1ce" and phases.status == "undetermined":
+                reasons[modality] = f"missing: {phases.statement}"
             continue
-        options = sorted(options, key=lambda s: _preference_key(s, preference))
+        options = sorted(options, key=lambda s: _preference_key(s, preference, phases))
         chosen = options[0]
         selected[modality] = chosen
         desc = f"series {chosen.header.series_number} '{chosen.header.series_description}'"
@@ -268,6 +332,12 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
             reasons[modality] = f"{desc} chosen over series {others} by preference {'>'.join(preference)}"
         else:
             reasons[modality] = f"{desc} (only candidate)"
+    if set_aside:
+        for series in study.series:
+            uid = series.header.series_instance_uid
+            if uid in set_aside:
+                logger.warning("Series %s '%s' set aside: %s", series.header.series_number,
+                               series.header.series_description, set_aside[uid])
     duration = time.perf_counter() - start
     logger.info(
         "Selected %s; missing %s (%.3f s)",
@@ -275,4 +345,5 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
         [m for m in MODALITIES if m not in selected] or "none",
         duration,
     )
-    return ModalitySelection(study, selected, candidates, reasons, duration)
+    return ModalitySelection(study, selected, candidates, reasons, duration, contrast=phases.as_dict(),
+                             set_aside={u: r for u, r in set_aside.items()})
