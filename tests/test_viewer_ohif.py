@@ -280,8 +280,11 @@ def test_ohif_shows_the_seg_with_its_labels_colours_and_pixels(session: Session)
     # The segment panel: the SEG's labels and colours (RecommendedDisplayCIELabValue -> RGB).
     shown_labels = [t.strip() for t in titles.all_inner_texts()]
     assert shown_labels == [s["label"] for s in study.segments], shown_labels
-    swatches = page.locator('[data-cy="data-row-colorhex"]').evaluate_all(
-        "els => els.map(e => getComputedStyle(e).backgroundColor)")
+    page.wait_for_function(  # the swatches get their colour once the segments are registered
+        f"""() => {{ const els = document.querySelectorAll('[data-cy="data-row-colorhex"]');
+        return els.length === {len(study.segments)} && [...els].every(e => /^rgb/.test(e.style.backgroundColor)); }}""",
+        timeout=30_000)
+    swatches = page.locator('[data-cy="data-row-colorhex"]').evaluate_all("els => els.map(e => e.style.backgroundColor)")
     shown_rgb = [tuple(int(v) for v in re.findall(r"\d+", s)[:3]) for s in swatches]
     assert [len(c) for c in shown_rgb] == [3] * len(study.segments), swatches
     for seg, rgb in zip(study.segments, shown_rgb, strict=True):
