@@ -88,6 +88,7 @@ class Session:
     console: list[tuple[str, str]] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
     http_errors: list[str] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)  # requests off the proxy's origin
 
 
 def _build_study(brats_dir: Path, out: Path) -> ViewerStudy:
@@ -159,11 +160,14 @@ def session(brats_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         page.on("console", lambda m: s.console.append((m.type, m.text)))
         page.on("pageerror", lambda e: s.page_errors.append(str(e)))
         page.on("response", lambda r: s.http_errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.on("request", lambda r: None if r.url.startswith((proxy.origin + "/", "data:", "blob:"))
+                else s.external.append(r.url))
         try:
             yield s
         finally:
             (ARTEFACTS / "console.json").write_text(json.dumps(
-                {"console": s.console, "page_errors": s.page_errors, "http_errors": s.http_errors}, indent=1))
+                {"console": s.console, "page_errors": s.page_errors, "http_errors": s.http_errors,
+                 "external_requests": s.external}, indent=1))
             (ARTEFACTS / "nginx-error.log").write_text(proxy.log_tail(20000))
             (ARTEFACTS / "orthanc.log").write_text(orthanc.log_tail(20000))
             browser.close()
@@ -276,6 +280,7 @@ def test_ohif_shows_the_seg_with_its_labels_colours_and_pixels(session: Session)
     assert not session.page_errors and not session.http_errors and not errors, \
         (session.page_errors, session.http_errors, errors)
     assert not page.get_by_text("Something went wrong").count()
+    assert not session.external, f"requests off the local origin (the test must work offline): {session.external}"
 
     # The segment panel: the SEG's labels and colours (RecommendedDisplayCIELabValue -> RGB).
     shown_labels = [t.strip() for t in titles.all_inner_texts()]
