@@ -17,8 +17,11 @@ Usage in a test module::
 or directly ``with run_orthanc() as server: ...``.
 
 Each server gets: free HTTP and DICOM ports on 127.0.0.1, a temporary storage/index folder,
-its own AE title, no authentication, no plugins, remote access off. Start-up waits for
-``GET /system`` to answer; shutdown sends SIGTERM and waits (SIGKILL after a timeout).
+its own AE title, no authentication, remote access off, and no plugins unless asked
+(``run_orthanc(plugins=[DICOMWEB_PLUGIN], extra_config={"DicomWeb": {...}})``: the Debian
+package ``orthanc-dicomweb`` installs the DICOMweb plugin under ``/usr/share/orthanc/plugins/``).
+Start-up waits for ``GET /system`` to answer; shutdown sends SIGTERM and waits (SIGKILL after a
+timeout).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,8 @@ import pytest
 from benchmarks.local_process import free_port, stop
 
 __all__ = [
+    "DICOMWEB_APT_PACKAGE",
+    "DICOMWEB_PLUGIN",
     "ORTHANC_APT_PACKAGE",
     "OrthancNotInstalledError",
     "OrthancServer",
@@ -53,6 +58,9 @@ __all__ = [
 
 ORTHANC_APT_PACKAGE = "orthanc"
 DEFAULT_ORTHANC_BINARY = "/usr/sbin/Orthanc"
+DICOMWEB_APT_PACKAGE = "orthanc-dicomweb"
+#: Where Debian's ``orthanc-dicomweb`` (1.7 in bookworm) puts the DICOMweb plugin.
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 #: Storage SOP classes offered by :func:`c_store`.
 STORAGE_SOP_CLASSES: dict[str, str] = {
@@ -145,8 +153,9 @@ class OrthancServer:
         return log.read_text(errors="replace")[-n_chars:] if log.exists() else ""
 
 
-def _write_config(workdir: Path, http_port: int, dicom_port: int, aet: str) -> Path:
-    config = {
+def _write_config(workdir: Path, http_port: int, dicom_port: int, aet: str,
+                  plugins: Sequence[str] = (), extra_config: Mapping[str, Any] | None = None) -> Path:
+    config: dict[str, Any] = {
         "Name": f"pytest-{aet}",
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "storage"),
@@ -163,7 +172,7 @@ def _write_config(workdir: Path, http_port: int, dicom_port: int, aet: str) -> P
         "DicomAlwaysAllowStore": True,
         "DicomCheckModalityHost": False,
         "DicomModalities": {},
-        "Plugins": [],
+        "Plugins": list(plugins),
         "HttpsVerifyPeers": False,
         "ConcurrentJobs": 1,
         "StableAge": 1,
@@ -171,6 +180,7 @@ def _write_config(workdir: Path, http_port: int, dicom_port: int, aet: str) -> P
         "OverwriteInstances": False,
         "DefaultEncoding": "Utf8",
     }
+    config.update(extra_config or {})
     path = workdir / "config.json"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -205,6 +215,8 @@ def run_orthanc(
     startup_timeout_s: float = 60.0,
     binary: str | None = None,
     keep_workdir: bool = False,
+    plugins: Sequence[str] = (),
+    extra_config: Mapping[str, Any] | None = None,
 ) -> Iterator[OrthancServer]:
     """Start a real Orthanc on loopback; stop it (and delete its storage) on exit.
 
@@ -218,6 +230,12 @@ def run_orthanc(
         Orthanc executable; default :func:`find_orthanc`.
     keep_workdir : bool
         Keep the temporary folder (config, storage, log) for debugging.
+    plugins : sequence of str
+        Plugin shared libraries to load (e.g. :data:`DICOMWEB_PLUGIN`); a missing one raises
+        :class:`OrthancNotInstalledError` naming its Debian package.
+    extra_config : mapping, optional
+        Top-level configuration entries added to (or replacing) the defaults, e.g.
+        ``{"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}``.
 
     Yields
     ------
@@ -232,6 +250,13 @@ def run_orthanc(
         If it does not become ready; the message holds the end of its log.
     """
     exe = binary or find_orthanc()
+    for plugin in plugins:
+        if not os.path.isfile(plugin):
+            package = DICOMWEB_APT_PACKAGE if plugin == DICOMWEB_PLUGIN else "the plugin's package"
+            raise OrthancNotInstalledError(
+                f"Orthanc plugin {plugin} not found: install the Debian package `{package}` "
+                "(`bash scripts/bootstrap.sh --viewer` does)."
+            )
     if not (1 <= len(aet) <= 16):
         raise ValueError(f"AE title must be 1..16 characters: {aet!r}")
     workdir = Path(tempfile.mkdtemp(prefix="orthanc-test-"))
@@ -244,7 +269,7 @@ def run_orthanc(
             http_port, dicom_port = free_port(), free_port()
             while dicom_port == http_port:
                 dicom_port = free_port()
-            config = _write_config(workdir, http_port, dicom_port, aet)
+            config = _write_config(workdir, http_port, dicom_port, aet, plugins, extra_config)
             log = open(workdir / "orthanc.log", "ab")  # noqa: SIM115 - closed below
             t0 = time.monotonic()
             proc = subprocess.Popen(
