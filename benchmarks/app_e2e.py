@@ -1,0 +1,137 @@
+"""The application end to end, as a user runs it: DICOM in -> SEG on disk, repeated.
+
+``python -m benchmarks.app_e2e --study <dicom folder> --models <model folder> --out DIR
+[--runs 3] [--warmup 1] [--engine auto] [--env KEY=VALUE ...]``
+
+Each run is a fresh ``python -m app`` process (what a clinical orchestrator starts), so the
+warm-up runs fill the engine cache and the file-system cache, not a process' memory. Per
+stage (``report.json``'s ``stage_breakdown_s``: load, select, series to volume, registration,
+resampling, brain extraction, the networks alone, the rest of the cascade, back to the
+reference grid, SEG, SR, overlay) and for the wall time of the whole process: p50, p95,
+mean over the measured runs; each stage's share of the stages' total; and the Amdahl bound
+(the end-to-end speed-up an infinitely fast network would give, from the p50s).
+
+Writes ``DIR/app_e2e.json`` and ``DIR/app_e2e.png`` (one bar per stage, p50 with the p95 as
+whisker) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.run import _save_figure, percentiles
+
+__all__ = ["main", "summarise"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_app(study: Path, models: Path, out: Path, env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+    """One app process; returns its wall time (s) and its report."""
+    cmd = [sys.executable, "-m", "app", "-i", str(study), "-o", str(out), "-m", str(models)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise RuntimeError(f"app exited {proc.returncode}: {' | '.join(tail)}")
+    return wall, json.loads((out / "report.json").read_text())
+
+
+def summarise(walls: Sequence[float], reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per stage p50 / p95 / mean, shares (of the p50 stage total) and the Amdahl bound."""
+    stages = list(reports[0]["stage_breakdown_s"])
+    per_stage = {s: percentiles([float(r["stage_breakdown_s"].get(s, 0.0)) for r in reports]) for s in stages}
+    total_p50 = sum(v["p50"] for v in per_stage.values())
+    network = per_stage.get("network", {"p50": 0.0})["p50"]
+    pre_post = total_p50 - network
+    return {
+        "runs": len(reports),
+        "wall_s": percentiles(walls),
+        "stages_s": per_stage,
+        "stage_share_of_p50_total": {s: (v["p50"] / total_p50 if total_p50 else 0.0) for s, v in per_stage.items()},
+        "stages_total_p50_s": total_p50,
+        "network_p50_s": network,
+        "registration_and_resampling_share": (
+            (per_stage.get("registration", {"p50": 0})["p50"] + per_stage.get("resampling", {"p50": 0})["p50"])
+            / total_p50 if total_p50 else 0.0),
+        "amdahl_bound_zero_time_network": (total_p50 / pre_post) if pre_post > 0 else None,
+        "engine": reports[-1].get("segmentation", {}).get("engine", {}).get("name"),
+    }  # fmt: skip
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = list(summary["stages_s"])
+    p50 = [summary["stages_s"][s]["p50"] for s in stages]
+    p95 = [summary["stages_s"][s]["p95"] for s in stages]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.barh(stages, p50, xerr=[[0] * len(stages), [max(b - a, 0) for a, b in zip(p50, p95)]], color="#4c72b0")
+    for y, (v, s) in enumerate(zip(p50, stages)):
+        ax.text(v, y, f" {v:.1f} s ({summary['stage_share_of_p50_total'][s]:.0%})", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (bar: p50, whisker: p95)")
+    bound = summary["amdahl_bound_zero_time_network"]
+    ax.set_title(f"App end to end, {summary['runs']} runs, engine {summary['engine']}: wall p50 "
+                 f"{summary['wall_s']['p50']:.1f} s; zero-time network bound x{bound:.2f}" if bound else "App end to end")
+    _save_figure(fig, path, [])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.app_e2e", description=__doc__.split("\n")[0])
+    p.add_argument("--study", type=Path, required=True, help="DICOM study folder (the app's input)")
+    p.add_argument("--models", type=Path, required=True, help="model folder (python -m engines.prepare)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--engine", default=None, help="BRATS_ENGINE for the runs (default: the app's auto)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="more environment for the app")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        p.error("--runs must be >= 1 and --warmup >= 0")
+    env = dict(kv.split("=", 1) for kv in args.env)
+    if args.engine:
+        env["BRATS_ENGINE"] = args.engine
+    args.out.mkdir(parents=True, exist_ok=True)
+    walls: list[float] = []
+    reports: list[dict[str, Any]] = []
+    total = args.warmup + args.runs
+    with tempfile.TemporaryDirectory(dir=args.out) as scratch:
+        for i in range(total):
+            kind = "warm-up" if i < args.warmup else "run"
+            wall, report = _run_app(args.study, args.models, Path(scratch) / f"run{i}", env)
+            left = (total - i - 1) * wall
+            print(f"[app_e2e] {kind} {i + 1}/{total}: {wall:.1f} s (about {left / 60:.1f} min left)", flush=True)
+            if i >= args.warmup:
+                walls.append(wall)
+                reports.append(report)
+    summary = summarise(walls, reports)
+    summary["study"] = str(args.study)
+    summary["host"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    (args.out / "app_e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot(summary, args.out / "app_e2e.png")
+    print(f"{'stage':<20}{'p50 s':>8}{'p95 s':>8}{'share':>8}")
+    for stage, v in summary["stages_s"].items():
+        print(f"{stage:<20}{v['p50']:>8.2f}{v['p95']:>8.2f}{summary['stage_share_of_p50_total'][stage]:>8.1%}")
+    bound = summary["amdahl_bound_zero_time_network"]
+    print(f"wall p50 {summary['wall_s']['p50']:.1f} s, p95 {summary['wall_s']['p95']:.1f} s; registration + "
+          f"resampling {summary['registration_and_resampling_share']:.1%} of the stages; zero-time network bound "
+          f"x{bound:.2f}" if bound else "no network time recorded")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
