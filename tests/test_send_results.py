@@ -3,6 +3,7 @@ association it refuses, a port nothing listens on and a server that never answer
 the app: exit 0 and the SEG + SR in the PACS, or exit 6 with every local output kept."""
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -75,9 +76,15 @@ def test_server_that_never_answers_is_bounded_by_the_timeout(real_seg_files: lis
         server.close()
 
 
-def test_app_sends_its_seg_and_sr_to_the_pacs(orthanc, small_study: Path, models_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def sending_run(orthanc, small_study: Path, models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The app run with ``BRATS_SEND_DIMSE`` pointing at the real Orthanc."""
     dest = f"{orthanc.aet}@{orthanc.host}:{orthanc.dicom_port}"
-    run = run_app(small_study, tmp_path / "out", models_dir, env={"BRATS_SEND_DIMSE": dest})
+    return run_app(small_study, tmp_path_factory.mktemp("out"), models_dir, env={"BRATS_SEND_DIMSE": dest}), dest
+
+
+def test_app_sends_its_seg_and_sr_to_the_pacs(orthanc, sending_run) -> None:
+    run, dest = sending_run
     assert run.returncode == 0, run.log[-3000:]
     send = run.report["send"]
     assert (send["status"], send["destination"], send["files"]) == ("ok", dest, ["segmentation.dcm", "volumes_sr.dcm"])
@@ -86,6 +93,29 @@ def test_app_sends_its_seg_and_sr_to_the_pacs(orthanc, small_study: Path, models
     assert {result["seg_sop_instance_uid"], result["sr_sop_instance_uid"]} <= stored
 
 
+def test_failed_send_returns_6_records_it_and_keeps_the_outputs(sending_run, tmp_path: Path) -> None:
+    """The app's send step on published outputs (the run above), towards a port nothing listens on."""
+    import shutil
+    from types import SimpleNamespace
+
+    from app.main import send_results
+    from benchmarks.local_process import free_port
+
+    run, _ = sending_run
+    out = tmp_path / "out"
+    shutil.copytree(run.output_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "report.json"}
+    dest = f"PACS@127.0.0.1:{free_port()}"
+    settings = SimpleNamespace(send_dimse=dest, send_timeout_s=5, output_dir=out)
+    assert send_results(SimpleNamespace(settings=settings)) == 6
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "report.json"} == before
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "ok" and report["send"]["status"] == "failed"
+    assert report["send"]["error"].startswith(f"send_failed: results not sent to {dest}")
+    assert "\n" not in report["send"]["error"]
+
+
+@pytest.mark.slow  # a whole app run (~45 s); the send step itself is tested just above in the default run
 def test_app_send_failure_exits_6_and_keeps_the_outputs(small_study: Path, models_dir: Path, tmp_path: Path) -> None:
     from benchmarks.local_process import free_port
 

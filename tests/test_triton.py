@@ -242,6 +242,7 @@ def test_cascade_stage_remote_equals_local_on_a_real_case(triton: TritonServer, 
 # ----------------------------------------------------------------------------- app
 
 
+@pytest.mark.slow  # the app on the Python-backend server: ~100-190 s on 2 cores; remote stages and exit 5 stay in the default run
 def test_app_with_triton_server(remote_run: tuple[AppRun, dict[str, int]]) -> None:
     run, requests = remote_run
     assert run.returncode == 0, run.log[-4000:]
