@@ -118,32 +118,21 @@ def mask_volume_ml(mask: sitk.Image) -> float:
     return n * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
-def is_skull_stripped(
-    image: sitk.Image, min_zero_fraction: float = 0.3
-) -> tuple[bool, dict[str, float]]:
-    """Heuristic: is ``image`` already skull-stripped (background exactly 0)?
-
-    Skull-stripped volumes (BraTS, the model's training data) are exactly 0 outside the
-    brain: with a field of view that covers the head, most voxels are exactly 0. A scanner
-    image with skull has noise (rarely exact zeros) in the air and tissue all around the
-    brain.
-
-    Parameters
-    ----------
-    image
-        Any 3-D image (LPS).
-    min_zero_fraction
-        Fraction of voxels exactly 0 at or above which the image is taken as skull-stripped.
+def is_skull_stripped(image: sitk.Image) -> tuple[bool, dict[str, Any]]:
+    """Is ``image`` already skull-stripped? One series' evidence
+    (:func:`operators.spatial.skull_stripped.series_evidence`: one connected nonzero region
+    of brain size clear of the field of view's sides, no skull layer inside its surface; not
+    the fraction of zero voxels alone, which a fat-suppressed skull-on image can exceed).
 
     Returns
     -------
     stripped, evidence
-        The decision and the numbers it rests on (``zero_fraction``).
+        The decision and the values it rests on (``zero_fraction``, ...).
     """
-    arr = sitk.GetArrayViewFromImage(image)
-    zero_fraction = float(np.count_nonzero(arr == 0)) / float(arr.size)
-    return zero_fraction >= min_zero_fraction, {"zero_fraction": zero_fraction,
-                                                "min_zero_fraction": float(min_zero_fraction)}
+    from operators.spatial.skull_stripped import series_evidence
+
+    ev = series_evidence(image)
+    return bool(ev["stripped"]), ev
 
 
 def _radius_vox(image: sitk.Image, mm: float) -> list[int]:
