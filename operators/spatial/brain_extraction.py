@@ -1,5 +1,10 @@
 """Offline brain extraction: MNI152 (2009) template registration + intensity refinement.
 
+Since issue 16 the app uses HD-BET (:mod:`operators.spatial.hd_bet`, via
+:mod:`operators.spatial.brain_masking`); this template method is the fallback when HD-BET
+fails at run time and the ``brats.brain_extraction: template`` setting. It is known to keep
+orbital / temporal soft tissue at the skull base (see "Known limitations").
+
 The subject's T1-weighted image (T1 or T1ce, skull on or off) is registered to the MNI152
 2009c template that nilearn ships inside its wheel (rigid, then affine; SimpleITK, Mattes MI),
 the template's brain mask is carried back onto the subject's own grid, and the mask is then
