@@ -248,3 +248,24 @@ def _find(obj, key):
             if found is not None:
                 return found
     return None
+
+
+def test_overlay_draws_the_brain_mask_outline(tmp_path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    from operators.dicom.seg_builder import BRAIN_OUTLINE_RGB, render_overlay_png
+
+    z, y, x = np.indices((6, 64, 64))
+    ref = (100.0 * (((y - 32) ** 2 + (x - 32) ** 2) < 28 ** 2)).astype(np.float32)
+    labels = np.where(((y - 30) ** 2 + (x - 36) ** 2) < 6 ** 2, 2, 0).astype(np.uint8)
+    brain = ((y - 32) ** 2 + (x - 32) ** 2) < 22 ** 2
+
+    def cyan_pixels(path: Path) -> int:
+        png = mpimg.imread(path)[..., :3]
+        return int(np.all(np.abs(png - np.asarray(BRAIN_OUTLINE_RGB)) < 0.08, axis=-1).sum())
+
+    render_overlay_png(ref, labels, tmp_path / "with.png", brain_mask=brain, n_slices=2)
+    render_overlay_png(ref, labels, tmp_path / "without.png", n_slices=2)
+    assert cyan_pixels(tmp_path / "with.png") > 100 and cyan_pixels(tmp_path / "without.png") == 0
+    with pytest.raises(ValueError, match="brain mask"):
+        render_overlay_png(ref, labels, tmp_path / "bad.png", brain_mask=brain[:, :10])
