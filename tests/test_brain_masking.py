@@ -7,8 +7,8 @@ study deciding "stripped" without ever calling HD-BET. One HD-BET forward pass t
 35-100 s on 2 shared cores (the network's input is at least 128^3), so every test that runs
 the network is slow:
 
-* ``test_hd_bet_keeps_tumour_on_brats`` (slow, ~10-14 min: 8 cases x 70-100 s): HD-BET fast
-  mode on the 8 BraTS T1ce volumes as if unstripped;
+* ``test_hd_bet_keeps_tumour_on_brats`` (slow, ~4-12 min: 8 cases x 25-90 s, depending on
+  the load): HD-BET fast mode on the 8 BraTS T1ce volumes as if unstripped;
 * ``test_native_exam_end_to_end_hd_bet`` (slow, ~6-10 min): the whole app on the native TCGA
   exam (tests/test_native_space.py's study).
 """
@@ -155,27 +155,30 @@ def test_stripped_study_never_runs_hd_bet(small_study: Path, monkeypatch) -> Non
     assert record["duration_decision_s"] < 10.0
 
 
-@pytest.mark.slow  # ~10-14 min on 2 shared cores: 8 x one HD-BET pass (70-100 s each)
-def test_hd_bet_keeps_tumour_on_brats(brats_dir: Path, capsys) -> None:
-    """HD-BET (fast mode, T1ce, as the app runs it on a CPU) on the 8 stripped BraTS brains
-    as if unstripped: >= 99.5 % of the labelled tumour kept, Dice >= 0.97 with the BraTS mask."""
+#: Measured (fast mode, T1ce, the app's mask), tumour kept / Dice vs the BraTS mask:
+#: CBICA_ABM 1.0000 / 0.980, TCIA01_201 0.9985 / 0.979, TCIA01_378 0.9977 / 0.976,
+#: TCIA02_135 1.0000 / 0.972, TCIA02_370 0.9995 / 0.981, TCIA03_265 0.9999 / 0.973,
+#: TCIA10_628 0.9981 / 0.978, TCIA13_623 0.9996 / 0.981.
+
+
+@pytest.mark.slow  # 25-90 s per case on 2 shared cores (one HD-BET pass): ~4-12 min for the 8
+@pytest.mark.parametrize("case", BRATS_CASES)
+def test_hd_bet_keeps_tumour_on_brats(brats_dir: Path, case: str, capsys) -> None:
+    """HD-BET (fast mode, T1ce, as the app runs it on a CPU) on a stripped BraTS brain as if
+    unstripped: >= 99.5 % of the labelled tumour kept, Dice >= 0.97 with the BraTS mask."""
     from operators.spatial.brain_masking import hd_bet_brain_mask
 
-    rows = []
-    for case in BRATS_CASES:
-        d = _need(brats_dir / case)
-        img = sitk.ReadImage(str(d / f"{case}_t1ce.nii.gz"))
-        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case}_seg.nii.gz"))) > 0
-        mask, record = hd_bet_brain_mask(img, mode="fast", device="cpu")  # as the app applies it
-        m = sitk.GetArrayViewFromImage(mask) > 0
-        b = sitk.GetArrayViewFromImage(img) != 0
-        dice = 2.0 * np.count_nonzero(m & b) / (np.count_nonzero(m) + np.count_nonzero(b))
-        kept = np.count_nonzero(m & seg) / np.count_nonzero(seg)
-        rows.append((case, kept, dice, record["duration_s"]))
+    d = _need(brats_dir / case)
+    img = sitk.ReadImage(str(d / f"{case}_t1ce.nii.gz"))
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case}_seg.nii.gz"))) > 0
+    mask, record = hd_bet_brain_mask(img, mode="fast", device="cpu")  # as the app applies it
+    m = sitk.GetArrayViewFromImage(mask) > 0
+    b = sitk.GetArrayViewFromImage(img) != 0
+    dice = 2.0 * np.count_nonzero(m & b) / (np.count_nonzero(m) + np.count_nonzero(b))
+    kept = np.count_nonzero(m & seg) / np.count_nonzero(seg)
     with capsys.disabled():
-        print("\n[hd-bet] " + "; ".join(f"{c}: kept {k:.4f} Dice {d:.4f} {t:.0f} s" for c, k, d, t in rows))
-    for case, kept, dice, _ in rows:
-        assert kept >= 0.995 and dice >= 0.97, (case, kept, dice)
+        print(f"\n[hd-bet] {case}: tumour kept {kept:.4f}, Dice {dice:.4f}, {record['duration_s']:.0f} s")
+    assert kept >= 0.995 and dice >= 0.97, (case, kept, dice)
 
 
 @pytest.mark.slow  # the whole app on the native exam with HD-BET: ~6-10 min on 2 shared cores
