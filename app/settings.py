@@ -43,6 +43,11 @@ DEFAULTS: dict[str, Any] = {
         # ... and an enhancing-tumour label with fewer voxels than this (but > 0) is dropped.
         "min_enhancing_voxels": PostProcessing.min_enhancing_voxels,
     },
+    # Brain extraction of a study that is not already skull-stripped
+    # (operators.spatial.skull_stripped decides): "hd-bet" (HD-BET, fast mode on a CPU,
+    # accurate mode on a CUDA GPU; the template method if HD-BET fails at run time) or
+    # "template" (MNI152 template registration only).
+    "brain_extraction": "hd-bet",
     "send": {
         # After a run, C-STORE the SEG and the SR to this PACS: "AE_TITLE@host:port" ("" = off).
         "dimse": "",
@@ -61,9 +66,13 @@ ENV_OVERRIDES: dict[str, tuple[str, str | None]] = {
     "BRATS_TRITON_TIMEOUT_S": ("triton_timeout_s", None),
     "BRATS_WT_COMPONENT_VOXELS": ("thresholds", "wt_component_voxels"),
     "BRATS_MIN_ENHANCING_VOXELS": ("thresholds", "min_enhancing_voxels"),
+    "BRATS_BRAIN_EXTRACTION": ("brain_extraction", None),
     "BRATS_SEND_DIMSE": ("send", "dimse"),
     "BRATS_SEND_TIMEOUT_S": ("send", "timeout_s"),
 }
+
+BRAIN_EXTRACTION_METHODS = ("hd-bet", "template")
+"""Values of ``brats.brain_extraction`` / ``BRATS_BRAIN_EXTRACTION``."""
 
 ENGINE_CACHE_DIRNAME = "engine-cache"
 """Sub-folder of the work dir (``HOLOSCAN_WORKDIR``) for engines built on the target GPU."""
@@ -176,6 +185,10 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
     if not engine:
         raise SettingsError("engine must not be empty (use 'auto')")
     thresholds, send = merged["thresholds"], merged["send"]
+    brain_extraction = str(merged["brain_extraction"]).strip().lower()
+    if brain_extraction not in BRAIN_EXTRACTION_METHODS:
+        raise SettingsError(f"brain_extraction must be one of {', '.join(BRAIN_EXTRACTION_METHODS)}, "
+                            f"got {merged['brain_extraction']!r}")
     send_dimse = str(send["dimse"] or "").strip()
     if send_dimse:
         from operators.outputs.send import parse_destination
@@ -192,6 +205,7 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
         "triton_timeout_s": _as_int(merged["triton_timeout_s"], "triton_timeout_s", minimum=1),
         "wt_component_voxels": _as_int(thresholds["wt_component_voxels"], "thresholds.wt_component_voxels"),
         "min_enhancing_voxels": _as_int(thresholds["min_enhancing_voxels"], "thresholds.min_enhancing_voxels"),
+        "brain_extraction": brain_extraction,
         "send_dimse": send_dimse,
         "send_timeout_s": _as_int(send["timeout_s"], "send.timeout_s", minimum=1),
     }
@@ -212,6 +226,7 @@ class AppSettings:
     min_enhancing_voxels: int = DEFAULTS["thresholds"]["min_enhancing_voxels"]
     send_dimse: str = ""
     send_timeout_s: int = DEFAULTS["send"]["timeout_s"]
+    brain_extraction: str = DEFAULTS["brain_extraction"]
     config_path: Path | None = None
 
     @property

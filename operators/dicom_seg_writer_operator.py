@@ -113,10 +113,14 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
 
     t2 = time.perf_counter()
     reference_array = sitk.GetArrayFromImage(reference.image)
+    brain_ref = None
+    if model_input.brain_mask is not None:  # the applied brain mask, back on the reference grid
+        brain_ref = sitk.GetArrayFromImage(labels_to_reference(model_input.brain_mask, reference.image)) > 0
     render_overlay_png(
         reference_array,
         labels_ref,
         staging.path(OVERLAY_FILE),
+        brain_mask=brain_ref,
         title=f"{model_input.reference_modality.upper()} reference; {modalities_line(available)}"
         + ("; NO TUMOUR FOUND" if empty else ""),
     )

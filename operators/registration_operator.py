@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.dicom.series_volume import series_to_image
-from operators.spatial.brain_extraction import extract_brain, is_skull_stripped
+from operators.spatial.brain_masking import brain_mask_on_grid
 from operators.spatial.registration import choose_reference, model_grid, register_rigid, resample_to_grid
 from operators.study_model import MODALITIES, ModalitySelection, ModelInput
 
@@ -35,15 +35,19 @@ class RegistrationOperator(Operator):
     in LPS, covering the reference's field of view. Series are registered even when their
     headers claim the same frame of reference: patients move between sequences.
 
-    When the reference is not skull-stripped (:func:`operators.spatial.brain_extraction.is_skull_stripped`),
-    a brain mask is computed on it (:func:`operators.spatial.brain_extraction.extract_brain`), resampled
-    onto the model grid and applied to every channel (background exactly 0, as the model
-    expects); recorded under ``registrations[<reference>]["brain_extraction"]``.
+    When the study is not skull-stripped (decided from every series,
+    :func:`operators.spatial.skull_stripped.assess_study`), a brain mask is computed on the
+    model grid (HD-BET by default; :func:`operators.spatial.brain_masking.brain_mask_on_grid`)
+    and applied to every channel (background exactly 0, as the model expects); recorded
+    under ``registrations[<reference>]["brain_extraction"]``, the mask kept in
+    ``ModelInput.brain_mask`` (the QA image draws its outline).
     """
 
-    def __init__(self, fragment: Fragment, *args, seed: int = 0, **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, seed: int = 0, brain_extraction: str = "hd-bet",
+                 **kwargs) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.seed = seed
+        self.brain_extraction = brain_extraction
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -52,10 +56,12 @@ class RegistrationOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         selection: ModalitySelection = op_input.receive("selection")
-        op_output.emit(build_model_input(selection, self.seed, self._logger), "model_input")
+        op_output.emit(build_model_input(selection, self.seed, self._logger, self.brain_extraction),
+                       "model_input")
 
 
-def build_model_input(selection: ModalitySelection, seed: int, logger: logging.Logger) -> ModelInput:
+def build_model_input(selection: ModalitySelection, seed: int, logger: logging.Logger,
+                      brain_extraction: str = "hd-bet") -> ModelInput:
     """The work of :class:`RegistrationOperator`, callable without Holoscan.
 
     Returns
@@ -63,8 +69,9 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
     ModelInput
         ``volumes`` ``(4, Z, Y, X)`` float32 on the model grid (LPS, identity direction);
         ``registrations`` holds one record per moving series and, for the reference,
-        ``{"reference": True, "brain_extraction": {"applied": bool, ...}}`` (the masking
-        decision and, when applied, the brain-extraction record).
+        ``{"reference": True, "brain_extraction": {"decision", "evidence", "applied", ...}}``
+        (the skull-stripped decision with its evidence and, when applied, the method, the
+        series it ran on and its record); ``brain_mask`` the applied mask (or ``None``).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -119,20 +126,19 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
         on_grid = resample_to_grid(moving, grid, transforms[modality], sitk.sitkLinear, 0.0)
         volumes[MODALITIES.index(modality)] = sitk.GetArrayFromImage(on_grid).astype(np.float32)
         timings[f"resample_{modality}"] = time.perf_counter() - t2
-    stripped, evidence = is_skull_stripped(reference.image)
-    brain_record: dict = {"reference_skull_stripped": stripped, **evidence, "applied": False}
-    if not stripped:
-        t3 = time.perf_counter()
-        brain = extract_brain(reference.image, seed=seed + 1)
-        mask_on_grid = resample_to_grid(brain.mask, grid, None, sitk.sitkNearestNeighbor, 0.0)
-        inside = sitk.GetArrayViewFromImage(mask_on_grid) > 0
-        volumes[:, ~inside] = 0.0
-        brain_record.update(applied=True, mask_ml=brain.record["mask_ml"],
-                            method=brain.record["method"], record=brain.record)
-        timings["brain_extraction"] = time.perf_counter() - t3
-        logger.info("Reference %s not skull-stripped (zero fraction %.3f): brain mask %.0f ml "
-                    "applied to all series (%.1f s)", reference_key, evidence["zero_fraction"],
-                    brain.record["mask_ml"], timings["brain_extraction"])
+    t3 = time.perf_counter()
+
+    def on_grid(modality: str) -> sitk.Image:  # a series on the model grid, built when needed
+        img = sitk.GetImageFromArray(volumes[MODALITIES.index(modality)])
+        img.CopyInformation(grid)
+        return img
+
+    brain_mask, brain_record = brain_mask_on_grid(
+        {m: s.image for m, s in images.items()}, on_grid, reference_key, grid,
+        method=brain_extraction, seed=seed + 1, logger=logger)
+    if brain_mask is not None:
+        volumes[:, sitk.GetArrayViewFromImage(brain_mask) == 0] = 0.0
+    timings["brain_extraction"] = time.perf_counter() - t3
     registrations[reference_key]["brain_extraction"] = brain_record
     timings["total"] = time.perf_counter() - t0
     available = tuple(m in images for m in MODALITIES)
@@ -146,4 +152,5 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
         registrations=registrations,
         transforms=transforms,
         timings=timings,
+        brain_mask=brain_mask,
     )

@@ -150,6 +150,9 @@ class ModelInput:
         Per moving modality: the registration record (JSON-able; identity for the reference).
     transforms
         Per modality: the rigid transform mapping reference points to that series' points.
+    brain_mask
+        The brain mask applied to ``volumes`` (``sitkUInt8`` on ``grid``), or ``None`` when
+        the study was already skull-stripped.
     """
 
     selection: ModalitySelection
@@ -161,6 +164,7 @@ class ModelInput:
     registrations: dict[str, dict[str, Any]]
     transforms: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    brain_mask: Any = None
 
 
 @dataclass

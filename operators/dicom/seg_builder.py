@@ -753,6 +753,10 @@ def _pick_slices(labels: np.ndarray, n_slices: int) -> list[int]:
     return sorted(picks)
 
 
+#: Colour of the brain-mask outline in the QA overlay (matplotlib RGB, cyan).
+BRAIN_OUTLINE_RGB = (0.0, 0.9, 1.0)
+
+
 def render_overlay_png(
     reference_volume: np.ndarray,
     labels: np.ndarray,
@@ -761,6 +765,7 @@ def render_overlay_png(
     *,
     title: str | None = None,
     dpi: int = 100,
+    brain_mask: np.ndarray | None = None,
 ) -> Path:
     """Write a QA PNG: a few axial slices of the reference image with the labels overlaid.
 
@@ -781,6 +786,9 @@ def render_overlay_png(
         Number of panels (at most Z).
     title : str, optional
         Figure title.
+    brain_mask : numpy.ndarray, optional
+        The brain mask applied before the network (same shape; when brain extraction ran):
+        its outline is drawn in cyan and named in the legend.
     dpi : int
         Resolution. The image is exactly ``(4 * n_panels * dpi) x (4.6 * dpi)`` pixels
         (width x height), e.g. 1600 x 460 for 4 panels at 100 dpi.
@@ -801,6 +809,8 @@ def render_overlay_png(
     lab = np.asarray(labels)
     if ref.ndim != 3 or ref.shape != lab.shape:
         raise ValueError(f"reference {ref.shape} and labels {lab.shape} must be equal 3-D shapes")
+    if brain_mask is not None and np.shape(brain_mask) != lab.shape:
+        raise ValueError(f"brain mask {np.shape(brain_mask)} and labels {lab.shape} must have one shape")
     zs = _pick_slices(lab, n_slices)
     finite = ref[np.isfinite(ref)]
     lo, hi = (np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0))
@@ -817,11 +827,16 @@ def render_overlay_png(
             rgba[m, :3] = np.asarray(s.rgb, dtype=np.float32) / 255.0
             rgba[m, 3] = 0.5
         ax.imshow(rgba, interpolation="nearest")
+        if brain_mask is not None and np.any(brain_mask[z]):
+            ax.contour(np.asarray(brain_mask[z], dtype=np.float32), levels=[0.5], colors=[BRAIN_OUTLINE_RGB],
+                       linewidths=1.0)
         n_vox = int((lab[z] > 0).sum())
         ax.set_title(f"slice z={z} / {lab.shape[0]}  ({n_vox} tumour px)", fontsize=9)
         ax.set_axis_off()
     handles = [Patch(color=np.asarray(s.rgb) / 255.0, label=f"{s.brats_label}: {s.short} "
                      f"({s.label})") for s in BRATS_SEGMENTS]
+    if brain_mask is not None:
+        handles.append(Patch(edgecolor=BRAIN_OUTLINE_RGB, facecolor="none", label="brain mask (applied)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
                frameon=False)
     empty = not np.any(lab > 0)

@@ -1,5 +1,10 @@
 """Offline brain extraction: MNI152 (2009) template registration + intensity refinement.
 
+Since issue 16 the app uses HD-BET (:mod:`operators.spatial.hd_bet`, via
+:mod:`operators.spatial.brain_masking`); this template method is the fallback when HD-BET
+fails at run time and the ``brats.brain_extraction: template`` setting. It is known to keep
+orbital / temporal soft tissue at the skull base (see "Known limitations").
+
 The subject's T1-weighted image (T1 or T1ce, skull on or off) is registered to the MNI152
 2009c template that nilearn ships inside its wheel (rigid, then affine; SimpleITK, Mattes MI),
 the template's brain mask is carried back onto the subject's own grid, and the mask is then
@@ -118,32 +123,21 @@ def mask_volume_ml(mask: sitk.Image) -> float:
     return n * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
-def is_skull_stripped(
-    image: sitk.Image, min_zero_fraction: float = 0.3
-) -> tuple[bool, dict[str, float]]:
-    """Heuristic: is ``image`` already skull-stripped (background exactly 0)?
-
-    Skull-stripped volumes (BraTS, the model's training data) are exactly 0 outside the
-    brain: with a field of view that covers the head, most voxels are exactly 0. A scanner
-    image with skull has noise (rarely exact zeros) in the air and tissue all around the
-    brain.
-
-    Parameters
-    ----------
-    image
-        Any 3-D image (LPS).
-    min_zero_fraction
-        Fraction of voxels exactly 0 at or above which the image is taken as skull-stripped.
+def is_skull_stripped(image: sitk.Image) -> tuple[bool, dict[str, Any]]:
+    """Is ``image`` already skull-stripped? One series' evidence
+    (:func:`operators.spatial.skull_stripped.series_evidence`: one connected nonzero region
+    of brain size clear of the field of view's sides, no skull layer inside its surface; not
+    the fraction of zero voxels alone, which a fat-suppressed skull-on image can exceed).
 
     Returns
     -------
     stripped, evidence
-        The decision and the numbers it rests on (``zero_fraction``).
+        The decision and the values it rests on (``zero_fraction``, ...).
     """
-    arr = sitk.GetArrayViewFromImage(image)
-    zero_fraction = float(np.count_nonzero(arr == 0)) / float(arr.size)
-    return zero_fraction >= min_zero_fraction, {"zero_fraction": zero_fraction,
-                                                "min_zero_fraction": float(min_zero_fraction)}
+    from operators.spatial.skull_stripped import series_evidence
+
+    ev = series_evidence(image)
+    return bool(ev["stripped"]), ev
 
 
 def _radius_vox(image: sitk.Image, mm: float) -> list[int]:
