@@ -39,17 +39,22 @@ def _need(path: Path) -> Path:
     return path
 
 
-def _zero_the_air(image: sitk.Image) -> sitk.Image:
-    """A skull-on image with its air set to exact 0 (what background suppression does): the
-    head (bright voxels, largest component, closed and filled slice by slice, skull included)
-    kept, the rest 0."""
+def _head_mask(image: sitk.Image) -> np.ndarray:
+    """(Z, Y, X) bool: the head (bright voxels, largest component, closed and filled slice by
+    slice, skull included), i.e. everything that is not air."""
     a = sitk.GetArrayFromImage(image).astype(np.float32)
     otsu = sitk.OtsuThresholdImageFilter()
     otsu.Execute(sitk.Cast(image, sitk.sitkFloat32))
     fg = a > 0.3 * otsu.GetThreshold()
     lab, _ = ndi.label(fg)
     fg = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
-    fg = np.stack([ndi.binary_fill_holes(ndi.binary_closing(s, iterations=3)) for s in fg])
+    return np.stack([ndi.binary_fill_holes(ndi.binary_closing(s, iterations=3)) for s in fg])
+
+
+def _zero_the_air(image: sitk.Image) -> sitk.Image:
+    """A skull-on image with its air set to exact 0 (what background suppression does)."""
+    a = sitk.GetArrayFromImage(image).astype(np.float32)
+    fg = _head_mask(image)
     out = sitk.GetImageFromArray(np.where(fg, a, 0.0).astype(np.float32))
     out.CopyInformation(image)
     return out
@@ -202,20 +207,14 @@ def test_native_exam_end_to_end_hd_bet(shared_dir: Path, models_dir: Path, tmp_p
     datasets = [pydicom.dcmread(p) for p in sorted(ref_folder.glob("*.dcm"))]
     series = series_to_image(datasets)
     ref = series.image
-    arr = sitk.GetArrayFromImage(ref).astype(np.float32)
-    otsu = sitk.OtsuThresholdImageFilter()
-    otsu.Execute(sitk.Cast(ref, sitk.sitkFloat32))
-    head = arr > 0.3 * otsu.GetThreshold()
-    lab, _ = ndi.label(head)
-    head = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
-    head = np.stack([ndi.binary_fill_holes(ndi.binary_closing(s, iterations=3)) for s in head])
+    head = _head_mask(ref)
     spacing = np.asarray(ref.GetSpacing())[::-1]
     # distance to the outer surface in mm, in-plane and through-plane (5.5 mm slices: the
     # first / last slice is a cut, not a surface -> edge padding)
     depth = ndi.distance_transform_edt(np.pad(head, 1, mode="edge"), sampling=spacing)[1:-1, 1:-1, 1:-1]
     seg = pydicom.dcmread(out / "segmentation.dcm")
     uid_to_k = {ds.SOPInstanceUID: k for k, ds in enumerate(series.slice_datasets)}
-    labelled = np.zeros(arr.shape, dtype=bool)
+    labelled = np.zeros(head.shape, dtype=bool)
     for frames in read_segment_masks(seg).values():
         for uid, frame in frames.items():
             labelled[uid_to_k[uid]] |= np.asarray(frame, dtype=bool)
