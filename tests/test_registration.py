@@ -139,8 +139,8 @@ def test_register_rigid_deterministic(t1_pair):
     """Same seed -> bit-identical parameters (downsampled pair to keep it fast)."""
     fixed_img, moving, _ = t1_pair
     small_fixed = sitk.Shrink(fixed_img, [2, 2, 2])
-    kw = dict(seed=11, initializer="identity", shrink_factors=(2, 1),
-              smoothing_sigmas_mm=(2.0, 0.0), samples_per_level=20_000)
+    kw = dict(seed=11, initializer="identity", level_spacings_mm=(2.0, 1.0),
+              samples_per_level=20_000)
     a = register_rigid(small_fixed, moving, **kw)
     b = register_rigid(small_fixed, moving, **kw)
     assert a.transform.GetParameters() == b.transform.GetParameters()
@@ -220,8 +220,8 @@ def test_make_study_misaligned_all_series_slow(brats_dir, case, seed, modality, 
 def test_register_rigid_keeps_identity_on_aligned_input(fixed):
     """An image registered to itself: the identity is (at least) as good as anything found."""
     small = sitk.Shrink(fixed, [2, 2, 2])
-    res = register_rigid(small, small, seed=3, shrink_factors=(2, 1),
-                         smoothing_sigmas_mm=(2.0, 0.0), samples_per_level=20_000)
+    res = register_rigid(small, small, seed=3, level_spacings_mm=(2.0, 1.0),
+                         samples_per_level=20_000)
     corners = brain_box_corners(brain_mask_from_nonzero([small]))
     disp, rot = transform_error(res.transform, sitk.Euler3DTransform(), corners)
     assert disp < 0.3 and rot < 0.2
@@ -247,7 +247,7 @@ def test_register_rigid_frees_its_registration_method(fixed):
     gc.collect()
     before = alive()
     for _ in range(2):
-        register_rigid(small, small, seed=3, shrink_factors=(1,), smoothing_sigmas_mm=(0.0,),
+        register_rigid(small, small, seed=3, level_spacings_mm=(1.0,),
                        samples_per_level=5_000, max_iterations=5)
     gc.collect()
     assert alive() == before
@@ -419,7 +419,7 @@ def test_concurrent_registrations_equal_sequential_ones(t1_pair):
 
     fixed_img, moving, _ = t1_pair
     small_fixed = sitk.Shrink(fixed_img, [2, 2, 2])
-    kw = dict(initializer="identity", shrink_factors=(2, 1), smoothing_sigmas_mm=(2.0, 0.0), samples_per_level=20_000)
+    kw = dict(initializer="identity", level_spacings_mm=(2.0, 1.0), samples_per_level=20_000)
     before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     alone = [register_rigid(small_fixed, moving, seed=s, **kw).transform.GetParameters() for s in (3, 5)]
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -514,6 +514,12 @@ def _inverse_euler(tx: sitk.Euler3DTransform, centre: Sequence[float]) -> sitk.E
     return out
 
 
+def _block_average(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """``image`` block-averaged to about ``spacing_mm`` voxels (per axis, never finer than it is)."""
+    factors = [max(1, int(round(spacing_mm / sp))) for sp in image.GetSpacing()]
+    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
+
+
 def _foreground_mask(image: sitk.Image, dilate_mm: float) -> sitk.Image:
     """Voxels > 0 dilated by ``dilate_mm`` (per-axis radius in voxels, at least 1)."""
     fg = sitk.Cast(sitk.Greater(image, 0.0), sitk.sitkUInt8)
@@ -572,9 +578,8 @@ def register_rigid(
     fixed_mask: sitk.Image | None = None,
     initializer: Literal["geometry", "moments", "identity"] = "geometry",
     histogram_bins: int = 32,
-    shrink_factors: Sequence[int] = (4, 2, 1),
-    smoothing_sigmas_mm: Sequence[float] = (2.0, 1.0, 0.0),
-    samples_per_level: int = 50_000,
+    level_spacings_mm: Sequence[float] = (4.0, 2.0, 1.0),
+    samples_per_level: int | Sequence[int] = (15_000, 20_000, 40_000),
     learning_rate: float = 1.0,
     min_step: float = 1e-3,
     max_iterations: int = 200,
@@ -585,8 +590,9 @@ def register_rigid(
 ) -> RegistrationResult:
     """Rigid (6-DOF) multi-modal registration of ``moving`` to ``fixed`` with SimpleITK.
 
-    Mattes mutual information, linear interpolation, multi-resolution (metric-domain image
-    shrunk by ``shrink_factors`` and both images Gaussian-smoothed by ``smoothing_sigmas_mm``),
+    Mattes mutual information, linear interpolation, an explicit pyramid (both images
+    block-averaged to about ``level_spacings_mm`` per level, one optimisation per level started
+    from the previous level's result),
     regular-step gradient descent with parameter scales from physical shift (a step of 1 ~
     1 mm of voxel motion), random metric sampling with a fixed seed inside a dilated
     foreground mask. By default the thicker-sliced image is the metric domain and the
@@ -616,13 +622,16 @@ def register_rigid(
         exam sharing a frame of reference whose fields of view differ).
     histogram_bins
         Mattes MI histogram bins.
-    shrink_factors, smoothing_sigmas_mm
-        Per level, coarse to fine. Shrink factors are in voxels of the fixed image (isotropic
-        in index space, so a thick-slice fixed image loses slices quickly: use smaller factors
-        or register on the fixed image resampled to the model grid).
+    level_spacings_mm
+        Per level, coarse to fine: the voxel size (mm) both images are block-averaged to
+        (``sitk.BinShrink`` by ``round(level / spacing)`` per axis, at least 1; so a thick-slice
+        axis is not shrunk further). !! Why not SimpleITK's own pyramid: it Gaussian-smooths
+        the *full-resolution* images at every level (and the shrink factors are per index,
+        isotropic), which cost more than the optimisation itself: 5.7 s of a 240 x 240 x 155
+        registration against ~2 s with block averages (same accuracy; README).
     samples_per_level
-        Approximate number of metric samples per level (inside the mask when given); the
-        sampling percentage per level is derived from it (capped at 100 %).
+        Metric samples per level (one number for all levels, or one per level), inside the
+        mask when there is one; the sampling percentage is derived (capped at 100 %).
     learning_rate, min_step, max_iterations
         Regular-step gradient descent settings (per level; relaxation factor 0.5).
     number_of_threads
@@ -660,8 +669,10 @@ def register_rigid(
     if seed == sitk.sitkWallClock:
         raise ValueError("seed=0 is sitk.sitkWallClock (clock-seeded, not reproducible); "
                          "use a non-zero seed")
-    if len(shrink_factors) != len(smoothing_sigmas_mm):
-        raise ValueError("shrink_factors and smoothing_sigmas_mm must have the same length")
+    samples = [int(samples_per_level)] * len(level_spacings_mm) if isinstance(samples_per_level, int) \
+        else [int(n) for n in samples_per_level]
+    if len(samples) != len(level_spacings_mm) or not samples:
+        raise ValueError("samples_per_level must be one number or one per level of level_spacings_mm")
     if direction not in ("auto", "forward", "inverse"):
         raise ValueError(f"unknown direction {direction!r}")
     t0 = time.perf_counter()
@@ -687,52 +698,40 @@ def register_rigid(
         mask = _foreground_mask(domain, float(auto_mask_mm))
         mask_kind = f"foreground+{auto_mask_mm:g}mm"
 
-    # sampling percentage per level so that ~samples_per_level points fall inside the mask
     n_vox = float(np.prod(domain.GetSize()))
-    fg_fraction = 1.0
-    if mask is not None:
-        fg_fraction = max(float(sitk.GetArrayViewFromImage(mask).mean()), 1e-6)
-    percentages = [
-        float(min(1.0, samples_per_level / max(1.0, fg_fraction * n_vox / f**3)))
-        for f in shrink_factors
-    ]
-
-    reg = _mattes_mi(histogram_bins, mask)
-    if number_of_threads is not None:
-        reg.SetNumberOfThreads(int(number_of_threads))
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentagePerLevel(percentages, int(seed))
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=learning_rate,
-        minStep=min_step,
-        numberOfIterations=max_iterations,
-        relaxationFactor=0.5,
-        gradientMagnitudeTolerance=1e-8,
-    )
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([int(f) for f in shrink_factors])
-    reg.SetSmoothingSigmasPerLevel([float(s) for s in smoothing_sigmas_mm])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    reg.SetInitialTransform(sitk.Euler3DTransform(initial_d), inPlace=False)
-
     per_level: list[int] = []
-    reg.AddCommand(sitk.sitkMultiResolutionIterationEvent, lambda: per_level.append(0))
-
-    def _count() -> None:
-        if per_level:
-            per_level[-1] = int(reg.GetOptimizerIteration()) + 1
-
-    reg.AddCommand(sitk.sitkIterationEvent, _count)
-    try:
-        with _global_threads(number_of_threads):
-            final_d = _as_euler(reg.Execute(domain, other))
-        stop = reg.GetOptimizerStopConditionDescription()
-    finally:
-        # LEAK GUARD: ``_count`` refers to ``reg`` and the C++ filter holds ``_count``; Python's
-        # garbage collector cannot see through C++, so without this the filter (with its mask
-        # and metric buffers) lived until the process ended: +1-5 MB per registration in the
-        # soak test. Removing the commands breaks the cycle.
-        reg.RemoveAllCommands()
+    percentages: list[float] = []
+    final_d = sitk.Euler3DTransform(initial_d)
+    stop = ""
+    with _global_threads(number_of_threads):
+        for level_mm, n_samples in zip(level_spacings_mm, samples):
+            level_domain, level_other = _block_average(domain, level_mm), _block_average(other, level_mm)
+            level_mask = None
+            fg_fraction = 1.0
+            if mask is not None:
+                level_mask = sitk.Cast(sitk.Greater(_block_average(sitk.Cast(mask, sitk.sitkFloat32), level_mm), 0.5),
+                                       sitk.sitkUInt8)
+                fg_fraction = max(float(sitk.GetArrayViewFromImage(level_mask).mean()), 1e-6)
+            level_voxels = float(np.prod(level_domain.GetSize()))
+            percentages.append(float(min(1.0, n_samples / max(1.0, fg_fraction * level_voxels))))
+            reg = _mattes_mi(histogram_bins, level_mask)
+            if number_of_threads is not None:
+                reg.SetNumberOfThreads(int(number_of_threads))
+            reg.SetMetricSamplingStrategy(reg.RANDOM)
+            reg.SetMetricSamplingPercentage(percentages[-1], int(seed))
+            reg.SetOptimizerAsRegularStepGradientDescent(
+                learningRate=learning_rate,
+                minStep=min_step,
+                numberOfIterations=max_iterations,
+                relaxationFactor=0.5,
+                gradientMagnitudeTolerance=1e-8,
+            )
+            reg.SetOptimizerScalesFromPhysicalShift()
+            reg.SetInitialTransform(sitk.Euler3DTransform(final_d), inPlace=False)
+            final_d = _as_euler(reg.Execute(level_domain, level_other))
+            per_level.append(int(reg.GetOptimizerIteration()))
+            stop = reg.GetOptimizerStopConditionDescription()
+            del reg  # no commands attached: nothing keeps the method (and its buffers) alive
     t_opt = time.perf_counter() - t0
 
     # metric at the initial, final and identity transform, with one deterministic evaluator
@@ -764,10 +763,10 @@ def register_rigid(
         "direction": direction,
         "domain": "moving" if inverse else "fixed",
         "histogram_bins": int(histogram_bins),
-        "shrink_factors": [int(f) for f in shrink_factors],
-        "smoothing_sigmas_mm": [float(s) for s in smoothing_sigmas_mm],
+        "level_spacings_mm": [float(v) for v in level_spacings_mm],
+        "pyramid": "BinShrink block averages, one optimisation per level",
         "sampling": "RANDOM",
-        "samples_per_level": int(samples_per_level),
+        "samples_per_level": samples,
         "sampling_percentages": percentages,
         "mask": mask_kind,
         "fixed_mask": fixed_mask is not None,
