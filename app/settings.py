@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     # accurate mode on a CUDA GPU; the template method if HD-BET fails at run time) or
     # "template" (MNI152 template registration only).
     "brain_extraction": "hd-bet",
+    # Rigid registration backend: "auto" (PyTorch on a CUDA GPU, else SimpleITK on the CPU),
+    # "simpleitk", "torch-cuda" or "torch-cpu" (operators.spatial.registration_torch).
+    "registration": "auto",
     "send": {
         # After a run, C-STORE the SEG and the SR to this PACS: "AE_TITLE@host:port" ("" = off).
         "dimse": "",
@@ -67,9 +70,13 @@ ENV_OVERRIDES: dict[str, tuple[str, str | None]] = {
     "BRATS_WT_COMPONENT_VOXELS": ("thresholds", "wt_component_voxels"),
     "BRATS_MIN_ENHANCING_VOXELS": ("thresholds", "min_enhancing_voxels"),
     "BRATS_BRAIN_EXTRACTION": ("brain_extraction", None),
+    "BRATS_REGISTRATION": ("registration", None),
     "BRATS_SEND_DIMSE": ("send", "dimse"),
     "BRATS_SEND_TIMEOUT_S": ("send", "timeout_s"),
 }
+
+REGISTRATION_BACKENDS = ("auto", "simpleitk", "torch-cuda", "torch-cpu")
+"""Values of ``brats.registration`` / ``BRATS_REGISTRATION``."""
 
 BRAIN_EXTRACTION_METHODS = ("hd-bet", "template")
 """Values of ``brats.brain_extraction`` / ``BRATS_BRAIN_EXTRACTION``."""
@@ -189,6 +196,10 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
     if brain_extraction not in BRAIN_EXTRACTION_METHODS:
         raise SettingsError(f"brain_extraction must be one of {', '.join(BRAIN_EXTRACTION_METHODS)}, "
                             f"got {merged['brain_extraction']!r}")
+    registration = str(merged["registration"]).strip().lower()
+    if registration not in REGISTRATION_BACKENDS:
+        raise SettingsError(f"registration must be one of {', '.join(REGISTRATION_BACKENDS)}, "
+                            f"got {merged['registration']!r}")
     send_dimse = str(send["dimse"] or "").strip()
     if send_dimse:
         from operators.outputs.send import parse_destination
@@ -206,6 +217,7 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
         "wt_component_voxels": _as_int(thresholds["wt_component_voxels"], "thresholds.wt_component_voxels"),
         "min_enhancing_voxels": _as_int(thresholds["min_enhancing_voxels"], "thresholds.min_enhancing_voxels"),
         "brain_extraction": brain_extraction,
+        "registration": registration,
         "send_dimse": send_dimse,
         "send_timeout_s": _as_int(send["timeout_s"], "send.timeout_s", minimum=1),
     }
@@ -227,6 +239,7 @@ class AppSettings:
     send_dimse: str = ""
     send_timeout_s: int = DEFAULTS["send"]["timeout_s"]
     brain_extraction: str = DEFAULTS["brain_extraction"]
+    registration: str = DEFAULTS["registration"]
     config_path: Path | None = None
 
     @property

@@ -12,7 +12,14 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.dicom.series_volume import series_to_image
 from operators.spatial.brain_masking import brain_mask_on_grid
-from operators.spatial.registration import choose_reference, model_grid, register_rigid, resample_to_grid
+from operators.spatial.registration import (
+    RegistrationResult,
+    choose_reference,
+    model_grid,
+    register_rigid,
+    resample_to_grid,
+)
+from operators.spatial.registration_torch import register_rigid_torch, torch_registration_device
 from operators.study_model import MODALITIES, ModalitySelection, ModelInput
 
 
@@ -44,10 +51,11 @@ class RegistrationOperator(Operator):
     """
 
     def __init__(self, fragment: Fragment, *args, seed: int = 0, brain_extraction: str = "hd-bet",
-                 **kwargs) -> None:
+                 registration_backend: str = "auto", **kwargs) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.seed = seed
         self.brain_extraction = brain_extraction
+        self.registration_backend = registration_backend
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -56,12 +64,27 @@ class RegistrationOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         selection: ModalitySelection = op_input.receive("selection")
-        op_output.emit(build_model_input(selection, self.seed, self._logger, self.brain_extraction),
-                       "model_input")
+        op_output.emit(build_model_input(selection, self.seed, self._logger, self.brain_extraction,
+                                         self.registration_backend), "model_input")
+
+
+def choose_registration_backend(setting: str = "auto") -> tuple[str, str]:
+    """``(backend, reason)``: ``simpleitk``, ``torch-cuda`` or ``torch-cpu`` for the setting."""
+    if setting != "auto":
+        return setting, f"set by brats.registration / BRATS_REGISTRATION ({setting})"
+    if torch_registration_device() == "cuda":
+        return "torch-cuda", "auto: a CUDA GPU is present (registration on the GPU, next to the network)"
+    return "simpleitk", "auto: no CUDA GPU (SimpleITK, one registration per core, is the faster CPU path)"
+
+
+def _register(backend: str, fixed: sitk.Image, moving: sitk.Image, seed: int) -> RegistrationResult:
+    if backend == "simpleitk":
+        return register_rigid(fixed, moving, seed=seed, initializer="identity")
+    return register_rigid_torch(fixed, moving, device=backend.removeprefix("torch-"), seed=seed)
 
 
 def build_model_input(selection: ModalitySelection, seed: int, logger: logging.Logger,
-                      brain_extraction: str = "hd-bet") -> ModelInput:
+                      brain_extraction: str = "hd-bet", registration_backend: str = "auto") -> ModelInput:
     """The work of :class:`RegistrationOperator`, callable without Holoscan.
 
     Returns
@@ -89,7 +112,9 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
         tuple(round(s, 3) for s in reference.image.GetSpacing()),
         grid.GetSize(),
     )
-    registrations: dict[str, dict] = {reference_key: {"reference": True}}
+    backend, backend_reason = choose_registration_backend(registration_backend)
+    registrations: dict[str, dict] = {reference_key: {
+        "reference": True, "registration_backend": {"name": backend, "reason": backend_reason}}}
     transforms: dict[str, sitk.Transform] = {reference_key: sitk.Euler3DTransform()}
     volumes = np.zeros((4, *sitk.GetArrayViewFromImage(grid).shape), dtype=np.float32)
     # Every moving series is registered to the reference at once, one thread each (SimpleITK
@@ -97,10 +122,10 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
     # per core.
     moving_keys = [m for m in MODALITIES if m in images and m != reference_key]
     t1 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, min(len(moving_keys), os.cpu_count() or 1))) as pool:
+    workers = max(1, min(len(moving_keys), os.cpu_count() or 1)) if backend == "simpleitk" else 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         results = dict(zip(moving_keys, pool.map(
-            lambda m: register_rigid(reference.image, images[m].image, seed=seed + 1, initializer="identity"),
-            moving_keys)))  # fmt: skip
+            lambda m: _register(backend, reference.image, images[m].image, seed + 1), moving_keys)))  # fmt: skip
     if moving_keys:
         timings["register_all"] = time.perf_counter() - t1
     for modality, result in results.items():
