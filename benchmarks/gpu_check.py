@@ -386,6 +386,40 @@ def missing_modules(names: Sequence[str]) -> list[str]:
     return out
 
 
+REGISTRATION_MODULES = ("SimpleITK", "deepali")
+
+
+def registration_timing(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
+    """The PyTorch registration backend (``operators.spatial.registration_torch``) on this device:
+    T2 of the case moved as ``make_study --misalign 3`` does, registered back to its T1ce;
+    error at the brain-box corners and wall time (first call, then a repeat)."""
+    missing = missing_modules(REGISTRATION_MODULES)
+    if missing:
+        return {"status": "skipped", "reason": f"not importable here: {', '.join(missing)}"}
+    if not budget.allows(30.0):
+        return {"status": "skipped", "reason": budget.skip_reason("registration", 30.0)}
+    from operators.spatial.registration import brain_box_corners, brain_mask_from_nonzero, transform_error
+    from operators.spatial.registration_torch import register_rigid_torch
+    from samples import make_study as ms
+
+    vols = ms.load_case(args.case, ["t1ce", "t2"])
+    ref = vols["t1ce"]
+    truth = ms.draw_transform(3, "t2", ms.volume_center(ref))
+    moving = ms.resample_moving(vols["t2"], truth, ms.draw_grid(3, "t2", ref)).to_sitk()
+    fixed = ref.to_sitk()
+    corners = brain_box_corners(brain_mask_from_nonzero([fixed]))
+    # --quick: one coarse level, once (a smoke test of the phase, not the protocol)
+    kw = dict(level_spacings_mm=(4.0,), samples_per_level=(10_000,), iterations_per_level=(60,),
+              learning_rates=(0.02,)) if args.quick else {}
+    runs = []
+    for _ in range(1 if args.quick else 2):
+        res = register_rigid_torch(fixed, moving, device=args.device, seed=2, **kw)
+        disp, rot = transform_error(res.transform, truth.to_sitk(), corners)
+        runs.append({"wall_s": round(res.duration_s, 3), "corner_error_mm": round(disp, 3), "rotation_error_deg": round(rot, 3)})
+    return {"status": "ok", "device": args.device, "series": "T2 (make_study --misalign 3) -> T1ce", "runs": runs,
+            "protocol": "quick: one 4 mm level" if args.quick else "4 / 2 / 1 mm pyramid (the app's)"}
+
+
 def app_end_to_end(args: argparse.Namespace, seg: np.ndarray, budget: Budget, engine: str) -> dict[str, Any]:
     """``python -m app`` on a DICOM study of the case (``seg``: its labels, uncropped, (Z, Y, X)):
     stage times from ``report.json``.
@@ -835,6 +869,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = time.perf_counter()
     doc["quality"] = quality(labels, seg, brain, spacing, budget)
     doc["quality_s"] = time.perf_counter() - t
+    save()
+
+    # 4b. registration on this device (the PyTorch backend)
+    doc["registration"] = registration_timing(args, budget)
+    log.info("registration: %s", doc["registration"])
     save()
 
     # 5. the app end to end

@@ -52,6 +52,10 @@ def test_gpu_check_quick_on_cpu(models_dir: Path, brats_dir: Path, tmp_path: Pat
     assert q["fp16"]["all"]["label_agreement_brain"] >= 0.999
     assert all(abs(d) <= 0.001 for d in q["fp16"]["all"]["delta_dice_vs_eager_fp32"].values())
 
+    reg = doc["registration"]
+    assert reg["status"] == "ok" and reg["runs"][0]["wall_s"] > 0, reg
+    assert reg["runs"][0]["corner_error_mm"] < 3.0  # one coarse level: close, not the 1 mm protocol
+
     app = doc["app"]
     assert app["status"] == "ok", app
     (run,) = app["runs"]
