@@ -107,7 +107,7 @@ def register_rigid_torch(
     device: str = "cpu",
     seed: int = 1,
     level_spacings_mm: Sequence[float] = (4.0, 2.0, 1.0),
-    samples_per_level: Sequence[int] = (20_000, 20_000, 40_000),
+    samples_per_level: Sequence[int] = (20_000, 40_000, 80_000),
     iterations_per_level: Sequence[int] = (150, 80, 40),
     learning_rates: Sequence[float] = (0.02, 0.01, 0.005),
     histogram_bins: int = 32,
