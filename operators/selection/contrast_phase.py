@@ -13,7 +13,8 @@ evidence, strongest first:
    T1-weighted series acquired at least ``min_gap_minutes`` later is a post-contrast
    candidate.
 4. **Image evidence** -- for each such later series, enhancement relative to the earliest:
-   both on one coarse grid (3 mm; same frame of reference assumed aligned), each divided by
+   both on one coarse grid (3 mm; series of another frame of reference registered rigidly
+   first, those of the same one compared as they lie), each divided by
    its median inside the head, the difference ``later - earliest`` per voxel; structures that
    always enhance (vessels, dural sinuses, choroid plexus; and enhancing tumour) make its
    upper tail (99.5th percentile) much longer than its lower tail (0.5th). The index
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from operators.study_model import LoadedSeries, SeriesHeader
 
@@ -45,6 +47,8 @@ __all__ = ["ContrastDecision", "SeriesPhase", "decide_phases", "enhancement_inde
 logger = logging.getLogger(__name__)
 
 _COARSE_MM = 3.0
+_SMOOTH_FACTOR = 0.5  # Gaussian sigma = _COARSE_MM * this (mm)
+_EDGE_VOXELS = 2  # coarse voxels left out along the head's edge
 
 
 @dataclass(frozen=True)
@@ -96,33 +100,45 @@ def _time_of(header: SeriesHeader) -> float | None:
     return seconds_of_day(header.acquisition_time) or seconds_of_day(header.series_time)
 
 
-def _coarse(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
-    smoothed = sitk.SmoothingRecursiveGaussian(image, _COARSE_MM / 2)
-    return sitk.GetArrayFromImage(sitk.Resample(smoothed, grid, sitk.Transform(), sitk.sitkLinear, 0.0))
+def _coarse(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None = None) -> np.ndarray:
+    smoothed = sitk.SmoothingRecursiveGaussian(image, _COARSE_MM * _SMOOTH_FACTOR)
+    return sitk.GetArrayFromImage(sitk.Resample(smoothed, grid, transform or sitk.Transform(), sitk.sitkLinear, 0.0))
 
 
-def enhancement_index(earlier: sitk.Image, later: sitk.Image) -> dict[str, float]:
+def enhancement_index(earlier: sitk.Image, later: sitk.Image, *, register: bool = False) -> dict[str, float]:
     """How much brighter the later series' bright structures are than the earlier one's.
 
-    Both images in LPS mm, assumed aligned (same frame of reference). Returns ``up`` (99.5th
-    percentile of ``later/median - earlier/median`` inside the head), ``down`` (minus its
-    0.5th percentile) and ``index = (up - down) / (up + down)`` (0 when both are ~0).
+    Both images in LPS mm. Series of one frame of reference are compared as they lie
+    (``register=False``); otherwise the later one is first rigidly registered to the earlier
+    (:func:`operators.spatial.registration.register_rigid`). Returns ``up`` (99.5th percentile
+    of ``later/median - earlier/median`` inside the head), ``down`` (minus its 0.5th
+    percentile) and ``index = (up - down) / (up + down)`` (0 when both are ~0), and
+    ``registered``.
     """
+    transform: sitk.Transform = sitk.Transform()
+    if register:
+        from operators.spatial.registration import register_rigid
+
+        transform = register_rigid(earlier, later, seed=1, initializer="identity").transform
     size = [max(int(round(n * s / _COARSE_MM)), 1) for n, s in zip(earlier.GetSize(), earlier.GetSpacing())]
     grid = sitk.Image(size, sitk.sitkFloat32)
     grid.SetOrigin(earlier.GetOrigin())
     grid.SetDirection(earlier.GetDirection())
     grid.SetSpacing([_COARSE_MM] * 3)
     a = _coarse(sitk.Cast(earlier, sitk.sitkFloat32), grid)
-    b = _coarse(sitk.Cast(later, sitk.sitkFloat32), grid)
+    b = _coarse(sitk.Cast(later, sitk.sitkFloat32), grid, transform)
     head = (a > 0.1 * np.percentile(a, 99)) & (b > 0.1 * np.percentile(b, 99))
+    # !! away from the head's edge: where the image falls to the background, a slight shift
+    # or a thicker slice makes large differences of both signs that are not enhancement
+    head = ndimage.binary_erosion(head, iterations=_EDGE_VOXELS)
     if head.sum() < 100:
-        return {"up": 0.0, "down": 0.0, "index": 0.0, "voxels": int(head.sum())}
+        return {"up": 0.0, "down": 0.0, "index": 0.0, "voxels": int(head.sum()), "registered": register}
     d = b[head] / np.median(b[head]) - a[head] / np.median(a[head])
     up, down = float(np.percentile(d, 99.5)), float(-np.percentile(d, 0.5))
     up, down = max(up, 0.0), max(down, 0.0)
     index = (up - down) / (up + down) if up + down > 1e-6 else 0.0
-    return {"up": round(up, 4), "down": round(down, 4), "index": round(index, 4), "voxels": int(head.sum())}
+    return {"up": round(up, 4), "down": round(down, 4), "index": round(index, 4), "voxels": int(head.sum()),
+            "registered": register}
 
 
 def _explicit(header: SeriesHeader, contrast_words: re.Pattern[str]) -> tuple[str, str] | None:
@@ -210,7 +226,9 @@ def decide_phases(
         gap = (times[u] - times[first]) if times[u] is not None and times[first] is not None else None
         order_says_post = gap is not None and gap >= min_gap
         try:
-            m = enhancement_index(image_of[first], image_of[u])
+            same_frame = not (headers[first].frame_of_reference_uid and h.frame_of_reference_uid
+                              and headers[first].frame_of_reference_uid != h.frame_of_reference_uid)
+            m = enhancement_index(image_of[first], image_of[u], register=not same_frame)
         except Exception as exc:  # an image that cannot be compared is no evidence
             logger.warning("contrast check of series %s failed: %s", h.series_number, exc)
             m = {"up": 0.0, "down": 0.0, "index": 0.0, "voxels": 0, "error": str(exc)}
