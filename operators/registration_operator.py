@@ -100,7 +100,9 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
     t0 = time.perf_counter()
     images = {}
     for modality, series in selection.selected.items():
-        images[modality] = series_to_image(series.datasets, series.header.series_description)
+        uid = series.header.series_instance_uid
+        images[modality] = selection.images.get(uid) or series_to_image(series.datasets,
+                                                                        series.header.series_description)
     timings["series_to_volume"] = time.perf_counter() - t0
     reference_key = choose_reference({m: s.image for m, s in images.items()})
     reference = images[reference_key]

@@ -114,6 +114,9 @@ class ModalitySelection:
     """The contrast-phase decision (status, statement, per-series phase and evidence)."""
     set_aside: dict[str, str] = field(default_factory=dict)
     """SeriesInstanceUID -> why the series cannot serve as an image (mask, blank, position)."""
+    images: dict[str, Any] = field(default_factory=dict)
+    """SeriesInstanceUID -> :class:`operators.dicom.series_volume.SeriesImage` of selected series
+    already built by the selector (the contrast check); the registration reuses them."""
 
     @property
     def availability(self) -> dict[str, bool]:

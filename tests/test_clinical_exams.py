@@ -222,3 +222,16 @@ def test_enhancement_is_measured_after_registration_across_frames_of_reference(b
     alike = enhancement_index(pre.to_sitk(), pre_moved, register=True)
     assert enhanced["registered"] and enhanced["index"] > 0.15, enhanced
     assert abs(alike["index"]) < 0.15, alike
+
+
+def test_the_registration_reuses_the_images_the_contrast_check_built(clinical_studies: dict[str, Path]) -> None:
+    import logging
+
+    from operators.registration_operator import build_model_input
+
+    selection = _select(clinical_studies["ge"])
+    t1ce_uid = selection.selected["t1ce"].header.series_instance_uid
+    assert set(selection.images) == {selection.selected["t1"].header.series_instance_uid, t1ce_uid}
+    model_input = build_model_input(selection, 0, logging.getLogger("test"), "template")
+    assert model_input.reference_modality == "t1ce"
+    assert model_input.reference is selection.images[t1ce_uid]  # not built a second time

@@ -91,7 +91,7 @@ from pydicom.uid import generate_uid
 
 from engines.atomic_write import write_atomically
 from engines.model.modalities import CHANNEL_NAMES
-from operators.dicom.source_attributes import AttributeFix, fixes_text, sanitised_copy
+from operators.dicom.source_attributes import MAX_LENGTH, AttributeFix, fixes_text, sanitised_copy
 
 logger = logging.getLogger(__name__)
 
@@ -596,8 +596,8 @@ def build_segmentation(
     return seg
 
 
-#: Maximum value lengths (DICOM PS3.5 table 6.2-1); PN: per component group.
-_VR_MAX_LENGTH = {"AE": 16, "CS": 16, "LO": 64, "SH": 16, "PN": 64, "ST": 1024, "LT": 10240}
+#: Maximum value lengths of the text VRs clipped here (PS3.5 table 6.2-1; PN: per component group).
+_VR_MAX_LENGTH = {vr: MAX_LENGTH[vr] for vr in ("AE", "CS", "LO", "SH", "PN", "ST", "LT")}
 
 
 def _clip_inherited_text(seg: pydicom.Dataset) -> None:

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 
-__all__ = ["AttributeFix", "fixes_text", "sanitised_copy"]
+__all__ = ["MAX_LENGTH", "AttributeFix", "fixes_text", "sanitised_copy"]
 
 #: Text VRs checked (PS3.5 table 6.2-1); maximum lengths per value (PN: per component group).
-_MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "PN": 64,
+MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "PN": 64,
                "SH": 16, "ST": 1024, "LT": 10240, "TM": 14}  # fmt: skip
 #: Type 2 attributes of the copied Patient / General Study modules: emptied, never removed.
 _TYPE2 = frozenset({
@@ -88,7 +88,7 @@ def _valid_time(text: str) -> bool:
 
 def _check_value(vr: str, keyword: str, text: str) -> tuple[str | None, str]:
     """``(repaired value or None, problem)`` for one value; problem "" when valid."""
-    limit = _MAX_LENGTH.get(vr)
+    limit = MAX_LENGTH.get(vr)
     if vr == "AS":
         return (None, f"{text!r} is not an age (nnnD/W/M/Y)") if not _AS.match(text) else (text, "")
     if vr == "DA":
@@ -132,7 +132,7 @@ def _check_value(vr: str, keyword: str, text: str) -> tuple[str | None, str]:
             if len(parts) > 5:
                 parts = [*parts[:4], " ".join(p for p in parts[4:] if p)]
                 problem = problem or "more than five name components"
-            fixed.append("^".join(parts).rstrip("^") if len(parts) > 5 else "^".join(parts))
+            fixed.append("^".join(parts))
         return "=".join(fixed), problem
     # LO, SH, ST, LT (length is clipped after highdicom, see seg_builder._clip_inherited_text)
     allowed = _CONTROL if vr in ("ST", "LT") else re.compile(f"{_CONTROL.pattern}|{_LINE_CONTROL.pattern}")
@@ -193,7 +193,7 @@ def sanitised_copy(ds: pydicom.Dataset) -> tuple[pydicom.Dataset, list[Attribute
         elem = ds.get_item(tag)
         vr = elem.VR
         keyword = pydicom.datadict.keyword_for_tag(tag) or ""
-        if vr not in _MAX_LENGTH or keyword in _PROTECTED or not keyword or tag.is_private:
+        if vr not in MAX_LENGTH or keyword in _PROTECTED or not keyword or tag.is_private:
             out[tag] = elem
             continue
         texts, undeclared = _element_texts(elem, charset_known)

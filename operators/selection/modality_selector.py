@@ -246,19 +246,24 @@ def contrast_words(rules: SelectionRules) -> re.Pattern[str]:
 
 
 class _LazyImages(dict):
-    """SeriesInstanceUID -> sitk.Image, built on first use (only the contrast check needs pixels)."""
+    """SeriesInstanceUID -> sitk.Image, built on first use (only the contrast check needs pixels).
+
+    The :class:`~operators.dicom.series_volume.SeriesImage` built are kept in ``built`` and
+    handed on with the selection, so that the registration does not build them again.
+    """
 
     def __init__(self, series: Sequence[LoadedSeries]) -> None:
         super().__init__()
         self._series = {s.header.series_instance_uid: s for s in series}
+        self.built: dict[str, Any] = {}
 
     def __missing__(self, uid: str) -> Any:
         from operators.dicom.series_volume import series_to_image
 
         s = self._series[uid]
-        image = series_to_image(s.datasets, s.header.series_description).image
-        self[uid] = image
-        return image
+        self.built[uid] = series_to_image(s.datasets, s.header.series_description)
+        self[uid] = self.built[uid].image
+        return self[uid]
 
 
 def _t1_weighted(series: Sequence[LoadedSeries], rules: SelectionRules) -> list[str]:
@@ -287,8 +292,9 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
             set_aside[series.header.series_instance_uid] = problem
         else:
             usable_series.append(series)
+    images = _LazyImages(usable_series)
     phases = decide_phases(
-        usable_series, _t1_weighted(usable_series, rules), _LazyImages(usable_series),
+        usable_series, _t1_weighted(usable_series, rules), images,
         rules.raw.get("contrast_phase", {}), contrast_words(rules),
     )  # fmt: skip
     if phases.status in ("undetermined", "inferred", "single_t1"):
@@ -345,5 +351,7 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
         [m for m in MODALITIES if m not in selected] or "none",
         duration,
     )
+    chosen = {s.header.series_instance_uid for s in selected.values()}
     return ModalitySelection(study, selected, candidates, reasons, duration, contrast=phases.as_dict(),
-                             set_aside={u: r for u, r in set_aside.items()})
+                             set_aside=dict(set_aside),
+                             images={u: im for u, im in images.built.items() if u in chosen})
