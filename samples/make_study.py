@@ -69,10 +69,8 @@ FrameOfReferenceUID.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import math
 import re
 import shutil
 import sys
@@ -98,6 +96,27 @@ from pydicom.uid import (
 from engines.model.modalities import MODALITIES
 from operators.spatial.registration import REFERENCE_ORDER
 
+# The case input and the --misalign draws need neither SimpleITK nor pydicom: samples.volumes
+# (the GPU check builds its registration pair with it). Imported back under their old names.
+from samples.volumes import (
+    _INT16_MAX,
+    _INT16_MIN,
+    Grid,
+    RigidTransform,
+    StudyBuildError,
+    Volume,
+    _as_int16,  # noqa: F401 -- ms._as_int16 (samples.make_native_study)
+    _rng,
+    case_file,
+    case_id_of,
+    draw_grid,
+    draw_transform,
+    load_case,
+    load_volume,  # noqa: F401 -- ms.load_volume (samples.clinical_profiles)
+    nifti_lps_affine,
+    volume_center,
+)
+
 __all__ = [
     "MODALITIES",
     "REFERENCE_ORDER",
@@ -118,24 +137,7 @@ LOG = logging.getLogger("samples.make_study")
 #: Acquisition order in the simulated exam (contrast-enhanced T1 comes last).
 ACQUISITION_ORDER: tuple[str, ...] = ("t1", "t2", "flair", "t1ce")
 
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_INT16_MIN, _INT16_MAX = -32768, 32767
-_GEOM_TOL = 1e-4  # mm (and unitless for direction cosines)
 _GENERATOR = "samples.make_study 1.0"
-
-# Misalignment ranges: |angle| in [1, 5] degrees and |translation| in [1, 5] mm per axis
-# (never ~0, so every moving series is measurably displaced), random sign.
-_MAX_ANGLE_DEG, _MIN_ANGLE_DEG = 5.0, 1.0
-_MAX_SHIFT_MM, _MIN_SHIFT_MM = 5.0, 1.0
-#: In-plane acquisition grids of separately acquired series: (matrix, pixel spacing mm); all
-#: cover a 240 mm field of view like the BraTS grid.
-_INPLANE_GRIDS: tuple[tuple[int, float], ...] = ((256, 0.9375), (200, 1.2), (320, 0.75))
-#: Slice thicknesses of separately acquired series (mm; contiguous slices, no gap).
-_SLICE_THICKNESSES: tuple[float, ...] = (2.0, 2.5, 3.0)
-
-
-class StudyBuildError(Exception):
-    """Bad input or a refused request (message is one line, fit for the CLI)."""
 
 
 # ============================================================================================
@@ -266,248 +268,10 @@ def _uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=_entropy(*parts))
 
 
-def _rng(*parts: object) -> np.random.Generator:
-    """NumPy generator seeded from a stable hash of ``parts`` (not Python's salted ``hash``)."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
-
 
 # ============================================================================================
-# Input: BraTS case
+# Misalignment: the moved series (the transform and the grid are drawn in samples.volumes)
 # ============================================================================================
-def nifti_lps_affine(img: nib.Nifti1Image) -> np.ndarray:
-    """The image's voxel -> LPS mm affine.
-
-    Parameters
-    ----------
-    img
-        NIfTI image; ``img.affine`` maps voxel ``(i, j, k, 1)`` to **RAS** mm.
-
-    Returns
-    -------
-    np.ndarray
-        ``(4, 4)`` float64; maps voxel ``(i, j, k, 1)`` to **LPS** mm
-        (``diag(-1, -1, 1, 1) @ A_ras``: the first two rows are negated).
-    """
-    return _RAS_TO_LPS @ np.asarray(img.affine, dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class Volume:
-    """One image volume with its LPS geometry.
-
-    Attributes
-    ----------
-    data
-        ``(I, J, K)`` int16 array in nibabel axis order (``data[i, j, k]``).
-    affine_lps
-        ``(4, 4)`` voxel -> LPS mm.
-    """
-
-    data: np.ndarray
-    affine_lps: np.ndarray
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size along i, j, k (mm)."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine_lps[:3, :3], axis=0))
-
-    @property
-    def direction(self) -> np.ndarray:
-        """``(3, 3)``: column ``n`` = unit LPS direction of increasing index ``n``."""
-        return self.affine_lps[:3, :3] / np.asarray(self.spacing)
-
-    @property
-    def origin(self) -> tuple[float, float, float]:
-        """LPS position (mm) of voxel ``(0, 0, 0)``."""
-        return tuple(float(v) for v in self.affine_lps[:3, 3])
-
-    def to_sitk(self) -> sitk.Image:
-        """The volume as a SimpleITK image (same index order, LPS geometry)."""
-        img = sitk.GetImageFromArray(np.ascontiguousarray(self.data.transpose(2, 1, 0)))
-        img.SetOrigin(self.origin)
-        img.SetSpacing(self.spacing)
-        img.SetDirection(tuple(float(v) for v in self.direction.ravel()))
-        return img
-
-
-def case_id_of(case_dir: Path) -> str:
-    """Case id = folder name (e.g. ``Brats18_TCIA01_201_1``)."""
-    return case_dir.resolve().name
-
-
-def case_file(case_dir: Path, modality: str) -> Path:
-    """``<case dir>/<case>_<modality>.nii.gz``."""
-    return case_dir / f"{case_id_of(case_dir)}_{modality}.nii.gz"
-
-
-def _as_int16(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Check that ``arr`` holds integers in the int16 range and return it as int16."""
-    if arr.dtype == np.int16:
-        return arr
-    if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-        raise StudyBuildError(f"{path}: image values are not integers")
-    if arr.min() < _INT16_MIN or arr.max() > _INT16_MAX:
-        raise StudyBuildError(f"{path}: image values outside the int16 range")
-    return arr.astype(np.int16)
-
-
-def load_volume(path: Path) -> Volume:
-    """Read one BraTS NIfTI image as int16 with its LPS affine.
-
-    Raises
-    ------
-    StudyBuildError
-        Missing / unreadable file, not 3-D, or a left-handed (slice-reversed) affine.
-    """
-    if not path.is_file():
-        raise StudyBuildError(f"missing case file: {path}")
-    try:
-        img = nib.load(str(path))
-        arr = np.asanyarray(img.dataobj)
-    except Exception as exc:  # noqa: BLE001 -- any read failure is bad input
-        raise StudyBuildError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
-    if arr.ndim != 3:
-        raise StudyBuildError(f"{path}: expected a 3-D image, got shape {arr.shape}")
-    vol = Volume(data=_as_int16(arr, path), affine_lps=nifti_lps_affine(img))
-    d = vol.direction
-    if np.dot(np.cross(d[:, 0], d[:, 1]), d[:, 2]) < 1.0 - 1e-3:
-        raise StudyBuildError(f"{path}: affine is not right-handed / orthonormal; not supported")
-    return vol
-
-
-def load_case(case_dir: Path, modalities: Sequence[str]) -> dict[str, Volume]:
-    """Load the requested modalities of a case and check they share one grid.
-
-    Returns
-    -------
-    dict
-        modality -> :class:`Volume` (``(240, 240, 155)`` int16 for BraTS).
-    """
-    if not case_dir.is_dir():
-        raise StudyBuildError(f"case folder not found: {case_dir}")
-    vols = {m: load_volume(case_file(case_dir, m)) for m in modalities}
-    first = next(iter(vols.values()))
-    for m, v in vols.items():
-        if v.data.shape != first.data.shape or not np.allclose(
-            v.affine_lps, first.affine_lps, atol=_GEOM_TOL
-        ):
-            raise StudyBuildError(
-                f"{case_file(case_dir, m)}: grid differs from the other sequences"
-            )
-    return vols
-
-
-# ============================================================================================
-# Misalignment: known rigid transform + own acquisition grid
-# ============================================================================================
-@dataclass(frozen=True)
-class RigidTransform:
-    """ITK ``Euler3DTransform`` (default ``ComputeZYX = False``: ``R = Rz @ Rx @ Ry``).
-
-    Maps reference-space LPS points to moving-space LPS points:
-    ``x_moving = R (x_ref - center) + center + translation``.
-
-    Attributes
-    ----------
-    angles_rad
-        Rotation about LPS x, y, z (radians).
-    translation_mm
-        ``(3,)`` translation (mm, LPS).
-    center_mm
-        ``(3,)`` centre of rotation (mm, LPS).
-    """
-
-    angles_rad: tuple[float, float, float]
-    translation_mm: tuple[float, float, float]
-    center_mm: tuple[float, float, float]
-
-    def to_sitk(self) -> sitk.Euler3DTransform:
-        """The transform as a SimpleITK object (fixed = reference -> moving)."""
-        t = sitk.Euler3DTransform()
-        t.SetCenter(self.center_mm)
-        t.SetRotation(*self.angles_rad)
-        t.SetTranslation(self.translation_mm)
-        return t
-
-    def matrix4x4(self) -> np.ndarray:
-        """``(4, 4)`` homogeneous matrix: ``[x_moving, 1] = M @ [x_ref, 1]`` (LPS mm)."""
-        t = self.to_sitk()
-        r = np.asarray(t.GetMatrix()).reshape(3, 3)
-        c = np.asarray(self.center_mm)
-        m = np.eye(4)
-        m[:3, :3] = r
-        m[:3, 3] = c + np.asarray(self.translation_mm) - r @ c
-        return m
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready description (angles also in degrees for humans)."""
-        t = self.to_sitk()
-        return {
-            "transform_type": "Euler3DTransform",
-            "compute_zyx": False,
-            "angles_rad": list(self.angles_rad),
-            "angles_deg": [math.degrees(a) for a in self.angles_rad],
-            "translation_mm": list(self.translation_mm),
-            "center_mm": list(self.center_mm),
-            "matrix_4x4": self.matrix4x4().tolist(),
-            "itk_parameters": list(t.GetParameters()),
-            "itk_fixed_parameters": list(t.GetFixedParameters()),
-        }
-
-
-@dataclass(frozen=True)
-class Grid:
-    """An image grid (SimpleITK order: ``size`` / ``spacing`` are along i, j, k)."""
-
-    size: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]  # 9 values, row-major, columns = axis directions
-
-
-def volume_center(vol: Volume) -> np.ndarray:
-    """Physical LPS centre (mm) of the voxel-centre bounding box: ``A @ ((n - 1) / 2)``."""
-    idx = (np.asarray(vol.data.shape, dtype=float) - 1.0) / 2.0
-    return (vol.affine_lps @ np.append(idx, 1.0))[:3]
-
-
-def draw_transform(misalign_seed: int, modality: str, center: np.ndarray) -> RigidTransform:
-    """Random rigid transform: ``|angle|`` in [1, 5] deg, ``|shift|`` in [1, 5] mm per axis."""
-    rng = _rng("misalign", misalign_seed, modality, "transform")
-    sign = rng.choice([-1.0, 1.0], size=6)
-    angles = sign[:3] * np.radians(rng.uniform(_MIN_ANGLE_DEG, _MAX_ANGLE_DEG, size=3))
-    shifts = sign[3:] * rng.uniform(_MIN_SHIFT_MM, _MAX_SHIFT_MM, size=3)
-    return RigidTransform(
-        angles_rad=tuple(float(a) for a in angles),
-        translation_mm=tuple(float(round(s, 6)) for s in shifts),
-        center_mm=tuple(float(round(c, 6)) for c in center),
-    )
-
-
-def draw_grid(misalign_seed: int, modality: str, reference: Volume) -> Grid:
-    """A separate acquisition grid covering the reference field of view.
-
-    In-plane matrix / pixel spacing from :data:`_INPLANE_GRIDS`, slice thickness from
-    :data:`_SLICE_THICKNESSES`; same orientation and centre as the reference volume.
-    """
-    rng = _rng("misalign", misalign_seed, modality, "grid")
-    n_inplane, pixel = _INPLANE_GRIDS[int(rng.integers(len(_INPLANE_GRIDS)))]
-    thickness = _SLICE_THICKNESSES[int(rng.integers(len(_SLICE_THICKNESSES)))]
-    fov_k = reference.data.shape[2] * reference.spacing[2]
-    size = (n_inplane, n_inplane, max(1, round(fov_k / thickness)))
-    spacing = (pixel, pixel, thickness)
-    d = reference.direction
-    half = d @ ((np.asarray(size, dtype=float) - 1.0) / 2.0 * np.asarray(spacing))
-    origin = volume_center(reference) - half
-    return Grid(
-        size=size,
-        spacing=spacing,
-        origin=tuple(float(round(o, 6)) for o in origin),
-        direction=tuple(float(v) for v in d.ravel()),
-    )
-
-
 def resample_moving(original: Volume, transform: RigidTransform, grid: Grid) -> Volume:
     """Simulate a separately acquired, displaced series: ``moving(y) = original(T^-1(y))``.
 
@@ -518,7 +282,8 @@ def resample_moving(original: Volume, transform: RigidTransform, grid: Grid) -> 
     Returns
     -------
     Volume
-        ``grid.size`` int16 data on ``grid``.
+        ``grid.size`` int16 data on ``grid``. (:func:`samples.volumes.resample_moving_numpy`: the
+        same with SciPy, for where SimpleITK is absent; equal voxel for voxel on the series tested.)
     """
     src = original.to_sitk()
     # sitk.Resample: output(y) = input(tx(y)); we want original(T^-1(y)) -> tx = T^-1.
