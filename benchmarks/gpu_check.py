@@ -386,37 +386,57 @@ def missing_modules(names: Sequence[str]) -> list[str]:
     return out
 
 
-REGISTRATION_MODULES = ("SimpleITK", "deepali")
+#: What the registration phase imports: no SimpleITK (the GPU image has none). hf-deepali travels
+#: in .gpu-carry (benchmarks/stage_gpu_carry.sh); its mi_loss also needs `packaging` (matplotlib's
+#: dependency, so present wherever the plots can be drawn).
+REGISTRATION_MODULES = ("deepali", "scipy", "nibabel")
 
 
 def registration_timing(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
-    """The PyTorch registration backend (``operators.spatial.registration_torch``) on this device:
-    T2 of the case moved as ``make_study --misalign 3`` does, registered back to its T1ce;
-    error at the brain-box corners and wall time (first call, then a repeat)."""
+    """The PyTorch registration on this device, without SimpleITK: the core
+    (``operators.spatial.registration_torch_core.register_rigid_arrays``; the app's
+    ``register_rigid_torch`` is a SimpleITK wrapper around it with bit-identical results).
+
+    The pair: T2 of the case moved as ``make_study --misalign 3`` does (``samples.volumes``:
+    the same transform and grid, resampled with SciPy -- equal voxel for voxel to make_study's),
+    registered back to its T1ce. Error at the T1ce's brain-box corners against the known
+    transform (``rigid_error``, NumPy), wall time of the first call and of a repeat.
+    """
     missing = missing_modules(REGISTRATION_MODULES)
     if missing:
         return {"status": "skipped", "reason": f"not importable here: {', '.join(missing)}"}
+    try:
+        from deepali.losses.functional import mi_loss  # noqa: F401 -- all the core takes from hf-deepali
+    except ImportError as exc:  # e.g. `packaging` absent
+        return {"status": "skipped", "reason": f"hf-deepali's mi_loss does not import here: {exc}"}
     if not budget.allows(30.0):
         return {"status": "skipped", "reason": budget.skip_reason("registration", 30.0)}
-    from operators.spatial.registration import brain_box_corners, brain_mask_from_nonzero, transform_error
-    from operators.spatial.registration_torch import register_rigid_torch
-    from samples import make_study as ms
+    from operators.spatial.registration_torch_core import ArrayImage, register_rigid_arrays, rigid_error
+    from samples import volumes as sv
 
-    vols = ms.load_case(args.case, ["t1ce", "t2"])
+    def array_image(vol: sv.Volume) -> ArrayImage:
+        # !! nibabel's data[i, j, k] -> (Z, Y, X) = data.transpose(2, 1, 0); geometry stays (x, y, z) = (i, j, k)
+        return ArrayImage(np.ascontiguousarray(vol.data.transpose(2, 1, 0)), vol.spacing, vol.origin,
+                          tuple(float(v) for v in vol.direction.ravel()))  # fmt: skip
+
+    vols = sv.load_case(args.case, ["t1ce", "t2"])
     ref = vols["t1ce"]
-    truth = ms.draw_transform(3, "t2", ms.volume_center(ref))
-    moving = ms.resample_moving(vols["t2"], truth, ms.draw_grid(3, "t2", ref)).to_sitk()
-    fixed = ref.to_sitk()
-    corners = brain_box_corners(brain_mask_from_nonzero([fixed]))
+    truth = sv.draw_transform(3, "t2", sv.volume_center(ref))
+    moved = sv.resample_moving_numpy(vols["t2"], truth, sv.draw_grid(3, "t2", ref))
+    fixed, moving = array_image(ref), array_image(moved)
+    m = truth.matrix4x4_numpy()
+    truth_affine = (m[:3, :3], m[:3, 3])
+    corners = sv.nonzero_box_corners(ref)
     # --quick: one coarse level, once (a smoke test of the phase, not the protocol)
     kw = dict(level_spacings_mm=(4.0,), samples_per_level=(10_000,), iterations_per_level=(60,),
               learning_rates=(0.02,)) if args.quick else {}
     runs = []
     for _ in range(1 if args.quick else 2):
-        res = register_rigid_torch(fixed, moving, device=args.device, seed=2, **kw)
-        disp, rot = transform_error(res.transform, truth.to_sitk(), corners)
+        res = register_rigid_arrays(fixed, moving, device=args.device, seed=2, **kw)
+        disp, rot = rigid_error(res.fixed_to_moving(), truth_affine, corners)
         runs.append({"wall_s": round(res.duration_s, 3), "corner_error_mm": round(disp, 3), "rotation_error_deg": round(rot, 3)})
     return {"status": "ok", "device": args.device, "series": "T2 (make_study --misalign 3) -> T1ce", "runs": runs,
+            "untouched_corner_error_mm": round(rigid_error((np.eye(3), np.zeros(3)), truth_affine, corners)[0], 3),
             "protocol": "quick: one 4 mm level" if args.quick else "4 / 2 / 1 mm pyramid (the app's)"}
 
 

@@ -72,3 +72,32 @@ def test_gpu_check_quick_on_cpu(models_dir: Path, brats_dir: Path, tmp_path: Pat
     for heading in ("## Model only (MPA table 2)", "## Quality on the case (MPA table 1)",
                     "## The app end to end", "## Goals (FP16 engine)"):  # fmt: skip
         assert heading in md
+
+
+def test_the_registration_phase_runs_without_simpleitk(brats_dir: Path) -> None:
+    """The GPU image has no SimpleITK (its 52.7 MB wheel does not fit the carry): the phase, in a
+    process where importing SimpleITK (or pydicom) fails, still registers and measures."""
+    import sys
+
+    script = f"""
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("SimpleITK", "pydicom"):
+            raise ModuleNotFoundError(f"{{name}} is blocked in this test", name=name)
+sys.meta_path.insert(0, Block())
+import argparse
+from pathlib import Path
+from benchmarks.gpu_check import Budget, registration_timing
+args = argparse.Namespace(case=Path({str(brats_dir / "Brats18_TCIA01_201_1")!r}), quick=True, device="cpu")
+res = registration_timing(args, Budget(None))
+res["loaded"] = sorted(m for m in ("SimpleITK", "pydicom") if m in sys.modules)
+print(json.dumps(res))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["status"] == "ok" and not res["loaded"], res
+    (run,) = res["runs"]
+    assert run["wall_s"] > 0 and run["corner_error_mm"] < 3.0 < res["untouched_corner_error_mm"], res
