@@ -40,11 +40,13 @@ Same input + same seed + same engine -> same labels.
 
 Missing modalities
 ------------------
-``available`` is a 4-bool mask. An absent channel is fed as **zeros everywhere**
-(the channel mean after z-scoring), with no noise, also in patch padding and in noise
-padding slabs. The brain mask is the union of ``> 0`` over the *available* channels.
-The result records ``available`` and ``imputed_channels`` so that nothing is silently
-invented. (The networks were trained with all four; accuracy without them is unknown.)
+``available`` is a 4-bool mask. :func:`preprocess` leaves an absent channel **zero everywhere**
+(the channel mean after z-scoring), with no noise, also in patch padding and in noise padding
+slabs. The brain mask is the union of ``> 0`` over the *available* channels. What the stages
+are then fed is the caller's choice, per stage group (``inputs`` / ``fill``: the WT stage, and
+the TC and EN stages): zero (the published behaviour), or a fill of
+:mod:`engines.model.missing.fills`. The result records ``available``, ``imputed_channels`` and
+``fills`` so that nothing is silently invented.
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, special
 
+from engines.model.missing.fills import StageInput
 from engines.model.modalities import CHANNEL_NAMES
 from engines.runtimes.base import InferenceEngine
 
@@ -557,6 +560,9 @@ class CascadeResult:
         ``engine.describe()``.
     seed
         Noise seed.
+    fills
+        What the absent channels were fed, per stage group: ``{"wt": ..., "core": ...}``
+        (:mod:`engines.model.missing.fills`; ``"zero"`` when nothing was absent).
     """
 
     labels: np.ndarray
@@ -568,27 +574,36 @@ class CascadeResult:
     engine: dict[str, Any]
     seed: int
     notes: list[str] = field(default_factory=list)
+    fills: dict[str, str] = field(default_factory=lambda: {"wt": "zero", "core": "zero"})
 
 
 def segment_preprocessed(
     pre: Preprocessed, engine: InferenceEngine, progress: ProgressFn | None = None,
     rules: PostProcessing = PostProcessing(), stages: dict[str, StageSpec] | None = None,
+    inputs: dict[str, StageInput] | None = None,
 ) -> CascadeResult:
     """Run the WT -> TC -> EN cascade on a :class:`Preprocessed` crop.
 
     ``progress(step, fraction)`` is called after each stage, if given; ``rules``: the size
     rules of the post-processing; ``stages``: networks and base patches per stage (default
     :data:`STAGES`, the authors'; smaller patches only for smoke runs, see
-    :func:`smoke_stages`).
+    :func:`smoke_stages`); ``inputs``: what the WT stage (``"wt"``) and the TC and EN stages
+    (``"core"``) are fed, each the brain box with the absent channels filled
+    (:func:`engines.model.missing.fills.stage_inputs`); default: ``pre.image`` (absent = 0).
     """
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
     engine.prepare([n for s in STAGE_ORDER for n in (stages or STAGES)[s].networks.values()])
-    noise = pre.available
-    img, brain = pre.image, pre.brain_mask
+    plain = StageInput(pre.image, pre.available, "zero")
+    inputs = inputs or {"wt": plain, "core": plain}
+    brain = pre.brain_mask
+    for group, given in inputs.items():
+        if given.image.shape != pre.image.shape:
+            raise ValueError(f"stage input {group!r} is {given.image.shape}, the crop is {pre.image.shape}")
 
     # Stage 1: WT on the brain box.
+    img, noise = inputs["wt"].image, inputs["wt"].noise_channels
     p_wt = run_stage(engine, "wt", img, pre.seed, noise, timings, stages)
     wt = (p_wt > 0.5) & brain
     if progress:
@@ -602,6 +617,7 @@ def segment_preprocessed(
         notes.append("WT stage found nothing: TC runs on the brain box")
         box1 = bounding_box(brain, BOX_MARGIN)
     sl1 = box_slices(box1)
+    img, noise = inputs["core"].image, inputs["core"].noise_channels
     img1, brain1 = np.ascontiguousarray(img[(slice(None), *sl1)]), brain[sl1]
     p_tc = run_stage(engine, "tc", img1, pre.seed, noise, timings, stages)
     tc = (p_tc > 0.5) & brain1
@@ -645,6 +661,7 @@ def segment_preprocessed(
         engine=engine.describe(),
         seed=pre.seed,
         notes=notes,
+        fills={group: given.fill for group, given in inputs.items()},
     )
 
 
@@ -656,16 +673,33 @@ def segment_brats_full(
     progress: ProgressFn | None = None,
     rules: PostProcessing = PostProcessing(),
     stages: dict[str, StageSpec] | None = None,
+    fill: Callable[[Preprocessed], dict[str, StageInput]] | None = None,
 ) -> CascadeResult:
-    """:func:`preprocess` + :func:`segment_preprocessed`; returns the full result object."""
+    """:func:`preprocess` + :func:`segment_preprocessed`; returns the full result object.
+
+    ``fill(pre)``, when given, makes the stage inputs from the crop (absent channels filled,
+    :mod:`engines.model.missing.fills`); its time is ``timings["fill"]``.
+    """
     t0 = time.perf_counter()
     pre = preprocess(volumes, available, seed)
     t_pre = time.perf_counter() - t0
-    res = segment_preprocessed(pre, engine, progress, rules, stages)
+    inputs = None
+    if fill is not None and pre.imputed_channels:
+        t_fill = time.perf_counter()
+        inputs = fill(pre)
+        t_fill = time.perf_counter() - t_fill
+    res = segment_preprocessed(pre, engine, progress, rules, stages, inputs)
     res.timings["preprocess"] = t_pre
+    if inputs is not None:
+        res.timings["fill"] = t_fill
     res.timings["total"] = time.perf_counter() - t0
     if pre.imputed_channels:
-        res.notes.append(f"absent modalities fed as zeros: {', '.join(pre.imputed_channels)}")
+        by_group = {"zero": "zeros (the mean after z-scoring)", "copy": "a substitute sequence",
+                    "matched": "a substitute sequence mapped to the absent one's intensities",
+                    "synthesis": "the synthesis network's prediction"}  # fmt: skip
+        for group, label in (("wt", "WT stage"), ("core", "TC / EN stages")):
+            res.notes.append(f"absent modalities {', '.join(pre.imputed_channels)} fed to the {label} as "
+                             f"{by_group[res.fills[group]]}")  # fmt: skip
     return res
 
 

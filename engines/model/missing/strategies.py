@@ -1,0 +1,165 @@
+"""The measured strategy table: which fill each subset of sequences gets, and what to expect.
+
+The table (``assets/strategy_table.json``, written by ``python -m benchmarks.missing_sequences``)
+holds, for each of the 15 non-empty subsets of FLAIR, T1, T1ce, T2 (named in channel order,
+joined by ``+``, e.g. ``"T1ce+T2"``):
+
+* ``fills``: ``{"wt": <fill>, "core": <fill>}``, the fill of the absent channels for the WT stage
+  and for the TC and EN stages (:data:`engines.model.missing.fills.FILLS`);
+* ``measured``: whether the choice was measured (else zero fill, the published behaviour);
+* ``expected_held_out`` / ``zero_fill_held_out``: per region (WT, TC, ET) the mean Dice and HD95
+  (mm) on the held-out cases with the fills used / with zero fill (``null``: not measured).
+
+:func:`plan_for` turns it into what the app does and tells the reader for the subset it found.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from engines.model.missing.fills import FILLS
+from engines.model.modalities import CHANNEL_NAMES
+
+DEFAULT_ASSETS = Path(__file__).resolve().parent / "assets"
+TABLE_NAME = "strategy_table.json"
+TABLE_VERSION = "1"
+REGIONS = ("WT", "TC", "ET")
+#: Below this expected held-out Dice a region is called unreliable in the report and the SEG.
+UNRELIABLE_DICE = 0.70
+
+
+def subset_name(available: Sequence[bool]) -> str:
+    """``"FLAIR+T1ce+T2"`` for ``(True, False, True, True)``."""
+    names = [n for n, a in zip(CHANNEL_NAMES, available) if a]
+    if not names:
+        raise ValueError("no sequence available")
+    return "+".join(names)
+
+
+def subset_available(name: str) -> tuple[bool, bool, bool, bool]:
+    """Inverse of :func:`subset_name`."""
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in CHANNEL_NAMES]
+    if unknown or not parts:
+        raise ValueError(f"not a subset of {CHANNEL_NAMES}: {name!r}")
+    return tuple(n in parts for n in CHANNEL_NAMES)  # type: ignore[return-value]
+
+
+ALL_FOUR = subset_name((True,) * 4)
+#: The 15 subsets, all four first, then by how often a clinical exam lacks the rest and by what
+#: the measurement needs first (the order the benchmark measures them in).
+SUBSETS: tuple[str, ...] = (
+    ALL_FOUR, "T1ce+T2", "FLAIR+T1+T2", "T1+T1ce+T2", "FLAIR+T1ce+T2", "FLAIR+T1+T1ce",
+    "T1+T1ce", "FLAIR+T1ce", "FLAIR+T2", "T1+T2", "FLAIR+T1", "T2", "T1ce", "FLAIR", "T1",
+)  # fmt: skip
+assert sorted(SUBSETS) == sorted(subset_name(tuple(c in g for c in range(4))) for k in range(1, 5)  # noqa: S101
+                                 for g in combinations(range(4), k))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SubsetPlan:
+    """What the app does for one subset and what it tells the reader.
+
+    Attributes
+    ----------
+    subset
+        E.g. ``"T1ce+T2"``.
+    fills
+        ``{"wt": ..., "core": ...}``.
+    measured
+        The choice comes from the measurement (else: zero fill, not measured).
+    expected
+        Region -> ``{"dice": ..., "hd95": ...}`` on the held-out cases with these fills, or
+        ``None``.
+    zero_fill
+        The same for zero fill, or ``None``.
+    warnings
+        Plain sentences for the reader: regions that are unreliable with these sequences.
+    table_version
+        The table's version.
+    """
+
+    subset: str
+    fills: dict[str, str]
+    measured: bool
+    expected: dict[str, dict[str, float | None]] | None
+    zero_fill: dict[str, dict[str, float | None]] | None
+    warnings: list[str] = field(default_factory=list)
+    table_version: str = TABLE_VERSION
+
+    @property
+    def missing(self) -> list[str]:
+        present = self.subset.split("+")
+        return [n for n in CHANNEL_NAMES if n not in present]
+
+    def as_report(self) -> dict[str, Any]:
+        """The ``segmentation.missing_sequences`` section of ``report.json``."""
+        return {"subset": self.subset, "missing": self.missing, "fills": dict(self.fills), "measured": self.measured,
+                "expected_dice_held_out": {r: m["dice"] for r, m in self.expected.items()} if self.expected else None,
+                "expected_hd95_mm_held_out": {r: m["hd95"] for r, m in self.expected.items()} if self.expected else None,
+                "warnings": list(self.warnings), "table_version": self.table_version}  # fmt: skip
+
+
+class StrategyTableError(ValueError):
+    """The strategy table is missing, malformed or does not cover the 15 subsets."""
+
+
+def load_table(path: Path | None = None) -> dict[str, Any]:
+    """The table as a dict, checked: version, 15 subsets, known fills, regions."""
+    path = Path(path) if path else DEFAULT_ASSETS / TABLE_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StrategyTableError(f"strategy table {path}: {exc}") from exc
+    subsets = doc.get("subsets", {})
+    if set(subsets) != set(SUBSETS):
+        raise StrategyTableError(f"strategy table {path}: covers {sorted(subsets)}, not the 15 subsets")
+    for name, entry in subsets.items():
+        fills = entry.get("fills", {})
+        if set(fills) != {"wt", "core"} or any(f not in FILLS for f in fills.values()):
+            raise StrategyTableError(f"strategy table {path}: {name}: bad fills {fills}")
+        for key in ("expected_held_out", "zero_fill_held_out"):
+            if entry.get(key) is not None and set(entry[key]) != set(REGIONS):
+                raise StrategyTableError(f"strategy table {path}: {name}: {key} must give {REGIONS}")
+    if subsets[ALL_FOUR]["fills"] != {"wt": "zero", "core": "zero"}:
+        raise StrategyTableError(f"strategy table {path}: nothing to fill with all four sequences")
+    return doc
+
+
+def plan_for(available: Sequence[bool], table: dict[str, Any]) -> SubsetPlan:
+    """The plan for the sequences found (``available``: 4 bools, FLAIR, T1, T1ce, T2)."""
+    name = subset_name(available)
+    entry = table["subsets"][name]
+    expected = entry.get("expected_held_out")
+    warnings: list[str] = []
+    missing = [n for n, a in zip(CHANNEL_NAMES, available) if not a]
+    if missing and expected is None:
+        warnings.append(f"{'+'.join(missing)} missing: the accuracy with these sequences was not measured; "
+                        "treat all three regions as unreliable")  # fmt: skip
+    if expected:
+        for region in REGIONS:
+            dice = expected[region]["dice"]
+            if dice is not None and dice < UNRELIABLE_DICE:
+                warnings.append(f"{region} unreliable without {'+'.join(missing)}: expected Dice {dice:.2f} on held-out "
+                                "cases; review it against the images before any use")  # fmt: skip
+    if not available[2] and not any(w.startswith("ET ") for w in warnings):
+        warnings.append("ET: without post-contrast T1 the enhancing tumour is inferred, not seen; review it")
+    return SubsetPlan(name, dict(entry["fills"]), bool(entry.get("measured")), expected,
+                      entry.get("zero_fill_held_out"), warnings, str(table.get("version", "?")))  # fmt: skip
+
+
+def load_fill_models(assets: Path = DEFAULT_ASSETS) -> tuple[list[list[float]] | None, Any]:
+    """The intensity references (4 x 201) and the synthesis network from ``assets``; each is
+    ``None`` when its file is absent (then the fill that needs it raises when asked for)."""
+    from engines.model.missing.synthesis import Synthesiser
+
+    refs_path, weights = Path(assets) / "intensity_references.json", Path(assets) / "synthesis.pt"
+    refs = None
+    if refs_path.exists():
+        doc = json.loads(refs_path.read_text())
+        refs = [doc["quantiles"][n] for n in CHANNEL_NAMES]
+    return refs, (Synthesiser(weights) if weights.exists() else None)
