@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from engines.model.missing.strategies import UNRELIABLE_DICE
 from operators.dicom.seg_builder import build_segmentation, render_overlay_png
 from operators.dicom.source_attributes import AttributeFix, fixes_text
 from operators.dicom.sr_builder import build_volume_report
@@ -94,6 +96,8 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         algorithm_version=algorithm_version,
         source_frames=reference.slice_frames,  # Enhanced MR reference: its frame numbers
         source_fixes=source_fixes,
+        fills=seg_fill_text(outcome.missing_sequences),
+        segment_notes=segment_notes(outcome.missing_sequences),
     )
     seg_path = staging.path(SEG_FILE)
     seg.save_as(seg_path, enforce_file_format=True)
@@ -122,7 +126,7 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         staging.path(OVERLAY_FILE),
         brain_mask=brain_ref,
         title=f"{model_input.reference_modality.upper()} reference; {modalities_line(available)}"
-        + ("; NO TUMOUR FOUND" if empty else ""),
+        + qa_missing_text(outcome.missing_sequences) + ("; NO TUMOUR FOUND" if empty else ""),
     )
     timings["overlay"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
@@ -143,3 +147,44 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         sr_sop_instance_uid=str(sr.SOPInstanceUID),
         source_attribute_fixes=fixes_text(source_fixes),
     )
+
+
+#: Short names of the fills in the SEG's LO texts (ContentDescription <= 64 characters).
+FILL_ABBREVIATIONS = {"zero": "zero", "copy": "copy", "matched": "qmap", "synthesis": "synth"}
+#: BraTS label of a SEG segment -> the region whose expected Dice describes it (NCR/NET: the
+#: tumour core, edema: the whole tumour, enhancing: ET).
+SEGMENT_REGION = {1: "TC", 2: "WT", 4: "ET"}
+
+
+def seg_fill_text(missing_sequences: dict[str, Any] | None) -> str | None:
+    """``"synth/copy"`` (WT stage / TC and EN stages) when a sequence was missing, else None."""
+    if not missing_sequences:
+        return None
+    fills = missing_sequences["fills"]
+    return f"{FILL_ABBREVIATIONS[fills['wt']]}/{FILL_ABBREVIATIONS[fills['core']]}"
+
+
+def segment_notes(missing_sequences: dict[str, Any] | None) -> dict[int, str] | None:
+    """SegmentDescription per BraTS label with a sequence missing: the expected Dice of the segment's
+    region on held-out cases with the sequences found, flagged UNRELIABLE below the table's bar."""
+    if not missing_sequences:
+        return None
+    subset, expected = missing_sequences["subset"], missing_sequences["expected_dice_held_out"]
+    notes = {}
+    for label, region in SEGMENT_REGION.items():
+        if expected is None or expected.get(region) is None:
+            notes[label] = f"{subset}: accuracy not measured; UNRELIABLE"
+        else:
+            flag = "; UNRELIABLE" if expected[region] < UNRELIABLE_DICE else ""
+            notes[label] = f"{subset}: expected {region} Dice {expected[region]:.2f}{flag}"
+    return notes
+
+
+def qa_missing_text(missing_sequences: dict[str, Any] | None) -> str:
+    """The QA image title's part on missing sequences (empty when nothing was missing)."""
+    if not missing_sequences:
+        return ""
+    expected = missing_sequences["expected_dice_held_out"]
+    unreliable = [r for r in ("WT", "TC", "ET") if expected is None or expected.get(r) is None
+                  or expected[r] < UNRELIABLE_DICE]  # fmt: skip
+    return f"; fill {seg_fill_text(missing_sequences)}" + (f"; UNRELIABLE: {', '.join(unreliable)}" if unreliable else "")

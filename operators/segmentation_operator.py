@@ -3,11 +3,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from engines.model.cascade import DegenerateInputError, PostProcessing
+from engines.model.cascade import DegenerateInputError, PostProcessing, Preprocessed
+from engines.model.missing.fills import StageInput, stage_inputs
+from engines.model.missing.strategies import (
+    StrategyTableError,
+    SubsetPlan,
+    load_fill_models,
+    load_table,
+    plan_for,
+)
 from engines.runtimes.registry import (
     EngineChoiceError,
     ModelFolderInvalid,
@@ -32,8 +41,9 @@ class SegmentationOperator(Operator):
     The engine comes from :func:`engines.runtimes.registry.choose_engine` (``auto``: the first
     that works here of TensorRT FP16 > PyTorch CUDA FP16 (compiled) > ONNX Runtime CUDA >
     PyTorch CUDA FP32 > OpenVINO folded BF16 > OpenVINO folded FP32 > OpenVINO > ONNX Runtime
-    CPU > PyTorch CPU). Absent modalities are fed as documented by
-    :mod:`engines.model.cascade` and listed in the outcome.
+    CPU > PyTorch CPU). Absent sequences are filled as the measured strategy table says for the
+    subset found (:mod:`engines.model.missing`); the subset, the fills, the expected Dice per
+    region and the warnings are in the outcome.
     """
 
     def __init__(self, fragment: Fragment, *args, model_dir: Path, engine: str = "auto", seed: int = 0,
@@ -93,12 +103,10 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     def progress(stage: str, fraction: float) -> None:
         logger.info("Segmentation: stage %s done (%d%%, %.0f s)", stage.upper(), round(100 * fraction), time.perf_counter() - t0)
 
-    missing = [MODALITY_DISPLAY[m] for m, a in zip(MODALITIES, model_input.available) if not a]
-    if missing:
-        logger.warning("Missing modalities %s: the network gets the documented substitute for them", missing)
+    plan, fill = missing_sequence_plan(model_input.available, logger)
     try:
         result = segment_brats_full(model_input.volumes, model_input.available, engine, seed=seed, progress=progress,
-                                    rules=rules)  # fmt: skip
+                                    rules=rules, fill=fill)  # fmt: skip
     except TritonError as exc:  # the cascade's prepare() checks the server first; or it failed mid-run
         raise InferenceServerError(str(exc)) from exc
     except DegenerateInputError as exc:  # the cascade's normalisation refuses degenerate channels
@@ -118,4 +126,31 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
         imputed_channels=list(result.imputed_channels),
         notes=notes + list(result.notes),
         timings=timings,
+        missing_sequences=plan.as_report() if plan is not None else None,
     )
+
+
+def missing_sequence_plan(
+    available: tuple[bool, bool, bool, bool], logger: logging.Logger
+) -> tuple[SubsetPlan | None, Callable[[Preprocessed], dict[str, StageInput]] | None]:
+    """The strategy table's plan for the sequences found and the fill it needs (``None, None``
+    with all four). A missing or malformed table is a broken installation: ModelFolderError."""
+    if all(available):
+        return None, None
+    try:
+        plan = plan_for(available, load_table())
+    except StrategyTableError as exc:
+        raise ModelFolderError(str(exc)) from exc
+    missing = [MODALITY_DISPLAY[m] for m, a in zip(MODALITIES, available) if not a]
+    logger.warning("Missing sequences %s: sequences %s, WT stage fed %s, TC / EN stages fed %s (%s)", missing,
+                   plan.subset, plan.fills["wt"], plan.fills["core"],
+                   "measured" if plan.measured else "not measured: zero fill")  # fmt: skip
+    for line in plan.warnings:
+        logger.warning("Missing sequences: %s", line)
+    needs = set(plan.fills.values())
+    references, synthesiser = load_fill_models() if needs & {"matched", "synthesis"} else (None, None)
+
+    def fill(pre: Preprocessed) -> dict[str, StageInput]:
+        return stage_inputs(pre.image, pre.brain_mask, pre.available, plan.fills, pre.seed, references, synthesiser)
+
+    return plan, fill

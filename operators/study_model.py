@@ -181,6 +181,9 @@ class SegmentationOutcome:
     imputed_channels: list[str]
     notes: list[str]
     timings: dict[str, float]
+    missing_sequences: dict[str, Any] | None = None
+    """With a sequence missing: the subset, the fills used, the expected Dice per region and the
+    warnings (:meth:`engines.model.missing.strategies.SubsetPlan.as_report`); else ``None``."""
 
     @property
     def selection(self) -> ModalitySelection:

@@ -29,6 +29,32 @@ def _dice_of_run(run, study: Path) -> dict:
     return brats_metrics(labels, sitk.GetArrayFromImage(truth_img), spacing=truth_img.GetSpacing()[::-1])
 
 
+def _assert_missing_sequences_told(report: dict, seg: pydicom.Dataset, dropped: list[str]) -> None:
+    """report.json, the SEG and the QA title name the subset, the fills of the strategy table and
+    the expected Dice per region, with a warning for each region the table calls unreliable."""
+    from engines.model.missing.strategies import UNRELIABLE_DICE, load_table, plan_for
+
+    available = tuple(m not in dropped for m in ("flair", "t1", "t1ce", "t2"))
+    plan = plan_for(available, load_table())
+    told = report["segmentation"]["missing_sequences"]
+    assert told["subset"] == plan.subset and told["fills"] == plan.fills
+    assert told["warnings"] == plan.warnings == report["warnings"] and told["table_version"] == plan.table_version
+    abbreviations = {"zero": "zero", "copy": "copy", "matched": "qmap", "synthesis": "synth"}
+    assert seg.ContentDescription.endswith(f"; fill {abbreviations[plan.fills['wt']]}/{abbreviations[plan.fills['core']]}")
+    by_label = {int(s.SegmentNumber): str(s.SegmentDescription) for s in seg.SegmentSequence}
+    for number, region in ((1, "TC"), (2, "WT"), (3, "ET")):
+        assert by_label[number].startswith(plan.subset + ":")
+        dice = (plan.expected or {}).get(region, {}).get("dice")
+        if dice is None:
+            assert "not measured; UNRELIABLE" in by_label[number]
+        else:
+            assert f"expected {region} Dice {dice:.2f}" in by_label[number]
+            assert by_label[number].endswith("UNRELIABLE") == (dice < UNRELIABLE_DICE)
+            assert any(w.startswith(f"{region} unreliable") for w in plan.warnings) == (dice < UNRELIABLE_DICE)
+    if not available[2]:  # enhancing tumour without post-contrast T1: always a warning
+        assert any(w.startswith("ET") for w in report["warnings"])
+
+
 @pytest.mark.parametrize(
     "scenario",
     [pytest.param("t2_only")]
@@ -51,6 +77,7 @@ def test_missing_modalities_give_a_seg_and_say_what_was_missing(
     seg = pydicom.dcmread(run.output_dir / "segmentation.dcm")
     for name in expected_missing:
         assert name in seg.ContentDescription.split("missing")[1]
+    _assert_missing_sequences_told(report, seg, dropped)
     errors, _ = run_dciodvfy(run.output_dir / "segmentation.dcm")
     assert errors == []
     metrics = _dice_of_run(run, tmp_path / "study")

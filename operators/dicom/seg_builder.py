@@ -226,7 +226,7 @@ def _normalise_modalities(names: Sequence[str], what: str) -> list[str]:
     return sorted(out, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
-def content_description_for(used: Sequence[str], missing: Sequence[str]) -> str:
+def content_description_for(used: Sequence[str], missing: Sequence[str], fills: str | None = None) -> str:
     """ContentDescription (LO) naming the sequences used and missing.
 
     Parameters
@@ -247,6 +247,8 @@ def content_description_for(used: Sequence[str], missing: Sequence[str]) -> str:
     u = _normalise_modalities(used, "used")
     m = _normalise_modalities(missing, "missing")
     text = f"Tumor seg; used {','.join(u) or 'none'}; missing {','.join(m) or 'none'}"
+    if fills:
+        text += f"; fill {fills}"
     if len(text) > _LO_MAX:
         raise ValueError(f"ContentDescription would be {len(text)} > {_LO_MAX} chars: {text!r}")
     return text
@@ -440,6 +442,8 @@ def build_segmentation(
     omit_empty_frames: bool = True,
     source_frames: Sequence[int] | None = None,
     source_fixes: list[AttributeFix] | None = None,
+    fills: str | None = None,
+    segment_notes: dict[int, str] | None = None,
 ) -> hd.seg.Segmentation:
     """Encode a BraTS label map as a BINARY DICOM Segmentation referencing its source series.
 
@@ -489,6 +493,12 @@ def build_segmentation(
     source_fixes : list, optional
         Receives the changes made to attribute values copied from the source that did not
         fit their VR (:mod:`operators.dicom.source_attributes`); they are also logged.
+    fills : str, optional
+        What the missing sequences were fed as (e.g. ``"synth/copy"``: WT stage / TC and EN
+        stages); appended to ContentDescription as ``"; fill synth/copy"``.
+    segment_notes : dict, optional
+        BraTS label -> SegmentDescription (LO, <= 64 chars) of that segment, e.g. the expected
+        Dice with the sequences found and an "UNRELIABLE" flag.
 
     Returns
     -------
@@ -519,7 +529,7 @@ def build_segmentation(
         raise ValueError("at least one modality must have been used")
     if set(used) & set(missing):
         raise ValueError(f"modalities both used and missing: {sorted(set(used) & set(missing))}")
-    content_description = content_description_for(used, missing)
+    content_description = content_description_for(used, missing, fills)
     content_label = content_label_for(missing)
     if series_description is None:
         series_description = (
@@ -557,6 +567,10 @@ def build_segmentation(
         )
         for s in BRATS_SEGMENTS
     ]
+    for s, item in zip(BRATS_SEGMENTS, descriptions):
+        note = (segment_notes or {}).get(s.brats_label)
+        if note:
+            item.SegmentDescription = _check_lo(note, f"segment {s.short} description")
 
     fixes: list[AttributeFix] = []
     if multiframe is not None:

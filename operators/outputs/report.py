@@ -142,6 +142,8 @@ def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
         },
         "segmentation": {
             "engine": outcome.engine,
+            # Subset found, fills used, expected Dice / HD95 per region on held-out cases, warnings.
+            "missing_sequences": outcome.missing_sequences,
             "notes": outcome.notes,
             "timings_s": _rounded(outcome.timings),
         },
@@ -158,6 +160,9 @@ def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
             "empty": result.empty,
             "empty_note": "no tumour voxel found: the SEG holds empty segments" if result.empty else "",
         },
+        # Plain sentences a reader must see before using the result (regions unreliable with the
+        # sequences found); empty when nothing is missing.
+        "warnings": list((outcome.missing_sequences or {}).get("warnings", [])),
         "timings_s": _rounded(stage_timings),
         # The same run, finer (seconds and share of the stages' total); "network": inside
         # engine.run only; amdahl_bound: the end-to-end speed-up an infinitely fast network gives.
