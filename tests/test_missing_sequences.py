@@ -1,0 +1,230 @@
+"""Missing sequences: the fills, the synthesis network and its training script, the strategy table."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.model.cascade import STAGE_ORDER, preprocess, segment_preprocessed, smoke_stages
+from engines.model.missing.fills import (
+    FILLS,
+    QUANTILE_LEVELS,
+    brain_quantiles,
+    fill_image,
+    quantile_map,
+    stage_inputs,
+    substitute_for,
+)
+from engines.model.missing.strategies import (
+    ALL_FOUR,
+    DEFAULT_ASSETS,
+    SUBSETS,
+    UNRELIABLE_DICE,
+    StrategyTableError,
+    load_fill_models,
+    load_table,
+    plan_for,
+    subset_available,
+    subset_name,
+)
+from engines.model.missing.synthesis import Synthesiser, SynthesisNet, network_input
+
+T1CE_T2 = (False, False, True, True)
+
+
+def _crop(seed: int = 0, available=(True,) * 4):
+    """A synthetic 4-channel brain-like volume through the cascade's preprocessing."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:40, :48, :44]
+    inside = ((z - 20) / 16) ** 2 + ((y - 24) / 20) ** 2 + ((x - 22) / 18) ** 2 < 1
+    vols = np.zeros((4, 40, 48, 44), dtype=np.float32)
+    base = 100 + 20 * np.sin(y / 5.0) + 15 * np.cos(x / 7.0)
+    for c, (gain, skew) in enumerate(((1.0, 0.0), (0.6, 2.0), (0.8, 1.0), (1.4, 0.5))):
+        vols[c] = np.where(inside, gain * base + skew * rng.gamma(2.0, 5.0, base.shape) + 1, 0)
+    return preprocess(vols, available, seed=0)
+
+
+def test_zero_fill_is_the_preprocessed_crop() -> None:
+    pre = _crop(available=T1CE_T2)
+    got = fill_image(pre.image, pre.brain_mask, pre.available, "zero", 0)
+    assert got.image is pre.image and got.noise_channels == T1CE_T2 and got.fill == "zero"
+    assert not got.image[0].any() and not got.image[1].any()  # absent = 0 everywhere, also outside
+
+
+def test_copy_fill_substitutes_the_closest_sequence_inside_the_brain_only() -> None:
+    pre = _crop(available=T1CE_T2)
+    got = fill_image(pre.image, pre.brain_mask, pre.available, "copy", 0)
+    brain = pre.brain_mask
+    assert substitute_for(0, T1CE_T2) == 3 and substitute_for(1, T1CE_T2) == 2  # FLAIR <- T2, T1 <- T1ce
+    np.testing.assert_array_equal(got.image[0][brain], pre.image[3][brain])
+    np.testing.assert_array_equal(got.image[1][brain], pre.image[2][brain])
+    # Outside the brain: fresh noise, not a second copy of the substitute's noise.
+    assert not np.array_equal(got.image[0][~brain], pre.image[3][~brain])
+    assert abs(float(got.image[0][~brain].std()) - 1.0) < 0.1
+    np.testing.assert_array_equal(got.image[2:], pre.image[2:])  # the real channels are untouched
+    assert got.noise_channels == (True,) * 4
+    assert not pre.image[0].any()  # the input was not modified
+
+
+def test_matched_fill_follows_the_reference_distribution() -> None:
+    pre = _crop(available=T1CE_T2)
+    target = np.quantile(np.random.default_rng(3).gamma(3.0, 1.0, 100_000) - 3.0, QUANTILE_LEVELS)
+    refs = [list(target)] * 4
+    got = fill_image(pre.image, pre.brain_mask, pre.available, "matched", 0, references=refs)
+    q = brain_quantiles(got.image[0], pre.brain_mask)
+    assert np.abs(q[10:-10] - target[10:-10]).max() < 0.05  # its distribution is the reference's
+    # ... and it is a monotone function of the substitute (T2): ranks are kept.
+    sub, mapped = pre.image[3][pre.brain_mask], got.image[0][pre.brain_mask]
+    order = np.argsort(sub, kind="stable")
+    assert np.all(np.diff(mapped[order]) >= -1e-6)
+
+
+def test_quantile_map_copes_with_ties() -> None:
+    values = np.array([0.0] * 500 + list(np.linspace(1, 2, 500)), dtype=np.float32)
+    out = quantile_map(values, list(np.linspace(-1, 1, QUANTILE_LEVELS.size)))
+    assert np.isfinite(out).all() and out.min() >= -1 and out.max() <= 1
+    assert np.all(np.diff(out[np.argsort(values, kind="stable")]) >= -1e-6)
+
+
+def test_unknown_fill_and_missing_models_are_refused() -> None:
+    pre = _crop(available=T1CE_T2)
+    with pytest.raises(ValueError, match="unknown fill"):
+        fill_image(pre.image, pre.brain_mask, pre.available, "mean", 0)
+    with pytest.raises(ValueError, match="intensity references"):
+        fill_image(pre.image, pre.brain_mask, pre.available, "matched", 0)
+    with pytest.raises(ValueError, match="synthesis network"):
+        fill_image(pre.image, pre.brain_mask, pre.available, "synthesis", 0)
+
+
+def test_stage_inputs_share_one_image_when_both_groups_use_one_fill() -> None:
+    pre = _crop(available=T1CE_T2)
+    same = stage_inputs(pre.image, pre.brain_mask, pre.available, {"wt": "copy", "core": "copy"}, 0)
+    assert same["wt"] is same["core"]
+    mixed = stage_inputs(pre.image, pre.brain_mask, pre.available, {"wt": "copy", "core": "zero"}, 0)
+    assert mixed["wt"].fill == "copy" and mixed["core"].fill == "zero" and mixed["core"].image is pre.image
+
+
+class _RecordingEngine:
+    """Fake engine (unit test only): records the first channel's mean per network call."""
+
+    registry_name = "recording"
+    choice_reason = ""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[float]] = {}
+
+    def prepare(self, networks) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"name": "recording"}
+
+    def run(self, network: str, batch: np.ndarray) -> np.ndarray:
+        self.seen.setdefault(network, []).append(float(np.abs(batch[:, 0]).mean()))
+        n, _, d, h, w = batch.shape
+        logits = np.zeros((n, 2, d - 8, h, w), dtype=np.float32)
+        logits[:, 1] = 1.0  # everything foreground: every stage runs on a box
+        return logits
+
+
+def test_cascade_feeds_each_stage_group_its_own_fill() -> None:
+    pre = _crop(available=T1CE_T2)
+    inputs = stage_inputs(pre.image, pre.brain_mask, pre.available, {"wt": "copy", "core": "zero"}, 0)
+    engine = _RecordingEngine()
+    res = segment_preprocessed(pre, engine, stages=smoke_stages(16), inputs=inputs)
+    assert res.fills == {"wt": "copy", "core": "zero"}
+    wt_nets = smoke_stages(16)["wt"].networks.values()
+    core_nets = [n for s in STAGE_ORDER[1:] for n in smoke_stages(16)[s].networks.values()]
+    assert all(v > 0.1 for n in wt_nets for v in engine.seen[n])  # FLAIR channel filled (T2's values)
+    assert all(v == 0.0 for n in core_nets for v in engine.seen[n])  # FLAIR channel zero
+    bad = {"wt": inputs["wt"], "core": type(inputs["wt"])(pre.image[:, :-1], (True,) * 4, "copy")}
+    with pytest.raises(ValueError, match="stage input 'core'"):
+        segment_preprocessed(pre, engine, stages=smoke_stages(16), inputs=bad)
+
+
+def test_synthesiser_slabs_equal_one_pass_and_fill_is_standardised(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    net = SynthesisNet()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    synth = Synthesiser(tmp_path / "w.pt")
+    synth.SLAB = 7  # several slabs over a 40-slice crop
+    pre = _crop(available=T1CE_T2)
+    got = synth.predict(pre.image, pre.brain_mask, T1CE_T2)
+    with torch.inference_mode():
+        whole = net(torch.from_numpy(network_input(pre.image, pre.brain_mask, T1CE_T2)[None]))[0].numpy()
+    np.testing.assert_allclose(got, whole, atol=1e-5)
+    filled = fill_image(pre.image, pre.brain_mask, T1CE_T2, "synthesis", 0, synthesiser=synth)
+    values = filled.image[0][pre.brain_mask]
+    assert abs(float(values.mean())) < 1e-4 and abs(float(values.std()) - 1) < 1e-3
+
+
+def test_synthesis_training_quick_mode_is_deterministic(brats_dir: Path, tmp_path: Path) -> None:
+    from engines.model.missing.train_synthesis import main
+
+    case = brats_dir / "Brats18_TCIA01_201_1"
+    digests = []
+    for run in ("a", "b"):
+        assert main(["--cases", str(case), "--out", str(tmp_path / run), "--quick", "--threads", "1"]) == 0
+        digests.append(hashlib.sha256((tmp_path / run / "synthesis.pt").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    manifest = json.loads((tmp_path / "a" / "synthesis_manifest.json").read_text())
+    assert manifest["files"]["synthesis.pt"] == digests[0] and manifest["quick"] and manifest["seed"] == 0
+    refs, synth = load_fill_models(tmp_path / "a")
+    assert len(refs) == 4 and all(len(r) == QUANTILE_LEVELS.size for r in refs)
+    assert all(np.all(np.diff(r) >= 0) for r in refs)  # quantiles increase
+    assert isinstance(synth, Synthesiser)
+
+
+def test_shipped_assets_match_their_manifest() -> None:
+    manifest = json.loads((DEFAULT_ASSETS / "synthesis_manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((DEFAULT_ASSETS / name).read_bytes()).hexdigest() == digest, name
+    assert not manifest["quick"]
+    assert (DEFAULT_ASSETS / "synthesis.pt").stat().st_size < 2_000_000
+
+
+def test_strategy_table_loads_and_covers_the_15_subsets() -> None:
+    table = load_table()
+    assert len(SUBSETS) == 15 and set(table["subsets"]) == set(SUBSETS)
+    assert table["subsets"][ALL_FOUR]["fills"] == {"wt": "zero", "core": "zero"}
+    assert set(table["selection_cases"]).isdisjoint(table["held_out_cases"])
+    for name, entry in table["subsets"].items():
+        assert subset_name(subset_available(name)) == name
+        assert set(entry["fills"].values()) <= set(FILLS)
+
+
+def test_strategy_table_errors_are_clear(tmp_path: Path) -> None:
+    table = load_table()
+    broken = dict(table, subsets={k: v for k, v in table["subsets"].items() if k != "T2"})
+    (tmp_path / "t.json").write_text(json.dumps(broken))
+    with pytest.raises(StrategyTableError, match="not the 15 subsets"):
+        load_table(tmp_path / "t.json")
+    bad_fill = json.loads(json.dumps(table))
+    bad_fill["subsets"]["T2"]["fills"]["wt"] = "mean"
+    (tmp_path / "f.json").write_text(json.dumps(bad_fill))
+    with pytest.raises(StrategyTableError, match="bad fills"):
+        load_table(tmp_path / "f.json")
+
+
+def test_plan_warns_plainly_where_a_region_is_unreliable() -> None:
+    table = json.loads(json.dumps(load_table()))
+    entry = table["subsets"]["FLAIR+T1+T2"]
+    entry.update(measured=True, fills={"wt": "copy", "core": "zero"},
+                 expected_held_out={"WT": {"dice": 0.9, "hd95": 3.0}, "TC": {"dice": 0.75, "hd95": 5.0},
+                                    "ET": {"dice": 0.2, "hd95": 20.0}})  # fmt: skip
+    plan = plan_for((True, True, False, True), table)
+    assert plan.subset == "FLAIR+T1+T2" and plan.missing == ["T1ce"]
+    assert plan.fills == {"wt": "copy", "core": "zero"}
+    assert len(plan.warnings) == 1 and plan.warnings[0].startswith("ET unreliable without T1ce: expected Dice 0.20")
+    report = plan.as_report()
+    assert report["expected_dice_held_out"] == {"WT": 0.9, "TC": 0.75, "ET": 0.2}
+    entry.update(measured=False, expected_held_out=None)
+    unmeasured = plan_for((True, True, False, True), table)
+    assert any("was not measured; treat all three regions as unreliable" in w for w in unmeasured.warnings)
+    assert any(w.startswith("ET: without post-contrast T1") for w in unmeasured.warnings)
+    assert UNRELIABLE_DICE == 0.70
