@@ -45,7 +45,7 @@ import numpy as np
 
 from benchmarks.evaluation import brats_metrics
 from engines.model.brats_cases import load_case
-from engines.model.cascade import segment_brats_full
+from engines.model.cascade import PostProcessing, refuse, segment_brats_full
 from engines.model.missing.fills import FILLS, stage_inputs
 from engines.model.missing.strategies import (
     ALL_FOUR,
@@ -87,7 +87,8 @@ class Runs:
                     self.rows[run_key(row["case"], row["subset"], row["fills"])] = row
 
     def get(self, case: str, subset: str, fills: dict[str, str]) -> dict[str, Any] | None:
-        return self.rows.get(run_key(case, subset, fills))
+        row = self.rows.get(run_key(case, subset, fills))
+        return row if row is not None and "metrics_keep_core" in row else None  # rows of an older protocol: again
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows[run_key(row["case"], row["subset"], row["fills"])] = row
@@ -139,11 +140,17 @@ class Measurer:
                                           references, synthesiser),
         )  # fmt: skip
         seconds = time.perf_counter() - t0
-        metrics = brats_metrics(res.labels, seg, spacing)
+
+        def rounded(labels: np.ndarray) -> dict[str, Any]:
+            return {r: {"dice": round(m["dice"], 4), "hd95": None if math.isnan(m["hd95"]) else round(m["hd95"], 2)}
+                    for r, m in brats_metrics(labels, seg, spacing).items()}  # fmt: skip
+
+        # The same networks' masks fused under both core rules (item 4: the rule that drops a core
+        # lying mostly outside the whole tumour, revisited per subset).
         row = {"case": case, "subset": subset, "fills": dict(fills), "seconds": round(seconds, 1),
                "engine": self.engine.describe().get("name", type(self.engine).__name__),
-               "metrics": {r: {"dice": round(m["dice"], 4), "hd95": None if math.isnan(m["hd95"]) else round(m["hd95"], 2)}
-                           for r, m in metrics.items()}}  # fmt: skip
+               "metrics": rounded(res.labels),
+               "metrics_keep_core": rounded(refuse(res, PostProcessing(keep_core_outside_whole=True)))}  # fmt: skip
         self.runs.add(row)
         self.done += 1
         log.info("%s %s wt=%s core=%s: Dice WT %.3f TC %.3f ET %.3f (%.0f s)", case, subset, fills["wt"],
@@ -151,9 +158,10 @@ class Measurer:
         return row
 
 
-def mean_metric(rows: Iterable[dict[str, Any]], region: str, metric: str = "dice") -> float | None:
-    """Mean over rows (``None`` when there is no row; HD95 of empty masks left out)."""
-    values = [r["metrics"][region][metric] for r in rows]
+def mean_metric(rows: Iterable[dict[str, Any]], region: str, metric: str = "dice", keep_core: bool = False) -> float | None:
+    """Mean over rows (``None`` when there is no row; HD95 of empty masks left out); ``keep_core``:
+    the masks fused keeping a core that lies outside the whole tumour."""
+    values = [r["metrics_keep_core" if keep_core else "metrics"][region][metric] for r in rows]
     values = [v for v in values if v is not None]
     return round(float(np.mean(values)), 4) if values else None
 
@@ -176,6 +184,17 @@ def choose(rows_by_fill: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         return best
 
     return {"wt": pick(("WT",)), "core": pick(("TC", "ET")), "selection_means": means}
+
+
+def choose_core_rule(rows: list[dict[str, Any]]) -> bool:
+    """Keep a core lying outside the whole tumour? From the chosen fills' runs on the selection
+    cases: yes when it gains more than :data:`MIN_GAIN` in mean TC + ET Dice and loses no region
+    more than :data:`MAX_LOSS`."""
+    std = {r: mean_metric(rows, r) for r in REGIONS}
+    keep = {r: mean_metric(rows, r, keep_core=True) for r in REGIONS}
+    if any(keep[r] < std[r] - MAX_LOSS for r in REGIONS):  # type: ignore[operator]
+        return False
+    return (keep["TC"] + keep["ET"]) / 2 > (std["TC"] + std["ET"]) / 2 + MIN_GAIN  # type: ignore[operator]
 
 
 def progress_line(done: int, total: int, t0: float) -> str:
@@ -248,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = {"wt": choices[s]["wt"], "core": choices[s]["core"]}
         log.info("%s: chosen WT fill %s, TC / EN fill %s", s, chosen["wt"], chosen["core"])
         if args.phase in ("report", "all"):
-            run_all([(c, s, chosen) for c in (*HELD_OUT_CASES, *SELECTION_CASES)], f"{s}: report")
+            run_all([(c, s, chosen) for c in (*SELECTION_CASES, *HELD_OUT_CASES)], f"{s}: report")
+            choices[s]["keep_core_outside_whole"] = choose_core_rule([measurer.runs.get(c, s, chosen) for c in SELECTION_CASES])  # type: ignore[misc]
+            log.info("%s: keep a core outside the whole tumour: %s", s, choices[s]["keep_core_outside_whole"])
             publish()
     publish()
     summary = summarise(measurer.runs, choices)
@@ -264,13 +285,16 @@ def summarise(runs: Runs, choices: dict[str, Any]) -> dict[str, Any]:
     for s in SUBSETS:
         ch = choices.get(s)
         chosen = zero if s == ALL_FOUR else ({"wt": ch["wt"], "core": ch["core"]} if ch else None)
-        entry: dict[str, Any] = {"fills": chosen, "selection_means": ch["selection_means"] if ch else None}
-        for label, fills in (("chosen", chosen), ("zero", zero)):
+        keep = bool(ch and ch.get("keep_core_outside_whole"))
+        entry: dict[str, Any] = {"fills": chosen, "keep_core_outside_whole": keep,
+                                 "selection_means": ch["selection_means"] if ch else None}  # fmt: skip
+        for label, fills, k in (("chosen", chosen, keep), ("zero", zero, False)):
             for split, cases in (("held_out", HELD_OUT_CASES), ("selection", SELECTION_CASES)):
                 rows = [runs.get(c, s, fills) for c in cases] if fills else []
                 complete = bool(rows) and all(r is not None for r in rows)
                 entry[f"{label}_{split}"] = (
-                    {r: {"dice": mean_metric(rows, r), "hd95": mean_metric(rows, r, "hd95")} for r in REGIONS}  # type: ignore[arg-type]
+                    {r: {"dice": mean_metric(rows, r, keep_core=k), "hd95": mean_metric(rows, r, "hd95", keep_core=k)}  # type: ignore[arg-type]
+                     for r in REGIONS}
                     if complete else None
                 )
         out[s] = entry
@@ -290,6 +314,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
     for s, e in summary.items():
         fills = f"{e['fills']['wt']} / {e['fills']['core']}" if e["fills"] else "not chosen yet"
+        fills += " (core kept)" if e["keep_core_outside_whole"] else ""
         chosen = e["chosen_held_out"]
         lines.append(f"| {s} | {fills} | {dice(e['zero_held_out'])} | {dice(chosen)} | {hd(chosen)} |")
     return "\n".join(lines) + "\n"
@@ -333,6 +358,7 @@ def write_strategy_table(summary: dict[str, Any], path: Path, engine_name: str, 
         subsets[s] = {
             # Not chosen yet: zero fill, whose held-out accuracy is then what to expect.
             "fills": e["fills"] if measured else {"wt": "zero", "core": "zero"},
+            "keep_core_outside_whole": bool(measured and e["keep_core_outside_whole"]),
             "measured": measured,
             "expected_held_out": e["chosen_held_out"] if measured else e["zero_held_out"],
             "zero_fill_held_out": e["zero_held_out"],

@@ -1,6 +1,7 @@
 """Holoscan operator: model-grid volumes -> BraTS label map, through an inference engine."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -104,6 +105,8 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
         logger.info("Segmentation: stage %s done (%d%%, %.0f s)", stage.upper(), round(100 * fraction), time.perf_counter() - t0)
 
     plan, fill = missing_sequence_plan(model_input.available, logger)
+    if plan is not None and plan.keep_core_outside_whole:
+        rules = dataclasses.replace(rules, keep_core_outside_whole=True)
     try:
         result = segment_brats_full(model_input.volumes, model_input.available, engine, seed=seed, progress=progress,
                                     rules=rules, fill=fill)  # fmt: skip
@@ -142,8 +145,9 @@ def missing_sequence_plan(
     except StrategyTableError as exc:
         raise ModelFolderError(str(exc)) from exc
     missing = [MODALITY_DISPLAY[m] for m, a in zip(MODALITIES, available) if not a]
-    logger.warning("Missing sequences %s: sequences %s, WT stage fed %s, TC / EN stages fed %s (%s)", missing,
+    logger.warning("Missing sequences %s: sequences %s, WT stage fed %s, TC / EN stages fed %s%s (%s)", missing,
                    plan.subset, plan.fills["wt"], plan.fills["core"],
+                   ", a core outside the whole tumour kept" if plan.keep_core_outside_whole else "",
                    "measured" if plan.measured else "not measured: zero fill")  # fmt: skip
     for line in plan.warnings:
         logger.warning("Missing sequences: %s", line)

@@ -228,3 +228,20 @@ def test_plan_warns_plainly_where_a_region_is_unreliable() -> None:
     assert any("was not measured; treat all three regions as unreliable" in w for w in unmeasured.warnings)
     assert any(w.startswith("ET: without post-contrast T1") for w in unmeasured.warnings)
     assert UNRELIABLE_DICE == 0.70
+
+
+def test_refusing_under_the_same_rules_gives_the_same_labels_and_keeping_the_core_keeps_it() -> None:
+    from engines.model.cascade import PostProcessing, fuse_labels, refuse
+
+    pre = _crop(available=T1CE_T2)
+    res = segment_preprocessed(pre, _RecordingEngine(), stages=smoke_stages(16))
+    np.testing.assert_array_equal(refuse(res, PostProcessing()), res.labels)
+    # A core found beside a small whole tumour: dropped by the published rule, kept on request.
+    wt = np.zeros((30, 30, 30), bool)
+    wt[5:20, 5:20, 5:20] = True
+    core = np.zeros_like(wt)
+    core[18:28, 18:28, 18:28] = True  # 8 of its 1000 voxels inside the whole tumour
+    dropped = fuse_labels(wt, core, np.zeros_like(wt))
+    kept = fuse_labels(wt, core, np.zeros_like(wt), PostProcessing(keep_core_outside_whole=True))
+    assert not (dropped == 1).any()
+    assert (kept == 1).sum() >= 1000 and (kept > 0).sum() >= (dropped > 0).sum()

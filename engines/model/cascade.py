@@ -105,10 +105,16 @@ class PostProcessing:
         kept): for the box the TC stage runs on and in the final fusion.
     min_enhancing_voxels
         An enhancing-tumour label with fewer voxels than this (but more than 0) is dropped.
+    keep_core_outside_whole
+        ``False`` (the published rule): a tumour-core component less than half inside the whole
+        tumour is dropped. ``True``: it is kept (and the whole tumour grows to contain it); the
+        strategy table sets it for subsets where the WT stage under-segments without FLAIR
+        (measured; never with all four sequences).
     """
 
     wt_component_voxels: int = WT_COMPONENT_THRESHOLD
     min_enhancing_voxels: int = MIN_ET_VOXELS
+    keep_core_outside_whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -515,13 +521,15 @@ def fuse_labels(wt: np.ndarray, tc: np.ndarray, en: np.ndarray, rules: PostProce
 
     Returns uint8 with 2 = edema (WT only), 1 = necrotic / non-enhancing core, 4 = enhancing.
     Rules (original ``test.py``, sizes from ``rules``): WT = closing(WT | TC | EN), components
-    > 2000 voxels; core = closing((TC | EN) & WT), drop core outside WT, largest two
-    components; ET = EN & core, dropped when 0 < size < 30.
+    > 2000 voxels; core = closing((TC | EN) & WT), drop core outside WT (unless
+    ``rules.keep_core_outside_whole``), largest two components; ET = EN & core, dropped when
+    0 < size < 30.
     """
     whole_mask = largest_components(close(wt | tc | en), rules.wt_component_voxels)
     whole = wt & whole_mask
     core = close((tc | en) & whole_mask)
-    core = remove_external_core(whole, core)
+    if not rules.keep_core_outside_whole:
+        core = remove_external_core(whole, core)
     if core.any():
         core = largest_components(core)
     whole = whole | core
@@ -563,6 +571,9 @@ class CascadeResult:
     fills
         What the absent channels were fed, per stage group: ``{"wt": ..., "core": ...}``
         (:mod:`engines.model.missing.fills`; ``"zero"`` when nothing was absent).
+    stage_masks
+        ``"wt"``, ``"tc"``, ``"en"``: bool stage masks before fusion, in the brain box
+        (``boxes["brain"]``), for :func:`refuse` under other post-processing rules.
     """
 
     labels: np.ndarray
@@ -575,6 +586,15 @@ class CascadeResult:
     seed: int
     notes: list[str] = field(default_factory=list)
     fills: dict[str, str] = field(default_factory=lambda: {"wt": "zero", "core": "zero"})
+    stage_masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def refuse(result: CascadeResult, rules: PostProcessing) -> np.ndarray:
+    """The labels of ``result`` fused again under ``rules`` (no network runs): uint8 ``(Z, Y, X)``."""
+    m = result.stage_masks
+    labels = np.zeros(result.labels.shape, dtype=np.uint8)
+    labels[box_slices(result.boxes["brain"])] = fuse_labels(m["wt"], m["tc"], m["en"], rules)
+    return labels
 
 
 def segment_preprocessed(
@@ -662,6 +682,7 @@ def segment_preprocessed(
         seed=pre.seed,
         notes=notes,
         fills={group: given.fill for group, given in inputs.items()},
+        stage_masks={"wt": wt, "tc": tc_full, "en": en_full},
     )
 
 

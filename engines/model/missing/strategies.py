@@ -6,6 +6,8 @@ joined by ``+``, e.g. ``"T1ce+T2"``):
 
 * ``fills``: ``{"wt": <fill>, "core": <fill>}``, the fill of the absent channels for the WT stage
   and for the TC and EN stages (:data:`engines.model.missing.fills.FILLS`);
+* ``keep_core_outside_whole``: the cascade keeps a tumour core that lies mostly outside the
+  whole tumour (:class:`engines.model.cascade.PostProcessing`), chosen like the fills;
 * ``measured``: whether the choice was measured (else zero fill, the published behaviour);
 * ``expected_held_out`` / ``zero_fill_held_out``: per region (WT, TC, ET) the mean Dice and HD95
   (mm) on the held-out cases with the fills used / with zero fill (``null``: not measured).
@@ -81,6 +83,8 @@ class SubsetPlan:
         Plain sentences for the reader: regions that are unreliable with these sequences.
     table_version
         The table's version.
+    keep_core_outside_whole
+        The post-processing keeps a core lying mostly outside the whole tumour.
     """
 
     subset: str
@@ -90,6 +94,7 @@ class SubsetPlan:
     zero_fill: dict[str, dict[str, float | None]] | None
     warnings: list[str] = field(default_factory=list)
     table_version: str = TABLE_VERSION
+    keep_core_outside_whole: bool = False
 
     @property
     def missing(self) -> list[str]:
@@ -99,6 +104,7 @@ class SubsetPlan:
     def as_report(self) -> dict[str, Any]:
         """The ``segmentation.missing_sequences`` section of ``report.json``."""
         return {"subset": self.subset, "missing": self.missing, "fills": dict(self.fills), "measured": self.measured,
+                "keep_core_outside_whole": self.keep_core_outside_whole,
                 "expected_dice_held_out": {r: m["dice"] for r, m in self.expected.items()} if self.expected else None,
                 "expected_hd95_mm_held_out": {r: m["hd95"] for r, m in self.expected.items()} if self.expected else None,
                 "warnings": list(self.warnings), "table_version": self.table_version}  # fmt: skip
@@ -125,8 +131,8 @@ def load_table(path: Path | None = None) -> dict[str, Any]:
         for key in ("expected_held_out", "zero_fill_held_out"):
             if entry.get(key) is not None and set(entry[key]) != set(REGIONS):
                 raise StrategyTableError(f"strategy table {path}: {name}: {key} must give {REGIONS}")
-    if subsets[ALL_FOUR]["fills"] != {"wt": "zero", "core": "zero"}:
-        raise StrategyTableError(f"strategy table {path}: nothing to fill with all four sequences")
+    if subsets[ALL_FOUR]["fills"] != {"wt": "zero", "core": "zero"} or subsets[ALL_FOUR].get("keep_core_outside_whole"):
+        raise StrategyTableError(f"strategy table {path}: all four sequences must run the published method")
     return doc
 
 
@@ -149,7 +155,8 @@ def plan_for(available: Sequence[bool], table: dict[str, Any]) -> SubsetPlan:
     if not available[2] and not any(w.startswith("ET ") for w in warnings):
         warnings.append("ET: without post-contrast T1 the enhancing tumour is inferred, not seen; review it")
     return SubsetPlan(name, dict(entry["fills"]), bool(entry.get("measured")), expected,
-                      entry.get("zero_fill_held_out"), warnings, str(table.get("version", "?")))  # fmt: skip
+                      entry.get("zero_fill_held_out"), warnings, str(table.get("version", "?")),
+                      bool(entry.get("keep_core_outside_whole", False)))  # fmt: skip
 
 
 def load_fill_models(assets: Path = DEFAULT_ASSETS) -> tuple[list[list[float]] | None, Any]:
