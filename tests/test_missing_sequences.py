@@ -245,3 +245,37 @@ def test_refusing_under_the_same_rules_gives_the_same_labels_and_keeping_the_cor
     kept = fuse_labels(wt, core, np.zeros_like(wt), PostProcessing(keep_core_outside_whole=True))
     assert not (dropped == 1).any()
     assert (kept == 1).sum() >= 1000 and (kept > 0).sum() >= (dropped > 0).sum()
+
+
+def _rows(**dice_by_region: list[float]) -> list[dict]:
+    n = len(next(iter(dice_by_region.values())))
+    return [{"metrics": {r: {"dice": v[i], "hd95": 1.0} for r, v in dice_by_region.items()},
+             "metrics_keep_core": {r: {"dice": v[i], "hd95": 1.0} for r, v in dice_by_region.items()}}
+            for i in range(n)]  # fmt: skip
+
+
+def test_choice_keeps_zero_fill_unless_a_fill_gains_without_losing_a_region() -> None:
+    from benchmarks.missing_sequences import choose
+
+    zero = _rows(WT=[0.80, 0.80], TC=[0.70, 0.70], ET=[0.60, 0.60])
+    better_wt = _rows(WT=[0.90, 0.90], TC=[0.70, 0.70], ET=[0.60, 0.60])
+    tiny_gain = _rows(WT=[0.803, 0.803], TC=[0.702, 0.702], ET=[0.60, 0.60])
+    core_gain_et_loss = _rows(WT=[0.80, 0.80], TC=[0.90, 0.90], ET=[0.55, 0.55])
+    got = choose({"zero": zero, "copy": better_wt, "matched": tiny_gain, "synthesis": core_gain_et_loss})
+    assert got["wt"] == "copy"  # +0.10 WT
+    assert got["core"] == "zero"  # matched gains < 0.005; synthesis loses ET by 0.05 > 0.01
+    core_gain = _rows(WT=[0.80, 0.80], TC=[0.80, 0.80], ET=[0.595, 0.595])
+    assert choose({"zero": zero, "copy": zero, "matched": core_gain, "synthesis": zero})["core"] == "matched"
+
+
+def test_core_rule_is_kept_only_when_it_gains() -> None:
+    from benchmarks.missing_sequences import choose_core_rule
+
+    rows = _rows(WT=[0.5, 0.6], TC=[0.0, 0.8], ET=[0.0, 0.7])
+    assert not choose_core_rule(rows)  # same masks under both rules: no gain
+    for r in rows[:1]:
+        r["metrics_keep_core"] = {"WT": {"dice": 0.55, "hd95": 1.0}, "TC": {"dice": 0.8, "hd95": 1.0},
+                                  "ET": {"dice": 0.7, "hd95": 1.0}}  # fmt: skip
+    assert choose_core_rule(rows)
+    rows[1]["metrics_keep_core"]["WT"]["dice"] = 0.4  # ... but not at the cost of WT
+    assert not choose_core_rule(rows)
