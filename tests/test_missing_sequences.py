@@ -268,11 +268,15 @@ def test_choice_keeps_zero_fill_unless_a_fill_gains_without_losing_a_region() ->
     assert choose({"zero": zero, "copy": zero, "matched": core_gain, "synthesis": zero})["core"] == "matched"
 
 
-def test_core_rule_is_kept_only_when_it_gains() -> None:
+def test_core_is_kept_unless_keeping_it_loses() -> None:
     from benchmarks.missing_sequences import choose_core_rule
 
     rows = _rows(WT=[0.5, 0.6], TC=[0.0, 0.8], ET=[0.0, 0.7])
-    assert not choose_core_rule(rows)  # same masks under both rules: no gain
+    assert choose_core_rule(rows)  # same masks under both rules: a tie keeps the core
+    rows[1]["metrics_keep_core"] = {"WT": {"dice": 0.6, "hd95": 1.0}, "TC": {"dice": 0.7, "hd95": 1.0},
+                                    "ET": {"dice": 0.6, "hd95": 1.0}}  # fmt: skip
+    assert not choose_core_rule(rows)  # keeping it costs TC and ET
+    rows = _rows(WT=[0.5, 0.6], TC=[0.0, 0.8], ET=[0.0, 0.7])
     for r in rows[:1]:
         r["metrics_keep_core"] = {"WT": {"dice": 0.55, "hd95": 1.0}, "TC": {"dice": 0.8, "hd95": 1.0},
                                   "ET": {"dice": 0.7, "hd95": 1.0}}  # fmt: skip
