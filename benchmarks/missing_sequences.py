@@ -242,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     zero = {"wt": "zero", "core": "zero"}
     choices: dict[str, Any] = {}
+    command = "python -m benchmarks.missing_sequences " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def run_all(todo: list[tuple[str, str, dict[str, str]]], what: str) -> None:
         todo = [t for t in todo if measurer.runs.get(*t) is None]
@@ -257,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         (args.out / "table.md").write_text(markdown_table(summary))
         if args.table:
-            write_strategy_table(summary, args.table, engine_name=args.engine, command=" ".join(sys.argv))
+            write_strategy_table(summary, args.table, engine_name=args.engine, command=command)
 
     # Subset by subset (most needed first), so that what is finished is usable: every fill on the
     # selection cases, zero fill on the held-out ones, the choice, the chosen fills held out.

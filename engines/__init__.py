@@ -3,7 +3,9 @@
 ``model/``
     The BraTS 2017 cascade: the MSNet port (:mod:`.model.msnet`) and its folded layout
     (:mod:`.model.msnet_folded`), the original weights (:mod:`.model.weights`), the test-time
-    protocol on NumPy volumes (:mod:`.model.cascade`: tiling, views, cascade, post-processing).
+    protocol on NumPy volumes (:mod:`.model.cascade`: tiling, views, cascade, post-processing),
+    what absent sequences are fed (:mod:`.model.missing`: fills, the synthesis network, the
+    measured strategy table).
 ``runtimes/``
     Every inference engine behind one interface (:mod:`.runtimes.base`), their registry and the
     policy that picks one (:mod:`.runtimes.registry`), the on-disk engine cache.
