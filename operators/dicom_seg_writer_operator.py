@@ -181,10 +181,15 @@ def segment_notes(missing_sequences: dict[str, Any] | None) -> dict[int, str] | 
 
 
 def qa_missing_text(missing_sequences: dict[str, Any] | None) -> str:
-    """The QA image title's part on missing sequences (empty when nothing was missing)."""
+    """The QA image title's part on missing sequences (empty when nothing was missing): the fills,
+    the expected Dice per region on held-out cases and the unreliable regions."""
     if not missing_sequences:
         return ""
     expected = missing_sequences["expected_dice_held_out"]
-    unreliable = [r for r in ("WT", "TC", "ET") if expected is None or expected.get(r) is None
+    regions = ("WT", "TC", "ET")
+    unreliable = [r for r in regions if expected is None or expected.get(r) is None
                   or expected[r] < UNRELIABLE_DICE]  # fmt: skip
-    return f"; fill {seg_fill_text(missing_sequences)}" + (f"; UNRELIABLE: {', '.join(unreliable)}" if unreliable else "")
+    text = f"; fill {seg_fill_text(missing_sequences)}"
+    if expected is not None:
+        text += "; expected Dice " + " ".join(f"{r} {expected[r]:.2f}" for r in regions if expected.get(r) is not None)
+    return text + (f"; UNRELIABLE: {', '.join(unreliable)}" if unreliable else "")
