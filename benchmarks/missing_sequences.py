@@ -169,24 +169,30 @@ def mean_metric(rows: Iterable[dict[str, Any]], region: str, metric: str = "dice
     return round(float(np.mean(values)), 4) if values else None
 
 
-def choose(rows_by_fill: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The WT fill and the TC / EN fill from the uniform runs on the selection cases."""
+def choose(rows_by_fill: dict[str, list[dict[str, Any]]], t1ce_available: bool = True) -> dict[str, Any]:
+    """The WT fill and the TC / EN fill from the uniform runs on the selection cases.
+
+    Without post-contrast T1 the TC / EN fill is scored on TC alone: enhancement cannot be seen
+    without contrast, so a fill is never chosen for the enhancing tumour it makes up (set after a
+    synthesised T1ce won ET on the selection cases and lost TC on the held-out ones, FLAIR+T1+T2).
+    """
     means = {f: {r: mean_metric(rows, r) for r in REGIONS} for f, rows in rows_by_fill.items()}
     zero = means["zero"]
 
-    def pick(score_regions: Sequence[str]) -> str:
+    def pick(score_regions: Sequence[str], guard_regions: Sequence[str]) -> str:
         best, best_score = "zero", float(np.mean([zero[r] for r in score_regions]))
         for f, m in means.items():
             if f == "zero":
                 continue
-            if any(m[r] < zero[r] - MAX_LOSS for r in score_regions):
+            if any(m[r] < zero[r] - MAX_LOSS for r in guard_regions):
                 continue
             score = float(np.mean([m[r] for r in score_regions]))
             if score > best_score + MIN_GAIN:
                 best, best_score = f, score
         return best
 
-    return {"wt": pick(("WT",)), "core": pick(("TC", "ET")), "selection_means": means}
+    core_score = ("TC", "ET") if t1ce_available else ("TC",)
+    return {"wt": pick(("WT",), ("WT",)), "core": pick(core_score, ("TC", "ET")), "selection_means": means}
 
 
 def choose_core_rule(rows: list[dict[str, Any]]) -> bool:
@@ -275,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows_by_fill = {f: [measurer.runs.get(c, s, {"wt": f, "core": f}) for c in SELECTION_CASES] for f in FILLS}
         if not all(r is not None for rows in rows_by_fill.values() for r in rows):
             continue
-        choices[s] = choose(rows_by_fill)  # type: ignore[arg-type]
+        choices[s] = choose(rows_by_fill, t1ce_available=subset_available(s)[2])  # type: ignore[arg-type]
         chosen = {"wt": choices[s]["wt"], "core": choices[s]["core"]}
         log.info("%s: chosen WT fill %s, TC / EN fill %s", s, chosen["wt"], chosen["core"])
         if args.phase in ("report", "all"):

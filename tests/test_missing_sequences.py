@@ -266,6 +266,11 @@ def test_choice_keeps_zero_fill_unless_a_fill_gains_without_losing_a_region() ->
     assert got["core"] == "zero"  # matched gains < 0.005; synthesis loses ET by 0.05 > 0.01
     core_gain = _rows(WT=[0.80, 0.80], TC=[0.80, 0.80], ET=[0.595, 0.595])
     assert choose({"zero": zero, "copy": zero, "matched": core_gain, "synthesis": zero})["core"] == "matched"
+    # Without T1ce a fill is not chosen for the enhancing tumour it makes up: TC alone scores.
+    et_only = _rows(WT=[0.80, 0.80], TC=[0.702, 0.702], ET=[0.90, 0.90])
+    fills = {"zero": zero, "copy": zero, "matched": zero, "synthesis": et_only}
+    assert choose(fills)["core"] == "synthesis"
+    assert choose(fills, t1ce_available=False)["core"] == "zero"
 
 
 def test_core_is_kept_unless_keeping_it_loses() -> None:
