@@ -180,16 +180,15 @@ def choose(rows_by_fill: dict[str, list[dict[str, Any]]], t1ce_available: bool =
     zero = means["zero"]
 
     def pick(score_regions: Sequence[str], guard_regions: Sequence[str]) -> str:
-        best, best_score = "zero", float(np.mean([zero[r] for r in score_regions]))
-        for f, m in means.items():
-            if f == "zero":
-                continue
-            if any(m[r] < zero[r] - MAX_LOSS for r in guard_regions):
-                continue
-            score = float(np.mean([m[r] for r in score_regions]))
-            if score > best_score + MIN_GAIN:
-                best, best_score = f, score
-        return best
+        """The best-scoring fill among those that gain more than MIN_GAIN over zero fill and lose
+        no guarded region more than MAX_LOSS; zero fill when none does."""
+        def score(m: dict[str, float]) -> float:
+            return float(np.mean([m[r] for r in score_regions]))
+
+        qualifying = {f: score(m) for f, m in means.items() if f != "zero"
+                      and score(m) > score(zero) + MIN_GAIN
+                      and not any(m[r] < zero[r] - MAX_LOSS for r in guard_regions)}  # fmt: skip
+        return max(qualifying, key=qualifying.__getitem__) if qualifying else "zero"
 
     core_score = ("TC", "ET") if t1ce_available else ("TC",)
     return {"wt": pick(("WT",), ("WT",)), "core": pick(core_score, ("TC", "ET")), "selection_means": means}

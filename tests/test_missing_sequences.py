@@ -266,6 +266,9 @@ def test_choice_keeps_zero_fill_unless_a_fill_gains_without_losing_a_region() ->
     assert got["core"] == "zero"  # matched gains < 0.005; synthesis loses ET by 0.05 > 0.01
     core_gain = _rows(WT=[0.80, 0.80], TC=[0.80, 0.80], ET=[0.595, 0.595])
     assert choose({"zero": zero, "copy": zero, "matched": core_gain, "synthesis": zero})["core"] == "matched"
+    # The best of the fills that qualify, not the first that does.
+    good, best = _rows(WT=[0.80] * 2, TC=[0.72] * 2, ET=[0.60] * 2), _rows(WT=[0.80] * 2, TC=[0.75] * 2, ET=[0.60] * 2)
+    assert choose({"zero": zero, "copy": good, "matched": zero, "synthesis": best})["core"] == "synthesis"
     # Without T1ce a fill is not chosen for the enhancing tumour it makes up: TC alone scores.
     et_only = _rows(WT=[0.80, 0.80], TC=[0.702, 0.702], ET=[0.90, 0.90])
     fills = {"zero": zero, "copy": zero, "matched": zero, "synthesis": et_only}
