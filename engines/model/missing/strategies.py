@@ -103,7 +103,7 @@ class SubsetPlan:
 
     def as_report(self) -> dict[str, Any]:
         """The ``segmentation.missing_sequences`` section of ``report.json``."""
-        return {"subset": self.subset, "missing": self.missing, "fills": dict(self.fills), "measured": self.measured,
+        return {"subset": self.subset, "missing": self.missing, "fills": dict(self.fills), "chosen_by_measurement": self.measured,
                 "keep_core_outside_whole": self.keep_core_outside_whole,
                 "expected_dice_held_out": {r: m["dice"] for r, m in self.expected.items()} if self.expected else None,
                 "expected_hd95_mm_held_out": {r: m["hd95"] for r, m in self.expected.items()} if self.expected else None,
