@@ -62,6 +62,13 @@ class DegenerateIntensityError(InputError):
     code = "degenerate_intensities"
 
 
+class InsufficientSequencesError(InputError):
+    """The sequences found are too few for a segmentation worth showing: the strategy table
+    expects every region's Dice below :data:`engines.model.missing.strategies.REFUSE_DICE`."""
+
+    code = "insufficient_sequences"
+
+
 class UnsupportedInputError(InputError):
     """A valid input the application does not handle (documented limitation)."""
 

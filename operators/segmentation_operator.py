@@ -25,7 +25,12 @@ from engines.runtimes.registry import (
     check_model_folder,
     choose_engine,
 )
-from operators.errors import DegenerateIntensityError, InferenceServerError, ModelFolderError
+from operators.errors import (
+    DegenerateIntensityError,
+    InferenceServerError,
+    InsufficientSequencesError,
+    ModelFolderError,
+)
 from operators.study_model import MODALITIES, MODALITY_DISPLAY, ModelInput, SegmentationOutcome
 
 
@@ -44,7 +49,9 @@ class SegmentationOperator(Operator):
     PyTorch CUDA FP32 > OpenVINO folded BF16 > OpenVINO folded FP32 > OpenVINO > ONNX Runtime
     CPU > PyTorch CPU). Absent sequences are filled as the measured strategy table says for the
     subset found (:mod:`engines.model.missing`); the subset, the fills, the expected Dice per
-    region and the warnings are in the outcome.
+    region and the warnings are in the outcome. Sequences with which the table expects every
+    region's Dice below :data:`engines.model.missing.strategies.REFUSE_DICE` raise
+    :class:`operators.errors.InsufficientSequencesError` (exit code 2, no segmentation written).
     """
 
     def __init__(self, fragment: Fragment, *args, model_dir: Path, engine: str = "auto", seed: int = 0,
@@ -93,6 +100,7 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     from engines.runtimes.triton_engine import TritonError
 
     t0 = time.perf_counter()
+    plan, fill = missing_sequence_plan(model_input.available, logger)  # may refuse: before any engine is built
     try:
         engine, notes = choose_engine(engine_name, model_dir, triton_server, triton_timeout_s, cache_dir)
     except RemoteAddressInvalid as exc:
@@ -104,7 +112,6 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     def progress(stage: str, fraction: float) -> None:
         logger.info("Segmentation: stage %s done (%d%%, %.0f s)", stage.upper(), round(100 * fraction), time.perf_counter() - t0)
 
-    plan, fill = missing_sequence_plan(model_input.available, logger)
     if plan is not None and plan.keep_core_outside_whole:
         rules = dataclasses.replace(rules, keep_core_outside_whole=True)
     try:
@@ -137,13 +144,16 @@ def missing_sequence_plan(
     available: tuple[bool, bool, bool, bool], logger: logging.Logger
 ) -> tuple[SubsetPlan | None, Callable[[Preprocessed], dict[str, StageInput]] | None]:
     """The strategy table's plan for the sequences found and the fill it needs (``None, None``
-    with all four). A missing or malformed table is a broken installation: ModelFolderError."""
+    with all four). A missing or malformed table is a broken installation: ModelFolderError.
+    Sequences the table refuses (:attr:`SubsetPlan.refusal`): InsufficientSequencesError."""
     if all(available):
         return None, None
     try:
         plan = plan_for(available, load_table())
     except StrategyTableError as exc:
         raise ModelFolderError(str(exc)) from exc
+    if plan.refusal:
+        raise InsufficientSequencesError(plan.refusal)
     missing = [MODALITY_DISPLAY[m] for m, a in zip(MODALITIES, available) if not a]
     logger.warning("Missing sequences %s: sequences %s, WT stage fed %s, TC / EN stages fed %s%s (%s)", missing,
                    plan.subset, plan.fills["wt"], plan.fills["core"],

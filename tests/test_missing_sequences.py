@@ -21,6 +21,7 @@ from engines.model.missing.fills import (
 from engines.model.missing.strategies import (
     ALL_FOUR,
     DEFAULT_ASSETS,
+    REFUSE_DICE,
     SUBSETS,
     StrategyTableError,
     load_fill_models,
@@ -229,6 +230,45 @@ def test_plan_warns_plainly_where_a_region_is_unreliable() -> None:
     unmeasured = plan_for((True, True, False, True), table)
     assert any("was not measured; treat all three regions as unreliable" in w for w in unmeasured.warnings)
     assert any(w.startswith("ET: without post-contrast T1") for w in unmeasured.warnings)
+
+
+def _expect(table: dict, subset: str, wt: float, tc: float, et: float) -> None:
+    table["subsets"][subset].update(measured=True, expected_held_out={
+        r: {"dice": d, "hd95": 10.0} for r, d in zip(("WT", "TC", "ET"), (wt, tc, et))})  # fmt: skip
+
+
+def test_plan_refuses_only_where_every_region_is_expected_below_the_bar() -> None:
+    table = json.loads(json.dumps(load_table()))
+    t1 = (False, True, False, False)
+    _expect(table, "T1", 0.45, 0.02, 0.0)
+    refused = plan_for(t1, table)
+    assert refused.refusal is not None
+    assert refused.refusal.startswith("only T1 found (FLAIR+T1ce+T2 missing)")
+    assert "WT 0.45 / TC 0.02 / ET 0.00" in refused.refusal and "no segmentation written" in refused.refusal
+    _expect(table, "T1", REFUSE_DICE, 0.02, 0.0)  # one region at the bar: segmented, with warnings
+    kept = plan_for(t1, table)
+    assert kept.refusal is None and any(w.startswith("TC unreliable") for w in kept.warnings)
+    table["subsets"]["T1"].update(measured=False, expected_held_out=None)  # unmeasured: warned, not refused
+    assert plan_for(t1, table).refusal is None
+    _expect(table, ALL_FOUR, 0.1, 0.1, 0.1)
+    assert plan_for((True,) * 4, table).refusal is not None  # the rule itself; the app never asks with all four
+
+
+def test_segmentation_refuses_before_building_an_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator raises the typed input error (exit code 2, one line) from the table's refusal,
+    and does not load the fill models or build an engine first."""
+    import logging
+
+    import operators.segmentation_operator as seg_op
+    from operators.errors import InsufficientSequencesError
+
+    table = json.loads(json.dumps(load_table()))
+    _expect(table, "T1ce", 0.01, 0.0, 0.0)
+    monkeypatch.setattr(seg_op, "load_table", lambda: table)
+    monkeypatch.setattr(seg_op, "load_fill_models", lambda: pytest.fail("fill models loaded before refusing"))
+    with pytest.raises(InsufficientSequencesError, match="only T1ce found") as info:
+        seg_op.missing_sequence_plan((False, False, True, False), logging.getLogger("test"))
+    assert info.value.exit_code == 2 and info.value.one_line().startswith("insufficient_sequences: only T1ce")
 
 
 def test_refusing_under_the_same_rules_gives_the_same_labels_and_keeping_the_core_keeps_it() -> None:

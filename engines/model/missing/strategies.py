@@ -12,7 +12,9 @@ joined by ``+``, e.g. ``"T1ce+T2"``):
 * ``expected_held_out`` / ``zero_fill_held_out``: per region (WT, TC, ET) the mean Dice and HD95
   (mm) on the held-out cases with the fills used / with zero fill (``null``: not measured).
 
-:func:`plan_for` turns it into what the app does and tells the reader for the subset it found.
+:func:`plan_for` turns it into what the app does and tells the reader for the subset it found:
+the fills, the warnings for regions expected below :data:`UNRELIABLE_DICE`, and a refusal when
+every region is expected below :data:`REFUSE_DICE`.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ TABLE_VERSION = "1"
 REGIONS = ("WT", "TC", "ET")
 #: Below this expected held-out Dice a region is called unreliable in the report and the SEG.
 UNRELIABLE_DICE = 0.70
+#: When the expected held-out Dice of every region is below this, the app refuses the study: a
+#: segmentation expected to miss the tumour in all three regions is worse than none.
+REFUSE_DICE = 0.50
 
 
 def subset_name(available: Sequence[bool]) -> str:
@@ -82,6 +87,9 @@ class SubsetPlan:
         The table's version.
     keep_core_outside_whole
         The post-processing keeps a core lying mostly outside the whole tumour.
+    refusal
+        One sentence saying why the app refuses these sequences (every region's expected Dice
+        below :data:`REFUSE_DICE`), else ``None``.
     """
 
     subset: str
@@ -92,6 +100,7 @@ class SubsetPlan:
     warnings: list[str] = field(default_factory=list)
     table_version: str = TABLE_VERSION
     keep_core_outside_whole: bool = False
+    refusal: str | None = None
 
     @property
     def missing(self) -> list[str]:
@@ -151,9 +160,14 @@ def plan_for(available: Sequence[bool], table: dict[str, Any]) -> SubsetPlan:
                                 "cases; review it against the images before any use")  # fmt: skip
     if not available[2] and not any(w.startswith("ET ") for w in warnings):
         warnings.append("ET: without post-contrast T1 the enhancing tumour is inferred, not seen; review it")
+    refusal = None
+    if expected and all(expected[r]["dice"] is not None and expected[r]["dice"] < REFUSE_DICE for r in REGIONS):
+        refusal = (f"only {name} found ({'+'.join(missing)} missing): with these sequences the model's expected Dice "
+                   "on held-out cases is " + " / ".join(f"{r} {expected[r]['dice']:.2f}" for r in REGIONS)
+                   + f", below {REFUSE_DICE:.2f} in every region; no segmentation written")  # fmt: skip
     return SubsetPlan(name, dict(entry["fills"]), bool(entry.get("measured")), expected,
                       entry.get("zero_fill_held_out"), warnings, str(table.get("version", "?")),
-                      bool(entry.get("keep_core_outside_whole", False)))  # fmt: skip
+                      bool(entry.get("keep_core_outside_whole", False)), refusal)  # fmt: skip
 
 
 def load_fill_models(assets: Path = DEFAULT_ASSETS) -> tuple[list[list[float]] | None, Any]:
