@@ -332,3 +332,22 @@ def test_core_is_kept_unless_keeping_it_loses() -> None:
     assert choose_core_rule(rows)
     rows[1]["metrics_keep_core"]["WT"]["dice"] = 0.4  # ... but not at the cost of WT
     assert not choose_core_rule(rows)
+
+
+def test_fill_quality_counts_false_bright_voxels_outside_the_tumour_only() -> None:
+    """The diagnostic's measures on a hand-made crop: a filled channel that is right in the
+    tumour but bright in 10 % of the rest of the brain (as an unsuppressed CSF would be)."""
+    from benchmarks.fill_quality import BRIGHT_Z, fill_errors
+
+    brain = np.zeros((10, 10, 10), dtype=bool)
+    brain[:, :, :5] = True  # 500 voxels
+    tumour = np.zeros_like(brain)
+    tumour[:5, :, :2] = True  # 100 voxels of it, all in the brain
+    real = np.where(tumour, 3.0, 0.0).astype(np.float32)
+    filled = real.copy()
+    filled[5:, :4, 2:3] = BRIGHT_Z + 1  # 20 brain voxels outside the tumour: bright where the real one is not
+    filled[:, :, 7] = 9.0  # outside the brain: ignored
+    m = fill_errors(filled, real, brain, tumour)
+    assert m["bright_outside_tumour"] == pytest.approx(20 / 400) and m["real_bright_outside_tumour"] == 0.0
+    assert m["tumour_z"] == m["real_tumour_z"] == pytest.approx(3.0)
+    assert m["mae"] == pytest.approx(20 * (BRIGHT_Z + 1) / 500)
