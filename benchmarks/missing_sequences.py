@@ -359,7 +359,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
-    axes[0].legend(loc="lower left")
+    axes[-1].legend(loc="lower right")  # the ET panel: its lowest bars (no contrast, single sequences) are short
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -88,21 +88,21 @@ def test_missing_modalities_give_a_seg_and_say_what_was_missing(
 def test_too_few_sequences_are_refused_with_the_expected_accuracy(
     brats_dir: Path, models_dir: Path, tmp_path: Path
 ) -> None:
-    """Post-contrast T1 alone: the measured table expects every region below the refusal bar, so
+    """Pre-contrast T1 alone: the measured table expects every region below the refusal bar, so
     the app exits 2 with one line that names the subset and the expected Dice, and writes
     nothing but the failed report."""
     from engines.model.missing.strategies import load_table, plan_for
     from samples.make_study import make_study
 
-    plan = plan_for((False, False, True, False), load_table())
-    assert plan.refusal is not None, "the shipped table no longer refuses T1ce alone: choose another subset here"
-    make_study(brats_dir / CASE, tmp_path / "study", drop=["flair", "t1", "t2"], seed=1)
+    plan = plan_for((False, True, False, False), load_table())
+    assert plan.refusal is not None, "the shipped table no longer refuses T1 alone: choose another subset here"
+    make_study(brats_dir / CASE, tmp_path / "study", drop=["flair", "t1ce", "t2"], seed=1)
     run = run_app(tmp_path / "study" / "dicom", tmp_path / "out", models_dir)
     assert run.returncode == 2, run.log[-4000:]
     assert run.files() == ["report.json"]
     assert run.report["status"] == "failed" and run.report["error_code"] == "insufficient_sequences"
     assert run.report["error"] == f"insufficient_sequences: {plan.refusal}"
-    assert "only T1ce found (FLAIR+T1+T2 missing)" in run.report["error"] and "\n" not in run.report["error"]
+    assert "only T1 found (FLAIR+T1ce+T2 missing)" in run.report["error"] and "\n" not in run.report["error"]
 
 
 def test_study_without_usable_mr_fails_cleanly(shared_dir: Path, models_dir: Path, tmp_path: Path) -> None:
