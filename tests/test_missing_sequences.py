@@ -153,11 +153,18 @@ def test_synthesiser_slabs_equal_one_pass_and_fill_is_standardised(tmp_path: Pat
     torch.save(net.state_dict(), tmp_path / "w.pt")
     synth = Synthesiser(tmp_path / "w.pt")
     synth.SLAB = 7  # several slabs over a 40-slice crop
+    wide_net = SynthesisNet(8, (1, 2, 4))  # a wider receptive field needs a wider halo between slabs
+    torch.save(wide_net.state_dict(), tmp_path / "wide.pt")
+    wide = Synthesiser(tmp_path / "wide.pt", features=8, dilations=(1, 2, 4))
+    wide.SLAB = 7
     pre = _crop(available=T1CE_T2)
     got = synth.predict(pre.image, pre.brain_mask, T1CE_T2)
     with torch.inference_mode():
         whole = net(torch.from_numpy(network_input(pre.image, pre.brain_mask, T1CE_T2)[None]))[0].numpy()
     np.testing.assert_allclose(got, whole, atol=1e-5)
+    with torch.inference_mode():
+        wide_whole = wide_net(torch.from_numpy(network_input(pre.image, pre.brain_mask, T1CE_T2)[None]))[0].numpy()
+    np.testing.assert_allclose(wide.predict(pre.image, pre.brain_mask, T1CE_T2), wide_whole, atol=1e-5)
     filled = fill_image(pre.image, pre.brain_mask, T1CE_T2, "synthesis", 0, synthesiser=synth)
     values = filled.image[0][pre.brain_mask]
     assert abs(float(values.mean())) < 1e-4 and abs(float(values.std()) - 1) < 1e-3
@@ -177,7 +184,14 @@ def test_synthesis_training_quick_mode_is_deterministic(brats_dir: Path, tmp_pat
     refs, synth = load_fill_models(tmp_path / "a")
     assert len(refs) == 4 and all(len(r) == QUANTILE_LEVELS.size for r in refs)
     assert all(np.all(np.diff(r) >= 0) for r in refs)  # quantiles increase
-    assert isinstance(synth, Synthesiser)
+    assert isinstance(synth, Synthesiser) and synth.dilations == (1, 2)
+    # Another architecture is recorded in the manifest and loaded back with it.
+    assert main(["--cases", str(case), "--out", str(tmp_path / "wide"), "--quick", "--threads", "1",
+                 "--dilations", "1,2,4", "--features", "8"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "wide" / "synthesis_manifest.json").read_text())["architecture"] == {
+        "features": 8, "dilations": [1, 2, 4]}  # fmt: skip
+    _, wide = load_fill_models(tmp_path / "wide")
+    assert wide.dilations == (1, 2, 4) and wide.net.body[0].out_channels == 8
 
 
 def test_shipped_assets_match_their_manifest() -> None:

@@ -172,12 +172,18 @@ def plan_for(available: Sequence[bool], table: dict[str, Any]) -> SubsetPlan:
 
 def load_fill_models(assets: Path = DEFAULT_ASSETS) -> tuple[list[list[float]] | None, Any]:
     """The intensity references (4 x 201) and the synthesis network from ``assets``; each is
-    ``None`` when its file is absent (then the fill that needs it raises when asked for)."""
+    ``None`` when its file is absent (then the fill that needs it raises when asked for). The
+    network's architecture is the training manifest's ``architecture`` (the default one when the
+    manifest does not say)."""
     from engines.model.missing.synthesis import Synthesiser
 
     refs_path, weights = Path(assets) / "intensity_references.json", Path(assets) / "synthesis.pt"
+    manifest_path = Path(assets) / "synthesis_manifest.json"
     refs = None
     if refs_path.exists():
         doc = json.loads(refs_path.read_text())
         refs = [doc["quantiles"][n] for n in CHANNEL_NAMES]
-    return refs, (Synthesiser(weights) if weights.exists() else None)
+    if not weights.exists():
+        return refs, None
+    architecture = json.loads(manifest_path.read_text()).get("architecture", {}) if manifest_path.exists() else {}
+    return refs, Synthesiser(weights, **architecture)

@@ -83,14 +83,19 @@ class Synthesiser:
         ``state_dict`` file written by the training script (``synthesis.pt``).
     threads
         torch intra-op threads while predicting (the caller's setting is restored after).
+    features, dilations
+        The architecture the weights were trained with (the training manifest's
+        ``architecture``; the defaults are the shipped network's).
     """
 
     #: Slabs along Z per forward pass (bounded memory on the 240 x 240 x 155 grid).
     SLAB = 48
 
-    def __init__(self, weights: Path, threads: int | None = None) -> None:
+    def __init__(self, weights: Path, threads: int | None = None, features: int = FEATURES,
+                 dilations: Sequence[int] = DILATIONS) -> None:  # fmt: skip
         self.weights = Path(weights)
-        self.net = SynthesisNet()
+        self.dilations = tuple(int(d) for d in dilations)
+        self.net = SynthesisNet(features, self.dilations)
         self.net.load_state_dict(torch.load(self.weights, map_location="cpu", weights_only=True))
         self.net.eval()
         self.threads = threads
@@ -98,12 +103,12 @@ class Synthesiser:
     def predict(self, image: np.ndarray, brain: np.ndarray, available: Sequence[bool]) -> np.ndarray:
         """float32 ``(4, z, y, x)`` predicted z-scores for the crop ``image`` ``(4, z, y, x)``.
 
-        Runs in overlapping slabs along Z (halo = the receptive field's radius, 3), so the
-        result equals one pass over the whole crop up to float rounding.
+        Runs in overlapping slabs along Z (halo = the receptive field's radius, the sum of the
+        dilations), so the result equals one pass over the whole crop up to float rounding.
         """
         x = network_input(image, brain, available)
         depth = x.shape[1]
-        halo = sum(DILATIONS)  # radius of the receptive field
+        halo = sum(self.dilations)  # radius of the receptive field
         out = np.empty((OUT_CHANNELS, *x.shape[1:]), dtype=np.float32)
         previous = torch.get_num_threads()
         if self.threads:

@@ -43,7 +43,7 @@ import torch
 from engines.atomic_write import write_bytes_atomically
 from engines.model.cascade import preprocess
 from engines.model.missing.fills import QUANTILE_LEVELS, brain_quantiles, reference_quantiles
-from engines.model.missing.synthesis import SynthesisNet, network_input
+from engines.model.missing.synthesis import DILATIONS, FEATURES, SynthesisNet, network_input
 from engines.runtimes.engine_cache import file_sha256
 
 log = logging.getLogger("engines.model.missing.train_synthesis")
@@ -97,11 +97,14 @@ def train(
     batch: int,
     seed: int,
     lr: float = 3e-3,
+    features: int = FEATURES,
+    dilations: Sequence[int] = DILATIONS,
 ) -> tuple[SynthesisNet, list[float]]:
-    """Train a :class:`SynthesisNet`; returns it and the loss of every iteration."""
+    """Train a :class:`SynthesisNet` (``features``, ``dilations``: its architecture); returns it
+    and the loss of every iteration."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = SynthesisNet()
+    net = SynthesisNet(features, dilations)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(iterations * 0.7)], gamma=0.25)
     losses: list[float] = []
@@ -131,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (part of what makes the weights reproducible)")
+    p.add_argument("--features", type=int, default=FEATURES, help="feature channels (architecture)")
+    p.add_argument("--dilations", default=",".join(map(str, DILATIONS)),
+                   help="dilations of the 3x3x3 convolutions, comma-separated (architecture; receptive field "
+                        "1 + 2 x their sum voxels)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="8 iterations of 16-cubed patches (tests only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -148,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("loaded %s: crop %s", c.name, cases[-1][0].shape)
     args.out.mkdir(parents=True, exist_ok=True)
     refs_path = write_references(cases, [c.name for c in args.cases], args.out)  # before training: no wait for them
-    net, losses = train(cases, args.iterations, args.patch, args.batch, args.seed)
+    dilations = [int(d) for d in args.dilations.split(",")]
+    net, losses = train(cases, args.iterations, args.patch, args.batch, args.seed, features=args.features,
+                        dilations=dilations)  # fmt: skip
     seconds = time.perf_counter() - t0
 
     weights = args.out / "synthesis.pt"
@@ -160,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cases": [c.name for c in args.cases],
         "seed": args.seed, "iterations": args.iterations, "patch": args.patch, "batch": args.batch,
         "threads": args.threads, "quick": args.quick,
+        "architecture": {"features": args.features, "dilations": dilations},
         "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
         "machine": platform.machine(),
         "loss_every_%d_iterations" % every: [round(float(np.mean(losses[i:i + every])), 5)
