@@ -41,6 +41,8 @@ from engines.model.modalities import CHANNEL_NAMES
 
 log = logging.getLogger("benchmarks.fill_quality")
 
+#: The intensity references and the synthesiser, as :func:`load_fill_models` returns them.
+FillModels = tuple[Any, Any]
 #: z-score above which a voxel counts as bright (the real FLAIR's edema is mostly above it).
 BRIGHT_Z = 2.0
 COMPARED_FILLS = ("copy", "matched", "synthesis")
@@ -80,11 +82,12 @@ def on_full_grid(pre: Preprocessed, crop: np.ndarray, fill_value: float = 0.0) -
     return out
 
 
-def measure(cases_dir: Path, channel: int, assets: Path) -> list[dict[str, Any]]:
+def measure(cases_dir: Path, channel: int, models: FillModels) -> list[dict[str, Any]]:
     """One row per (case, subset lacking ``channel``, fill) with :func:`fill_errors`, over the
     voxels that are brain both with all four sequences and with the subset (the brain mask is the
-    union of the sequences present, so its edge moves by a voxel or so between subsets)."""
-    references, synthesiser = load_fill_models(assets)
+    union of the sequences present, so its edge moves by a voxel or so between subsets).
+    ``models``: the intensity references and the synthesiser (:func:`load_fill_models`)."""
+    references, synthesiser = models
     subsets = [s for s in SUBSETS if not subset_available(s)[channel]]
     rows: list[dict[str, Any]] = []
     for case in (*SELECTION_CASES, *HELD_OUT_CASES):
@@ -117,30 +120,31 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             for split, by_subset in out.items()}  # fmt: skip
 
 
-def figure(cases_dir: Path, case: str, subset: str, channel: int, assets: Path, path: Path) -> None:
-    """One axial slice through the tumour's centre: the real channel, each fill, the label."""
+def figure(cases_dir: Path, case: str, subset: str, channel: int, models: FillModels, path: Path) -> None:
+    """One axial slice through the tumour's centre: the real channel, each fill, the label, all
+    on the case's whole grid (the subset's brain box may differ from the all-four one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    references, synthesiser = load_fill_models(assets)
+    references, synthesiser = models
     vols, seg, _ = load_case(cases_dir / case)
     full = preprocess(vols, (True,) * 4, seed=0)
     available = subset_available(subset)
     pre = preprocess(vols, available, seed=0)
-    (z0, z1), (y0, y1), (x0, x1) = full.brain_box
-    label = seg[z0:z1, y0:y1, x0:x1]
-    z = int(np.argwhere(label > 0)[:, 0].mean())  # axis 0 is Z (axial slices)
-    panels = [(f"real {CHANNEL_NAMES[channel]}", full.image[channel])]
+    brain = on_full_grid(full, full.brain_mask)
+    z = int(np.argwhere(seg > 0)[:, 0].mean())  # axis 0 is Z (axial slices)
+    (_, _), (y0, y1), (x0, x1) = full.brain_box  # shown: the all-four brain box in-plane
+    panels = [(f"real {CHANNEL_NAMES[channel]}", on_full_grid(full, full.image[channel]))]
     for fill in COMPARED_FILLS:
         img = fill_image(pre.image, pre.brain_mask, available, fill, pre.seed, references, synthesiser).image
-        panels.append((f"{fill} from {subset}", img[channel]))
+        panels.append((f"{fill} from {subset}", on_full_grid(pre, img[channel])))
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 4.4))
     for ax, (title, img) in zip(axes, panels):
-        ax.imshow(np.where(full.brain_mask[z], img[z], np.nan), cmap="gray", vmin=-2, vmax=4)
+        ax.imshow(np.where(brain[z], img[z], np.nan)[y0:y1, x0:x1], cmap="gray", vmin=-2, vmax=4)
         ax.set_title(title, fontsize=10)
-    axes[-1].imshow(label[z], cmap="viridis", vmin=0, vmax=4, interpolation="nearest")
+    axes[-1].imshow(seg[z, y0:y1, x0:x1], cmap="viridis", vmin=0, vmax=4, interpolation="nearest")
     axes[-1].set_title("expert label (1 NCR, 2 edema, 4 ET)", fontsize=10)
     for ax in axes:
         ax.axis("off")
@@ -164,10 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if subset_available(args.figure_subset)[channel]:
         p.error(f"--figure-subset {args.figure_subset} has {args.channel}: nothing to fill")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = measure(args.cases, channel, args.assets)
+    models: FillModels = load_fill_models(args.assets)  # once, for the measure and the figure
+    rows = measure(args.cases, channel, models)
     doc = {"channel": args.channel, "bright_z": BRIGHT_Z, "summary": summarise(rows), "rows": rows}
     (args.out / "fill_quality.json").write_text(json.dumps(doc, indent=1) + "\n")
-    figure(args.cases, args.figure_case, args.figure_subset, channel, args.assets, args.out / "fill_quality.png")
+    figure(args.cases, args.figure_case, args.figure_subset, channel, models, args.out / "fill_quality.png")
     for split, by_subset in doc["summary"].items():
         for subset, by_fill in by_subset.items():
             log.info("%s %s: %s", split, subset, "; ".join(

@@ -264,14 +264,13 @@ def test_plan_refuses_only_where_every_region_is_expected_below_the_bar() -> Non
     assert kept.refusal is None and any(w.startswith("TC unreliable") for w in kept.warnings)
     table["subsets"]["T1"].update(measured=False, expected_held_out=None)  # unmeasured: warned, not refused
     assert plan_for(t1, table).refusal is None
-    _expect(table, ALL_FOUR, 0.1, 0.1, 0.1)
-    assert plan_for((True,) * 4, table).refusal is not None  # the rule itself; the app never asks with all four
 
 
-def test_segmentation_refuses_before_building_an_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The operator raises the typed input error (exit code 2, one line) from the table's refusal,
-    and does not load the fill models or build an engine first."""
+def test_segmentation_refuses_before_building_an_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The operator's work raises the typed input error (exit code 2, one line) from the table's
+    refusal, without choosing or building an engine and without loading the fill models."""
     import logging
+    from types import SimpleNamespace
 
     import operators.segmentation_operator as seg_op
     from operators.errors import InsufficientSequencesError
@@ -280,8 +279,10 @@ def test_segmentation_refuses_before_building_an_engine(monkeypatch: pytest.Monk
     _expect(table, "T1ce", 0.01, 0.0, 0.0)
     monkeypatch.setattr(seg_op, "load_table", lambda: table)
     monkeypatch.setattr(seg_op, "load_fill_models", lambda: pytest.fail("fill models loaded before refusing"))
+    monkeypatch.setattr(seg_op, "choose_engine", lambda *a, **k: pytest.fail("engine chosen before refusing"))
+    t1ce_only = SimpleNamespace(volumes=np.zeros((4, 8, 8, 8), dtype=np.float32), available=(False, False, True, False))
     with pytest.raises(InsufficientSequencesError, match="only T1ce found") as info:
-        seg_op.missing_sequence_plan((False, False, True, False), logging.getLogger("test"))
+        seg_op.segment(t1ce_only, tmp_path, "auto", 0, logging.getLogger("test"))
     assert info.value.exit_code == 2 and info.value.one_line().startswith("insufficient_sequences: only T1ce")
 
 
@@ -350,7 +351,7 @@ def test_core_is_kept_unless_keeping_it_loses() -> None:
 
 def test_fill_quality_counts_false_bright_voxels_outside_the_tumour_only() -> None:
     """The diagnostic's measures on a hand-made crop: a filled channel that is right in the
-    tumour but bright in 10 % of the rest of the brain (as an unsuppressed CSF would be)."""
+    tumour but bright in 5 % of the rest of the brain (as an unsuppressed CSF would be)."""
     from benchmarks.fill_quality import BRIGHT_Z, fill_errors
 
     brain = np.zeros((10, 10, 10), dtype=bool)
