@@ -71,7 +71,8 @@ class BrainTumorSegApp(Application):
         loader = StudyLoaderOperator(self, CountCondition(self, 1), input_folder=settings.input_dir, name="study_loader")
         selector = ModalitySelectorOperator(self, rules_path=settings.rules_path, name="modality_selector")
         registration = RegistrationOperator(self, seed=settings.seed, brain_extraction=settings.brain_extraction,
-                                            registration_backend=settings.registration, name="registration")
+                                            registration_backend=settings.registration, model_dir=settings.model_dir,
+                                            cache_dir=settings.engine_cache_dir, name="registration")
         segmentation = SegmentationOperator(
             self, model_dir=settings.model_dir, engine=settings.engine, seed=settings.seed,
             triton_server=settings.triton_server, triton_timeout_s=settings.triton_timeout_s,

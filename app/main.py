@@ -21,6 +21,7 @@ from typing import Sequence
 from app import __version__, termination
 from app.memory import limit_malloc_arenas
 from app.termination import Terminated
+from engines.runtimes.cpu_host import flush_denormals
 from operators.errors import InputError
 from operators.outputs.report import base_report
 from operators.outputs.staging import REPORT_NAME, write_json_atomically
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     termination.install()
     start = time.perf_counter()
     arenas = limit_malloc_arenas()  # before Holoscan, OpenVINO and ITK start their threads
+    flush_denormals()  # every torch computation of the run (engines.runtimes.cpu_host)
     output_dir = _output_dir_from_args(sys.argv)
     if output_dir is not None:
         # Before Holoscan and the SDK are even imported (the SDK's argument parser would

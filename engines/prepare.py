@@ -5,6 +5,11 @@ Usage::
     python -m engines.prepare --out models [--weights ../shared/models/brats17-cascade] \
         [--networks wt32 tc32 ...]
 
+With ``--brain-extraction`` (default) HD-BET's fold-0 network is exported to
+``<out>/hd_bet.onnx`` (:mod:`engines.brain.hd_bet_network`); then FP32 and BF16 are timed on
+this CPU for each role and the choice written to ``<out>/cpu-precision.json``
+(:mod:`engines.runtimes.cpu_precision`; ``--no-measure-cpu`` skips it).
+
 For each network ``<name>`` this writes ``<out>/<name>.pt`` (PyTorch ``state_dict``),
 ``<out>/<name>.onnx`` (opset 17, dynamic ``N, D, H, W`` axes), ``<out>/<name>.folded.onnx``
 (the same network in the folded layout of :mod:`engines.model.msnet_folded`, for batches of 5 slabs,
@@ -115,8 +120,13 @@ def verify_onnx(net: MSNet, path: Path, batch: int | None = None) -> dict[str, A
     return {"ops": ops, "verify_input_shape": list(x.shape), "ort_vs_torch_max_abs": err}
 
 
-def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS) -> dict[str, Any]:
+def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS, brain_extraction: bool = True,
+            measure_cpu: bool = True) -> dict[str, Any]:
     """Write ``.pt``, ``.onnx`` and ``manifest.json`` for ``networks`` into ``out``.
+
+    ``brain_extraction``: also export HD-BET (``hd_bet.onnx``, the manifest's
+    ``brain_extraction`` entry; :mod:`engines.brain.hd_bet_network`). ``measure_cpu``: measure
+    FP32 against BF16 on this CPU (``cpu-precision.json``; :mod:`engines.runtimes.cpu_precision`).
 
     Returns
     -------
@@ -169,8 +179,36 @@ def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS) ->
         }  # fmt: skip
         log.info("%s: exported (%s), ORT vs torch max|d| %.2e, %.1f s",
                  name, exporter, facts["ort_vs_torch_max_abs"], time.perf_counter() - t0)  # fmt: skip
+    if brain_extraction:
+        from engines.brain.hd_bet_network import export_hd_bet_onnx
+
+        manifest["brain_extraction"] = export_hd_bet_onnx(out, OPSET)
+    if measure_cpu:
+        manifest["cpu_precision"] = _measure_cpu_precision(out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _measure_cpu_precision(out: Path) -> list[dict[str, Any]]:
+    """FP32 or BF16 for each role on this CPU, stored in ``out/cpu-precision.json`` (read first
+    by the app when it runs on a CPU of the same signature; :mod:`engines.runtimes.cpu_precision`)."""
+    import os
+
+    from engines.runtimes.cpu_precision import CACHE_FILE, PROBES, choose_cpu_precision, store
+
+    choices = []
+    for role, (file, _) in PROBES.items():
+        if not (out / file).is_file():
+            continue
+        try:
+            choice = choose_cpu_precision(role, out, None, os.cpu_count() or 1)
+        except ImportError as exc:  # no OpenVINO here: the app measures where it runs
+            log.warning("CPU precision not measured (%s)", exc)
+            return choices
+        if choice.source == "measured":
+            store(out / CACHE_FILE, choice)
+        choices.append(choice.as_report())
+    return choices
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,13 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="folder of msnet_*_20000.npz (default $BRATS_SHARED/models/brats17-cascade "
                         "or <repo>/../shared/models/brats17-cascade)")  # fmt: skip
     p.add_argument("--networks", nargs="+", default=NETWORKS, choices=NETWORKS)
+    p.add_argument("--brain-extraction", action=argparse.BooleanOptionalAction, default=True,
+                   help="export HD-BET's network too (hd_bet.onnx; default: yes)")
+    p.add_argument("--measure-cpu", action=argparse.BooleanOptionalAction, default=True,
+                   help="time FP32 against BF16 on this CPU into cpu-precision.json (default: yes)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     weights = args.weights or default_weights_dir()
     if not weights.is_dir():
         p.error(f"weights folder not found: {weights}")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    prepare(args.out, weights, args.networks)
+    prepare(args.out, weights, args.networks, args.brain_extraction, args.measure_cpu)
     return 0
 
 

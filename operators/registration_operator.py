@@ -5,6 +5,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,6 +30,10 @@ class RegistrationOperator(Operator):
     Named input:
         selection: :class:`operators.study_model.ModalitySelection`.
 
+    Parameters: ``model_dir`` (the model folder: HD-BET's exported graph), ``cache_dir`` (the
+    engine cache: the CPU precision measured here), ``seed``, ``brain_extraction``,
+    ``registration_backend``.
+
     Named output:
         model_input: :class:`operators.study_model.ModelInput` (``(4, Z, Y, X)`` volumes on
         the 1 mm model grid, availability, the reference series, the transforms and the
@@ -51,9 +56,12 @@ class RegistrationOperator(Operator):
     """
 
     def __init__(self, fragment: Fragment, *args, seed: int = 0, brain_extraction: str = "hd-bet",
-                 registration_backend: str = "auto", **kwargs) -> None:
+                 registration_backend: str = "auto", model_dir: Path | None = None, cache_dir: Path | None = None,
+                 **kwargs) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.seed = seed
+        self.model_dir = model_dir
+        self.cache_dir = cache_dir
         self.brain_extraction = brain_extraction
         self.registration_backend = registration_backend
         super().__init__(fragment, *args, **kwargs)
@@ -65,7 +73,7 @@ class RegistrationOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         selection: ModalitySelection = op_input.receive("selection")
         op_output.emit(build_model_input(selection, self.seed, self._logger, self.brain_extraction,
-                                         self.registration_backend), "model_input")
+                                         self.registration_backend, self.model_dir, self.cache_dir), "model_input")
 
 
 def choose_registration_backend(setting: str = "auto") -> tuple[str, str]:
@@ -84,8 +92,12 @@ def _register(backend: str, fixed: sitk.Image, moving: sitk.Image, seed: int) ->
 
 
 def build_model_input(selection: ModalitySelection, seed: int, logger: logging.Logger,
-                      brain_extraction: str = "hd-bet", registration_backend: str = "auto") -> ModelInput:
+                      brain_extraction: str = "hd-bet", registration_backend: str = "auto",
+                      model_dir: Path | None = None, cache_dir: Path | None = None) -> ModelInput:
     """The work of :class:`RegistrationOperator`, callable without Holoscan.
+
+    ``model_dir`` holds HD-BET's exported graph (run by the engine layer; PyTorch without it),
+    ``cache_dir`` the measured CPU precision (:mod:`engines.runtimes.cpu_precision`).
 
     Returns
     -------
@@ -162,7 +174,7 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
 
     brain_mask, brain_record = brain_mask_on_grid(
         {m: s.image for m, s in images.items()}, on_grid, reference_key, grid,
-        method=brain_extraction, seed=seed + 1, logger=logger)
+        method=brain_extraction, seed=seed + 1, logger=logger, model_dir=model_dir, cache_dir=cache_dir)
     if brain_mask is not None:
         volumes[:, sitk.GetArrayViewFromImage(brain_mask) == 0] = 0.0
     timings["brain_extraction"] = time.perf_counter() - t3

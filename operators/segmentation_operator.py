@@ -132,7 +132,7 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
         model_input=model_input,
         labels=result.labels,
         engine={"inference": "remote" if remote else "local", "engine": engine.registry_name,
-                "choice_reason": engine.choice_reason, **result.engine},
+                "choice_reason": engine.choice_reason, "precision_choice": engine.precision_choice, **result.engine},
         imputed_channels=list(result.imputed_channels),
         notes=notes + list(result.notes),
         timings=timings,

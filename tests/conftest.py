@@ -68,6 +68,9 @@ def _model_folder_is_current(folder: Path, weights_dir: Path) -> bool:
             for name, digest in entry["sha256"].items():
                 if hashlib.sha256((folder / name).read_bytes()).hexdigest() != digest:
                     return False
+        brain = manifest["brain_extraction"]  # HD-BET's graph (engines.brain)
+        if hashlib.sha256((folder / brain["file"]).read_bytes()).hexdigest() != brain["sha256"]:
+            return False
         return len(manifest["networks"]) == 9
     except (OSError, KeyError, ValueError):
         return False

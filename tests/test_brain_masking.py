@@ -129,7 +129,9 @@ def test_hd_bet_weights_missing_fail_clearly(tmp_path: Path, monkeypatch) -> Non
     (tmp_path / "models" / "0.model").write_bytes(b"truncated")
     with pytest.raises(hd_bet.HdBetWeightsMissing, match=r"0\.model .*9 bytes.*Nothing is downloaded"):
         hd_bet.hd_bet_weight_files((0,), package_dir=tmp_path)
-    monkeypatch.setattr(hd_bet, "_package_dir", lambda: tmp_path / "absent")
+    from engines.brain import hd_bet_network
+
+    monkeypatch.setattr(hd_bet_network, "_package_dir", lambda: tmp_path / "absent")
     with pytest.raises(hd_bet.HdBetWeightsMissing, match="absent"):
         hd_bet.hd_bet_mask(sitk.Image([8, 8, 8], sitk.sitkFloat32))
     # the app does not swap in another method when the weights are missing
@@ -168,22 +170,52 @@ def test_stripped_study_never_runs_hd_bet(small_study: Path, monkeypatch) -> Non
 
 @pytest.mark.slow  # 25-90 s per case on 2 shared cores (one HD-BET pass): ~4-12 min for the 8
 @pytest.mark.parametrize("case", BRATS_CASES)
-def test_hd_bet_keeps_tumour_on_brats(brats_dir: Path, case: str, capsys) -> None:
-    """HD-BET (fast mode, T1ce, as the app runs it on a CPU) on a stripped BraTS brain as if
-    unstripped: >= 99.5 % of the labelled tumour kept, Dice >= 0.97 with the BraTS mask."""
+def test_hd_bet_keeps_tumour_on_brats(brats_dir: Path, case: str, capsys, request) -> None:
+    """HD-BET (fast mode, T1ce, as the app runs it on a CPU: the model folder's graph through
+    the engine layer) on a stripped BraTS brain as if unstripped: >= 99.5 % of the labelled
+    tumour kept, Dice >= 0.97 with the BraTS mask."""
     from operators.spatial.brain_masking import hd_bet_brain_mask
 
     d = _need(brats_dir / case)
+    models_dir = request.getfixturevalue("models_dir")
     img = sitk.ReadImage(str(d / f"{case}_t1ce.nii.gz"))
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case}_seg.nii.gz"))) > 0
-    mask, record = hd_bet_brain_mask(img, mode="fast", device="cpu")  # as the app applies it
+    mask, record = hd_bet_brain_mask(img, mode="fast", device="cpu", model_dir=models_dir)  # as the app applies it
     m = sitk.GetArrayViewFromImage(mask) > 0
     b = sitk.GetArrayViewFromImage(img) != 0
     dice = 2.0 * np.count_nonzero(m & b) / (np.count_nonzero(m) + np.count_nonzero(b))
     kept = np.count_nonzero(m & seg) / np.count_nonzero(seg)
+    vs_torch = _dice_vs_torch_fp32(img, mask)
     with capsys.disabled():
-        print(f"\n[hd-bet] {case}: tumour kept {kept:.4f}, Dice {dice:.4f}, {record['duration_s']:.0f} s")
+        print(f"\n[hd-bet] {case}: tumour kept {kept:.4f}, Dice {dice:.4f}, vs torch FP32 {vs_torch:.4f}, "
+              f"{record['engine']['runtime']} {record['engine']['precision']} {record['duration_s']:.0f} s")
     assert kept >= 0.995 and dice >= 0.97, (case, kept, dice)
+    assert vs_torch >= 0.99, (case, vs_torch)
+
+
+def _dice_vs_torch_fp32(image: sitk.Image, mask: sitk.Image) -> float:
+    """Dice of ``mask`` with HD-BET's mask from the PyTorch FP32 network (fold 0), the reference
+    every other engine is held to."""
+    from engines.brain.hd_bet_engines import TorchHdBet
+    from operators.spatial.hd_bet import hd_bet_mask
+
+    ref = sitk.GetArrayViewFromImage(hd_bet_mask(image, engine=TorchHdBet((0,), "cpu")).mask) > 0
+    m = sitk.GetArrayViewFromImage(mask) > 0
+    return 2.0 * np.count_nonzero(m & ref) / (np.count_nonzero(m) + np.count_nonzero(ref))
+
+
+@pytest.mark.slow  # two HD-BET passes on the skull-on native exam: ~1 min on 2 shared cores
+def test_hd_bet_engine_matches_torch_on_the_native_exam(shared_dir: Path, models_dir: Path, capsys) -> None:
+    """The app's HD-BET engine on a real skull-on T1ce: Dice >= 0.99 with PyTorch FP32's mask."""
+    from operators.spatial.brain_masking import hd_bet_brain_mask
+
+    img = sitk.ReadImage(str(_need(shared_dir / "data" / "native-space" / "TCGA-FG-6692" / NATIVE["t1ce"])))
+    mask, record = hd_bet_brain_mask(img, mode="fast", device="cpu", model_dir=models_dir)
+    vs_torch = _dice_vs_torch_fp32(img, mask)
+    with capsys.disabled():
+        print(f"\n[hd-bet native] {record['engine']['runtime']} {record['engine']['precision']}: "
+              f"{record['mask_ml']:.0f} ml, Dice vs torch FP32 {vs_torch:.4f}")
+    assert vs_torch >= 0.99
 
 
 @pytest.mark.slow  # the whole app on the native exam with HD-BET: ~6-10 min on 2 shared cores

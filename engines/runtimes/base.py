@@ -44,6 +44,9 @@ class InferenceEngine(abc.ABC):
     registry_name: str = ""
     #: Why the app runs this engine (set by ``engines.runtimes.registry.choose_engine``).
     choice_reason: str = ""
+    #: The measured FP32 / BF16 choice behind it, when the CPU precision was chosen by
+    #: measurement (:meth:`engines.runtimes.cpu_precision.PrecisionChoice.as_report`).
+    precision_choice: dict[str, Any] | None = None
 
     @abc.abstractmethod
     def prepare(self, networks: Sequence[str]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from engines.runtimes.base import InferenceEngine
+from engines.runtimes.cpu_host import ort_session_options
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,8 @@ class OnnxRuntimeEngine(InferenceEngine):
         path = self.model_dir / f"{network}.onnx"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (run python -m engines.prepare --out {self.model_dir})")
-        so = ort.SessionOptions()
+        so = ort_session_options(self.threads)  # denormals flushed (engines.runtimes.cpu_host)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Memory: each session's CPU arena otherwise keeps its peak for every input shape it

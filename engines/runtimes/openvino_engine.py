@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from engines.runtimes.base import EngineUnavailable, InferenceEngine
+from engines.runtimes.cpu_host import OPENVINO_CPU_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class OpenVinoEngine(InferenceEngine):
             "PERFORMANCE_HINT": self.hint,
             "INFERENCE_NUM_THREADS": self.threads,
             "INFERENCE_PRECISION_HINT": self.precision,
+            **OPENVINO_CPU_CONFIG,  # denormals flushed (engines.runtimes.cpu_host)
         }
         if self.hint == "LATENCY":
             cfg["NUM_STREAMS"] = 1

@@ -5,6 +5,9 @@ absent runtime breaks only itself: :class:`~engines.runtimes.base.EngineUnavaila
 :func:`choose_engine` is the app's policy: remote inference on Triton when a server is given,
 else the engine the settings name, else (``auto``) the first of :data:`ENGINE_PREFERENCE` that
 runs here; it says why (the engine's ``choice_reason``) and which were passed over (notes).
+A BF16 engine is taken only where BF16 measured faster than FP32 on this CPU
+(:mod:`engines.runtimes.cpu_precision`); the measurement goes into the engine's
+``precision_choice``.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.runtimes.base import EngineUnavailable, InferenceEngine
+from engines.runtimes.cpu_host import flush_denormals
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,7 @@ def create_engine(
             raise  # our own code: a bug, not a missing runtime
         raise EngineUnavailable(f"engine {key}: {exc}") from exc
     cls = getattr(module, cls_name)
+    flush_denormals()  # before any engine computes (engines.runtimes.cpu_host)
     if cache_dir is not None and "cache_dir" in inspect.signature(cls).parameters:
         options = {"cache_dir": cache_dir, **options}
     engine = cls(model_dir=model_dir, weights_dir=weights_dir, **{**defaults, **options})
@@ -119,6 +124,24 @@ ENGINE_PREFERENCE = (
     "openvino-folded-bf16", "openvino-folded", "openvino", "onnxruntime", "torch",
 )  # fmt: skip
 """``auto`` picks the first of these that can run here (see :func:`choose_engine`)."""
+
+
+#: The CPU engines that run in bfloat16: taken only when BF16 measures faster on this CPU.
+BF16_ENGINES = ("openvino-folded-bf16",)
+
+
+def _cascade_precision(model_dir: Path, cache_dir: Path | None) -> dict[str, Any]:
+    """The cascade's measured CPU precision (:mod:`engines.runtimes.cpu_precision`), as a report
+    record; FP32 when it cannot be measured (BF16 costs accuracy: never taken unmeasured)."""
+    import os
+
+    from engines.runtimes.cpu_precision import choose_cpu_precision
+
+    try:
+        return choose_cpu_precision("cascade", model_dir, cache_dir, os.cpu_count() or 1).as_report()
+    except Exception as exc:  # noqa: BLE001 - no OpenVINO, no folded graph: FP32, said why
+        return {"role": "cascade", "precision": "fp32", "source": "not measured",
+                "reason": f"FP32 / BF16 not measured ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"}
 
 
 def check_model_folder(model_dir: Path) -> dict:
@@ -172,14 +195,24 @@ def choose_engine(requested: str, model_dir: Path, triton_server: str = "", trit
             notes.append(" ".join(note.split()))
             log.warning("%s", notes[-1])
     passed_over: list[str] = []
+    precision: dict[str, Any] | None = None
     for name in ENGINE_PREFERENCE:
         if name not in available_engines():
             continue
+        if name in BF16_ENGINES:
+            precision = _cascade_precision(model_dir, cache_dir)
+            if precision["precision"] != "bf16":
+                passed_over.append(f"{name} ({precision['reason']})")
+                continue
         try:
             engine = create_engine(name, model_dir=model_dir, cache_dir=cache_dir)
             log.info("Engine: %s (auto)", name)
             engine.choice_reason = ("auto: first engine of the preference order that runs here"
                                     + (f"; passed over {', '.join(passed_over)}" if passed_over else ""))  # fmt: skip
+            if precision is not None:  # a CPU engine (the GPU engines come before the BF16 one)
+                engine.precision_choice = precision
+                if name in BF16_ENGINES:
+                    engine.choice_reason += f"; BF16 because {precision['reason']}"
             return engine, notes
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next one
             notes.append(f"engine {name} unavailable: {type(exc).__name__}: {str(exc)[:160]}")

@@ -10,6 +10,7 @@ import datetime as _dt
 import platform
 from typing import Any
 
+from engines.runtimes.cpu_host import cpu_identity, denormals_record
 from operators.study_model import MODALITIES, MODALITY_DISPLAY, ModalitySelection, PipelineResult
 
 REPORT_SCHEMA_VERSION = 1
@@ -24,7 +25,9 @@ def base_report(app_name: str, app_version: str) -> dict[str, Any]:
         "schema_version": REPORT_SCHEMA_VERSION,
         "application": {"name": app_name, "version": app_version},
         "created": _now(),
-        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        "host": {"python": platform.python_version(), "machine": platform.machine(),
+                 "cpu": {k: v for k, v in cpu_identity().items() if k != "signature"},
+                 "denormals_flushed": denormals_record()},
     }
 
 

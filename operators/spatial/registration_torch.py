@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from engines.runtimes.cpu_host import flush_denormals
 from operators.spatial.registration import RegistrationResult, _centre, _inverse_euler
 from operators.spatial.registration_torch_core import ArrayImage, register_rigid_arrays, torch_registration_device
 
@@ -72,6 +73,7 @@ def register_rigid_torch(
         As :func:`operators.spatial.registration_torch_core.register_rigid_arrays`.
     """
     t0 = time.perf_counter()
+    flush_denormals()  # torch on the CPU (engines.runtimes.cpu_host)
     fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
     core = register_rigid_arrays(
         array_image(fixed_f), array_image(moving), device=device, seed=seed, level_spacings_mm=level_spacings_mm,

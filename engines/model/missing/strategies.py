@@ -176,7 +176,9 @@ def load_fill_models(assets: Path = DEFAULT_ASSETS) -> tuple[list[list[float]] |
     network's architecture is the training manifest's ``architecture`` (the default one when the
     manifest does not say)."""
     from engines.model.missing.synthesis import Synthesiser
+    from engines.runtimes.cpu_host import flush_denormals
 
+    flush_denormals()  # the synthesis network runs in torch on the CPU
     refs_path, weights = Path(assets) / "intensity_references.json", Path(assets) / "synthesis.pt"
     manifest_path = Path(assets) / "synthesis_manifest.json"
     refs = None
