@@ -11,6 +11,14 @@ reference grid, SEG, SR, overlay) and for the wall time of the whole process: p5
 mean over the measured runs; each stage's share of the stages' total; and the Amdahl bound
 (the end-to-end speed-up an infinitely fast network would give, from the p50s).
 
+With ``--flops`` the networks' work is counted once, in this process: the app's own operators
+(load, select, register, brain extraction, the cascade) run with the engine the app chooses,
+wrapped so that every batch shape is recorded; the FLOP of each (network, shape) and of
+HD-BET's pass are counted on the meta device. The summary then gives the networks' GFLOP/s
+(cascade: FLOP / the ``network`` stage's p50; HD-BET: FLOP / its pass's p50) against this
+CPU's FP32 peak (:func:`engines.runtimes.cpu_host.fp32_peak_gflops`), and the CPU's model and
+flags.
+
 Writes ``DIR/app_e2e.json`` and ``DIR/app_e2e.png`` (one bar per stage, p50 with the p95 as
 whisker) and prints a table.
 """
@@ -29,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run import _save_figure, percentiles
+from engines.runtimes.base import InferenceEngine
+from engines.runtimes.cpu_host import cpu_identity, fp32_peak_gflops
 
 __all__ = ["main", "summarise"]
 
@@ -69,6 +79,91 @@ def summarise(walls: Sequence[float], reports: Sequence[dict[str, Any]]) -> dict
     }  # fmt: skip
 
 
+class ShapeRecordingEngine(InferenceEngine):
+    """Runs another engine and records every ``(network, batch shape)`` it is given."""
+
+    def __init__(self, inner: InferenceEngine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def prepare(self, networks: Sequence[str]) -> None:
+        self.inner.prepare(networks)
+
+    def run(self, network: str, batch: Any) -> Any:
+        self.calls.append((network, tuple(int(s) for s in batch.shape)))
+        return self.inner.run(network, batch)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+
+def count_network_flops(study: Path, models: Path) -> dict[str, Any]:
+    """GFLOP of the cascade's networks and of HD-BET's pass on ``study``, as the app runs it
+    (its own operators in this process; see the module docstring)."""
+    import logging
+    from collections import Counter
+
+    from benchmarks.gpu_check import count_flops
+    from benchmarks.hd_bet_engines import network_gflop
+    from engines.model.cascade import segment_brats_full
+    from engines.runtimes.registry import choose_engine
+    from operators.dicom.study_loader import load_study
+    from operators.registration_operator import build_model_input
+    from operators.segmentation_operator import missing_sequence_plan
+    from operators.selection.modality_selector import SelectionRules, select_modalities
+
+    log = logging.getLogger("app_e2e.flops")
+    with tempfile.TemporaryDirectory() as cache:
+        selection = select_modalities(load_study(study), SelectionRules.load())
+        model_input = build_model_input(selection, 0, log, "hd-bet", "auto", models, Path(cache))
+        engine, _ = choose_engine("auto", models, cache_dir=Path(cache))
+        recorder = ShapeRecordingEngine(engine)
+        _, fill = missing_sequence_plan(model_input.available, log)
+        segment_brats_full(model_input.volumes, model_input.available, recorder, seed=0, fill=fill)
+    calls = Counter(recorder.calls)
+    flops = count_flops(sorted({n for n, _ in calls}), sorted({s for _, s in calls}))
+    cascade = sum(k * flops[n]["x".join(map(str, s))] for (n, s), k in calls.items())
+    brain = model_input.registrations[model_input.reference_modality].get("brain_extraction", {})
+    hd_shape = (brain.get("hd_bet") or {}).get("network_input_shape")
+    return {"cascade_gflop": round(cascade, 1), "cascade_calls": sum(calls.values()),
+            "hd_bet_gflop": round(network_gflop(tuple(hd_shape)), 1) if hd_shape else None,
+            "hd_bet_input_shape": hd_shape}  # fmt: skip
+
+
+def network_rates(summary: dict[str, Any], reports: Sequence[dict[str, Any]], flops: dict[str, Any]) -> dict[str, Any]:
+    """GFLOP/s of the cascade's networks and of HD-BET against this CPU's FP32 peak."""
+    peak = fp32_peak_gflops()
+    out: dict[str, Any] = {"fp32_peak": peak, **flops}
+    net_s = summary["network_p50_s"]
+    if net_s:
+        rate = flops["cascade_gflop"] / net_s
+        out["cascade_gflops_per_s"] = round(rate, 1)
+        out["cascade_share_of_fp32_peak"] = round(rate / peak["gflops"], 3)
+    hd = [_find_key(r, "duration_network_s") for r in reports]
+    hd = [float(v) for v in hd if v is not None]
+    if hd and flops.get("hd_bet_gflop"):
+        hd_p50 = percentiles(hd)["p50"]
+        out["hd_bet_network_p50_s"] = round(hd_p50, 2)
+        out["hd_bet_gflops_per_s"] = round(flops["hd_bet_gflop"] / hd_p50, 1)
+        out["hd_bet_share_of_fp32_peak"] = round(flops["hd_bet_gflop"] / hd_p50 / peak["gflops"], 3)
+    return out
+
+
+def _find_key(obj: Any, key: str) -> Any:
+    """The first value under ``key`` anywhere in a nested JSON object (None when absent)."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for v in obj:
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
 def _plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -99,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--engine", default=None, help="BRATS_ENGINE for the runs (default: the app's auto)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="more environment for the app")
+    p.add_argument("--flops", action="store_true",
+                   help="count the networks' FLOP once in this process (GFLOP/s against the CPU's FP32 peak)")
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         p.error("--runs must be >= 1 and --warmup >= 0")
@@ -120,12 +217,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reports.append(report)
     summary = summarise(walls, reports)
     summary["study"] = str(args.study)
-    summary["host"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    summary["host"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                       "cpu": cpu_identity()}
+    summary["engines"] = {"cascade": (reports[-1].get("segmentation", {}).get("engine") or {}).get("engine"),
+                          "cascade_precision": (_find_key(reports[-1].get("segmentation", {}), "precision_choice") or {}),
+                          "hd_bet": _find_key(reports[-1].get("registration", {}), "engine_choice_reason")}
+    if args.flops:
+        print("[app_e2e] counting the networks' FLOP (one more pass, in this process)", flush=True)
+        summary["networks"] = network_rates(summary, reports, count_network_flops(args.study, args.models))
+    summary["command"] = "python -m benchmarks.app_e2e " + " ".join(sys.argv[1:] if argv is None else argv)
     (args.out / "app_e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot(summary, args.out / "app_e2e.png")
     print(f"{'stage':<20}{'p50 s':>8}{'p95 s':>8}{'share':>8}")
     for stage, v in summary["stages_s"].items():
         print(f"{stage:<20}{v['p50']:>8.2f}{v['p95']:>8.2f}{summary['stage_share_of_p50_total'][stage]:>8.1%}")
+    nets = summary.get("networks")
+    if nets:
+        print(f"networks: cascade {nets.get('cascade_gflop')} GFLOP at {nets.get('cascade_gflops_per_s')} GFLOP/s "
+              f"({nets.get('cascade_share_of_fp32_peak', 0):.0%} of {nets['fp32_peak']['gflops']} GFLOP/s FP32 peak)"
+              + (f"; HD-BET {nets['hd_bet_gflop']} GFLOP at {nets.get('hd_bet_gflops_per_s')} GFLOP/s"
+                 if nets.get("hd_bet_gflop") else ""))  # fmt: skip
     bound = summary["amdahl_bound_zero_time_network"]
     print(f"wall p50 {summary['wall_s']['p50']:.1f} s, p95 {summary['wall_s']['p95']:.1f} s; registration + "
           f"resampling {summary['registration_and_resampling_share']:.1%} of the stages; zero-time network bound "
