@@ -76,7 +76,8 @@ class BrainTumorSegApp(Application):
         segmentation = SegmentationOperator(
             self, model_dir=settings.model_dir, engine=settings.engine, seed=settings.seed,
             triton_server=settings.triton_server, triton_timeout_s=settings.triton_timeout_s,
-            rules=settings.post_processing, cache_dir=settings.engine_cache_dir, name="segmentation",
+            rules=settings.post_processing, cache_dir=settings.engine_cache_dir,
+            write_unreliable_regions=settings.write_unreliable_regions, name="segmentation",
         )  # fmt: skip
         seg_writer = DicomSegWriterOperator(
             self, staging=self.staging, algorithm_version=__version__, name="dicom_seg_writer"

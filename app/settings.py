@@ -51,6 +51,12 @@ DEFAULTS: dict[str, Any] = {
     # Rigid registration backend: "auto" (PyTorch on a CUDA GPU, else SimpleITK on the CPU),
     # "simpleitk", "torch-cuda" or "torch-cpu" (operators.spatial.registration_torch).
     "registration": "auto",
+    "missing": {
+        # A region (WT / TC / ET) whose expected held-out Dice with the sequences found is below
+        # 0.70 is not written into the SEG (listed in report.json with why); a study with no
+        # region at the bar is refused (exit 2). true: write every region, flagged (research).
+        "write_unreliable_regions": False,
+    },
     "send": {
         # After a run, C-STORE the SEG and the SR to this PACS: "AE_TITLE@host:port" ("" = off).
         "dimse": "",
@@ -59,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 #: Sections of app.yaml's ``brats:`` that are mappings of their own.
-NESTED_SECTIONS = ("thresholds", "send")
+NESTED_SECTIONS = ("thresholds", "missing", "send")
 
 #: ``BRATS_*`` environment variable -> (section key, key inside a nested section or None).
 ENV_OVERRIDES: dict[str, tuple[str, str | None]] = {
@@ -71,6 +77,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str | None]] = {
     "BRATS_MIN_ENHANCING_VOXELS": ("thresholds", "min_enhancing_voxels"),
     "BRATS_BRAIN_EXTRACTION": ("brain_extraction", None),
     "BRATS_REGISTRATION": ("registration", None),
+    "BRATS_MISSING_WRITE_UNRELIABLE_REGIONS": ("missing", "write_unreliable_regions"),
     "BRATS_SEND_DIMSE": ("send", "dimse"),
     "BRATS_SEND_TIMEOUT_S": ("send", "timeout_s"),
 }
@@ -160,6 +167,17 @@ def _as_int(value: Any, what: str, minimum: int = 0) -> int:
     return number
 
 
+def _as_bool(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0", ""):
+        return False
+    raise SettingsError(f"{what} must be true or false, got {value!r}")
+
+
 def _resolve_model_dir(path: Path) -> Path:
     """The model folder: ``path`` itself, or its only sub-folder holding a ``manifest.json``.
 
@@ -220,6 +238,8 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
         "registration": registration,
         "send_dimse": send_dimse,
         "send_timeout_s": _as_int(send["timeout_s"], "send.timeout_s", minimum=1),
+        "write_unreliable_regions": _as_bool(merged["missing"]["write_unreliable_regions"],
+                                             "missing.write_unreliable_regions"),
     }
 
 
@@ -240,6 +260,7 @@ class AppSettings:
     send_timeout_s: int = DEFAULTS["send"]["timeout_s"]
     brain_extraction: str = DEFAULTS["brain_extraction"]
     registration: str = DEFAULTS["registration"]
+    write_unreliable_regions: bool = DEFAULTS["missing"]["write_unreliable_regions"]
     config_path: Path | None = None
 
     @property

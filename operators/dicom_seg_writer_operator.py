@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from engines.model.missing.strategies import UNRELIABLE_DICE
-from operators.dicom.seg_builder import build_segmentation, render_overlay_png
+from operators.dicom.seg_builder import BRATS_SEGMENTS, SegmentSpec, build_segmentation, render_overlay_png, segments_for_regions
 from operators.dicom.source_attributes import AttributeFix, fixes_text
 from operators.dicom.sr_builder import build_volume_report
 from operators.outputs.report import modalities_line
@@ -19,18 +19,22 @@ from operators.spatial.registration import labels_to_reference
 from operators.study_model import MODALITIES, MODALITY_DISPLAY, PipelineResult, SegmentationOutcome
 
 BRATS_REGIONS = {"whole_tumor": (1, 2, 4), "tumor_core": (1, 4), "enhancing_tumor": (4,)}
+#: report.json's name of each region, and of each segment kind (by its ``short`` name).
+REGION_KEYS = {"WT": "whole_tumor", "TC": "tumor_core", "ET": "enhancing_tumor"}
+SEGMENT_KEYS = {"NCR/NET": "necrotic_non_enhancing_core", "ED": "edema", "ET": "enhancing_tumor",
+                "TC": "tumor_core", "WT": "whole_tumor", "NET+ED": "non_enhancing_tumor_and_edema"}
 
 
-def tumour_volumes_ml(labels: np.ndarray, voxel_volume_mm3: float) -> dict[str, float]:
-    """Volumes (ml) of the BraTS regions and label classes of a label map."""
-    out = {name: float(np.isin(labels, values).sum()) * voxel_volume_mm3 / 1000.0 for name, values in BRATS_REGIONS.items()}
-    out.update(
-        {
-            "necrotic_non_enhancing_core": float((labels == 1).sum()) * voxel_volume_mm3 / 1000.0,
-            "edema": float((labels == 2).sum()) * voxel_volume_mm3 / 1000.0,
-        }
-    )
-    return {k: round(v, 3) for k, v in out.items()}
+def tumour_volumes_ml(labels: np.ndarray, voxel_volume_mm3: float, regions: tuple[str, ...] = ("WT", "TC", "ET"),
+                      segments: tuple[SegmentSpec, ...] = BRATS_SEGMENTS) -> dict[str, float]:
+    """Volumes (ml) of the written BraTS regions and of the SEG's segments in a label map; a
+    region that is not written has no volume here (its reason is in the missing-sequence plan)."""
+    def ml(values: tuple[int, ...]) -> float:
+        return round(float(np.isin(labels, values).sum()) * voxel_volume_mm3 / 1000.0, 3)
+
+    out = {REGION_KEYS[r]: ml(BRATS_REGIONS[REGION_KEYS[r]]) for r in regions}
+    out.update({SEGMENT_KEYS[s.short]: ml(s.brats_labels) for s in segments})
+    return out
 
 
 class DicomSegWriterOperator(Operator):
@@ -45,7 +49,9 @@ class DicomSegWriterOperator(Operator):
 
     The label map is resampled (nearest neighbour) from the model grid onto the reference
     series' own grid, slice ``k`` of which is the reference instance ``k``; one BINARY SEG
-    with one segment per BraTS label class (see :mod:`operators.dicom.seg_builder`) is staged as
+    with one segment per BraTS label class (see :mod:`operators.dicom.seg_builder`) -- with a
+    sequence missing, only the regions the sequences support (the plan's ``regions_written``;
+    :func:`operators.dicom.seg_builder.segments_for_regions`) -- is staged as
     ``segmentation.dcm``, with the tumour volumes as a DICOM SR (TID 1500,
     :mod:`operators.dicom.sr_builder`) referencing its segments, ``volumes_sr.dcm``, and a QA
     overlay ``overlay.png``. An empty result still gives a
@@ -84,7 +90,9 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
     available = dict(zip(MODALITIES, model_input.available))
     used = [MODALITY_DISPLAY[m] for m in MODALITIES if available[m]]
     missing = [MODALITY_DISPLAY[m] for m in MODALITIES if not available[m]]
-    empty = not bool(labels_ref.any())
+    regions = tuple((outcome.missing_sequences or {}).get("regions_written") or ("WT", "TC", "ET"))
+    segments = segments_for_regions(regions)
+    empty = not bool(np.isin(labels_ref, [v for s in segments for v in s.brats_labels]).any())
     t1 = time.perf_counter()
     source_fixes: list[AttributeFix] = []
     seg = build_segmentation(
@@ -97,21 +105,19 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         source_frames=reference.slice_frames,  # Enhanced MR reference: its frame numbers
         source_fixes=source_fixes,
         fills=seg_fill_text(outcome.missing_sequences),
-        segment_notes=segment_notes(outcome.missing_sequences),
+        segment_notes=segment_notes(outcome.missing_sequences, segments),
+        segments=segments,
     )
     seg_path = staging.path(SEG_FILE)
     seg.save_as(seg_path, enforce_file_format=True)
     timings["seg_build_write"] = time.perf_counter() - t1
 
     voxel_ml_grid = float(np.prod(model_input.grid.GetSpacing()))
-    volumes = tumour_volumes_ml(np.asarray(outcome.labels), voxel_ml_grid)
+    volumes = tumour_volumes_ml(np.asarray(outcome.labels), voxel_ml_grid, regions, segments)
+    class_ml = {v: float((np.asarray(outcome.labels) == v).sum()) * voxel_ml_grid / 1000.0 for v in (1, 2, 4)}
     t_sr = time.perf_counter()
     sources = list({ds.SOPInstanceUID: ds for ds in reference.slice_datasets}.values())  # multi-frame: once
-    sr = build_volume_report(
-        seg, sources,
-        {1: volumes["necrotic_non_enhancing_core"], 2: volumes["edema"], 4: volumes["enhancing_tumor"]},
-        algorithm_version,
-    )  # fmt: skip
+    sr = build_volume_report(seg, sources, class_ml, algorithm_version, segments)
     sr.save_as(staging.path(SR_FILE), enforce_file_format=True)
     timings["sr_build_write"] = time.perf_counter() - t_sr
 
@@ -125,6 +131,7 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         labels_ref,
         staging.path(OVERLAY_FILE),
         brain_mask=brain_ref,
+        segments=segments,
         title=f"{model_input.reference_modality.upper()} reference; {modalities_line(available)}"
         + qa_missing_text(outcome.missing_sequences) + ("; NO TUMOUR FOUND" if empty else ""),
     )
@@ -151,9 +158,9 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
 
 #: Short names of the fills in the SEG's LO texts (ContentDescription <= 64 characters).
 FILL_ABBREVIATIONS = {"zero": "zero", "copy": "copy", "matched": "qmap", "synthesis": "synth"}
-#: BraTS label of a SEG segment -> the region whose expected Dice describes it (NCR/NET: the
-#: tumour core, edema: the whole tumour, enhancing: ET).
-SEGMENT_REGION = {1: "TC", 2: "WT", 4: "ET"}
+#: SEG segment kind (``short``) -> the region whose expected Dice describes it (NCR/NET: the
+#: tumour core, edema: the whole tumour, enhancing: ET; a region written whole: itself).
+SEGMENT_REGION = {"NCR/NET": "TC", "ED": "WT", "ET": "ET", "TC": "TC", "WT": "WT", "NET+ED": "WT"}
 
 
 def seg_fill_text(missing_sequences: dict[str, Any] | None) -> str | None:
@@ -164,32 +171,40 @@ def seg_fill_text(missing_sequences: dict[str, Any] | None) -> str | None:
     return f"{FILL_ABBREVIATIONS[fills['wt']]}/{FILL_ABBREVIATIONS[fills['core']]}"
 
 
-def segment_notes(missing_sequences: dict[str, Any] | None) -> dict[int, str] | None:
-    """SegmentDescription per BraTS label with a sequence missing: the expected Dice of the segment's
-    region on held-out cases with the sequences found, flagged UNRELIABLE below the table's bar."""
+def segment_notes(missing_sequences: dict[str, Any] | None,
+                  segments: tuple[SegmentSpec, ...] = BRATS_SEGMENTS) -> dict[str, str] | None:
+    """SegmentDescription per segment with a sequence missing: the expected Dice of the segment's
+    region on held-out cases with the sequences found (flagged UNRELIABLE below the bar, which
+    only a research setting writes)."""
     if not missing_sequences:
         return None
     subset, expected = missing_sequences["subset"], missing_sequences["expected_dice_held_out"]
     notes = {}
-    for label, region in SEGMENT_REGION.items():
+    for spec in segments:
+        region = SEGMENT_REGION[spec.short]
         if expected is None or expected.get(region) is None:
-            notes[label] = f"{subset}: accuracy not measured; UNRELIABLE"
+            notes[spec.short] = f"{subset}: accuracy not measured; UNRELIABLE"
         else:
             flag = "; UNRELIABLE" if expected[region] < UNRELIABLE_DICE else ""
-            notes[label] = f"{subset}: expected {region} Dice {expected[region]:.2f}{flag}"
+            notes[spec.short] = f"{subset}: expected {region} Dice {expected[region]:.2f}{flag}"
     return notes
 
 
 def qa_missing_text(missing_sequences: dict[str, Any] | None) -> str:
     """The QA image title's part on missing sequences (empty when nothing was missing): the fills,
-    the expected Dice per region on held-out cases and the unreliable regions."""
+    the expected Dice per region on held-out cases, the regions not written (and the unreliable
+    ones a research setting wrote)."""
     if not missing_sequences:
         return ""
     expected = missing_sequences["expected_dice_held_out"]
     regions = ("WT", "TC", "ET")
-    unreliable = [r for r in regions if expected is None or expected.get(r) is None
+    written = missing_sequences.get("regions_written") or list(regions)
+    omitted = [r for r in regions if r not in written]
+    unreliable = [r for r in written if expected is None or expected.get(r) is None
                   or expected[r] < UNRELIABLE_DICE]  # fmt: skip
     text = f"; fill {seg_fill_text(missing_sequences)}"
     if expected is not None:
         text += "; expected Dice " + " ".join(f"{r} {expected[r]:.2f}" for r in regions if expected.get(r) is not None)
+    if omitted:
+        text += f"; NOT WRITTEN (expected Dice < {UNRELIABLE_DICE:.2f}): {', '.join(omitted)}"
     return text + (f"; UNRELIABLE: {', '.join(unreliable)}" if unreliable else "")

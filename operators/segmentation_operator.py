@@ -49,15 +49,18 @@ class SegmentationOperator(Operator):
     PyTorch CUDA FP32 > OpenVINO folded BF16 > OpenVINO folded FP32 > OpenVINO > ONNX Runtime
     CPU > PyTorch CPU). Absent sequences are filled as the measured strategy table says for the
     subset found (:mod:`engines.model.missing`); the subset, the fills, the expected Dice per
-    region and the warnings are in the outcome. Sequences with which the table expects every
-    region's Dice below :data:`engines.model.missing.strategies.REFUSE_DICE` raise
-    :class:`operators.errors.InsufficientSequencesError` (exit code 2, no segmentation written).
+    region, the regions the SEG may hold (expected Dice >= 0.70) and the warnings are in the
+    outcome. Sequences with which no region reaches that bar raise
+    :class:`operators.errors.InsufficientSequencesError` (exit code 2, no segmentation written);
+    ``write_unreliable_regions`` (research) writes every region and refuses only below
+    :data:`engines.model.missing.strategies.REFUSE_DICE` everywhere.
     """
 
     def __init__(self, fragment: Fragment, *args, model_dir: Path, engine: str = "auto", seed: int = 0,
                  triton_server: str = "", triton_timeout_s: float = 300.0, rules: PostProcessing = PostProcessing(),
-                 cache_dir: Path | None = None, **kwargs):  # fmt: skip
+                 cache_dir: Path | None = None, write_unreliable_regions: bool = False, **kwargs):  # fmt: skip
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.write_unreliable_regions = write_unreliable_regions
         self.model_dir = Path(model_dir)
         try:
             self.manifest = check_model_folder(self.model_dir)
@@ -79,13 +82,14 @@ class SegmentationOperator(Operator):
         model_input: ModelInput = op_input.receive("model_input")
         outcome = segment(model_input, self.model_dir, self.engine_name, self.seed, self._logger,
                           triton_server=self.triton_server, triton_timeout_s=self.triton_timeout_s,
-                          rules=self.rules, cache_dir=self.cache_dir)  # fmt: skip
+                          rules=self.rules, cache_dir=self.cache_dir,
+                          write_unreliable_regions=self.write_unreliable_regions)  # fmt: skip
         op_output.emit(outcome, "segmentation")
 
 
 def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: int, logger: logging.Logger,
             triton_server: str = "", triton_timeout_s: float = 300.0, rules: PostProcessing = PostProcessing(),
-            cache_dir: Path | None = None) -> SegmentationOutcome:
+            cache_dir: Path | None = None, write_unreliable_regions: bool = False) -> SegmentationOutcome:
     """The work of :class:`SegmentationOperator`, callable without Holoscan.
 
     ``rules``: the post-processing size rules (``brats.thresholds``); ``cache_dir``: where
@@ -100,7 +104,8 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     from engines.runtimes.triton_engine import TritonError
 
     t0 = time.perf_counter()
-    plan, fill = missing_sequence_plan(model_input.available, logger)  # may refuse: before any engine is built
+    # may refuse: before any engine is built
+    plan, fill = missing_sequence_plan(model_input.available, logger, write_unreliable_regions)
     try:
         engine, notes = choose_engine(engine_name, model_dir, triton_server, triton_timeout_s, cache_dir)
     except RemoteAddressInvalid as exc:
@@ -141,7 +146,7 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
 
 
 def missing_sequence_plan(
-    available: tuple[bool, bool, bool, bool], logger: logging.Logger
+    available: tuple[bool, bool, bool, bool], logger: logging.Logger, write_unreliable_regions: bool = False
 ) -> tuple[SubsetPlan | None, Callable[[Preprocessed], dict[str, StageInput]] | None]:
     """The strategy table's plan for the sequences found and the fill it needs (``None, None``
     with all four). A missing or malformed table is a broken installation: ModelFolderError.
@@ -149,7 +154,7 @@ def missing_sequence_plan(
     if all(available):
         return None, None
     try:
-        plan = plan_for(available, load_table())
+        plan = plan_for(available, load_table(), write_unreliable_regions)
     except StrategyTableError as exc:
         raise ModelFolderError(str(exc)) from exc
     if plan.refusal:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
@@ -15,10 +16,10 @@ from tests.dicom_validation import run_dciodvfy
 from tests.test_end_to_end import CASE, reference_series_files, seg_to_label_volume
 
 MISSING_SCENARIOS = {
+    "no_t1ce": ["t1ce"],
     "no_flair": ["flair"],
     "no_t1": ["t1"],
     "no_t1_no_flair": ["t1", "flair"],
-    "t2_only": ["flair", "t1", "t1ce"],
 }
 
 
@@ -29,38 +30,66 @@ def _dice_of_run(run, study: Path) -> dict:
     return brats_metrics(labels, sitk.GetArrayFromImage(truth_img), spacing=truth_img.GetSpacing()[::-1])
 
 
+def _region_masks_of_run(run, study: Path) -> dict[str, np.ndarray]:
+    """The regions the run's SEG holds, as (slices, rows, cols) bool on the reference series
+    (ordered by InstanceNumber): each written region is the union of its segments, read back by
+    their SegmentLabel (:func:`operators.dicom.seg_builder.segments_for_regions`)."""
+    import highdicom as hd
+
+    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+
+    regions = tuple(run.report["segmentation"]["missing_sequences"]["regions_written"])
+    specs = {s.label: s for s in segments_for_regions(regions)}
+    seg = hd.seg.segread(run.output_dir / "segmentation.dcm")
+    files = reference_series_files(study, run.report)
+    sources = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in files), key=lambda d: int(d.InstanceNumber))
+    uids = [str(d.SOPInstanceUID) for d in sources]
+    out: dict[str, np.ndarray] = {}
+    for item in seg.SegmentSequence:
+        spec = specs[str(item.SegmentLabel)]
+        mask = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[int(item.SegmentNumber)],
+                                                 ignore_spatial_locations=True)[..., 0] > 0  # fmt: skip
+        for region in regions:
+            if set(spec.brats_labels) <= REGION_LABELS[region]:
+                out[region] = out.get(region, np.zeros_like(mask)) | mask
+    return out
+
+
 def _assert_missing_sequences_told(report: dict, seg: pydicom.Dataset, dropped: list[str]) -> None:
-    """report.json, the SEG and the QA title name the subset, the fills of the strategy table and
-    the expected Dice per region, with a warning for each region the table calls unreliable."""
-    from engines.model.missing.strategies import UNRELIABLE_DICE, load_table, plan_for
+    """report.json, the SEG and the QA title name the subset, the fills of the strategy table, the
+    expected Dice per region; the SEG holds the regions the table supports and no other, and the
+    report lists the others with why."""
+    from engines.model.missing.strategies import load_table, plan_for
+    from operators.dicom.seg_builder import segments_for_regions
 
     available = tuple(m not in dropped for m in ("flair", "t1", "t1ce", "t2"))
     plan = plan_for(available, load_table())
     told = report["segmentation"]["missing_sequences"]
     assert told["subset"] == plan.subset and told["fills"] == plan.fills
     assert told["warnings"] == plan.warnings == report["warnings"] and told["table_version"] == plan.table_version
+    assert told["regions_written"] == list(plan.regions_written) and told["regions_omitted"] == plan.regions_omitted
+    assert set(plan.regions_omitted) | set(plan.regions_written) == {"WT", "TC", "ET"}
     abbreviations = {"zero": "zero", "copy": "copy", "matched": "qmap", "synthesis": "synth"}
     assert seg.ContentDescription.endswith(f"; fill {abbreviations[plan.fills['wt']]}/{abbreviations[plan.fills['core']]}")
-    by_label = {int(s.SegmentNumber): str(s.SegmentDescription) for s in seg.SegmentSequence}
-    for number, region in ((1, "TC"), (2, "WT"), (3, "ET")):
-        assert by_label[number].startswith(plan.subset + ":")
-        dice = (plan.expected or {}).get(region, {}).get("dice")
-        if dice is None:
-            assert "not measured; UNRELIABLE" in by_label[number]
-        else:
-            assert f"expected {region} Dice {dice:.2f}" in by_label[number]
-            assert by_label[number].endswith("UNRELIABLE") == (dice < UNRELIABLE_DICE)
-            assert any(w.startswith(f"{region} unreliable") for w in plan.warnings) == (dice < UNRELIABLE_DICE)
-    if not available[2]:  # enhancing tumour without post-contrast T1: always a warning
+    specs = segments_for_regions(plan.regions_written)
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == [s.label for s in specs]
+    for item in seg.SegmentSequence:
+        assert str(item.SegmentDescription).startswith(plan.subset + ": expected ")
+        assert "UNRELIABLE" not in str(item.SegmentDescription)
+    volumes = report["result"]["tumour_volumes_ml"]
+    names = {"WT": "whole_tumor", "TC": "tumor_core", "ET": "enhancing_tumor"}
+    for region, why in plan.regions_omitted.items():
+        assert names[region] not in volumes and f"{region} not written: {why}" in report["warnings"]
+    if not available[2] and "ET" in plan.regions_written:  # enhancing tumour without post-contrast T1
         assert any(w.startswith("ET") for w in report["warnings"])
 
 
 @pytest.mark.parametrize(
     "scenario",
-    [pytest.param("t2_only")]
-    + [pytest.param(s, marks=pytest.mark.slow) for s in MISSING_SCENARIOS if s != "t2_only"],
+    [pytest.param("no_t1ce")]
+    + [pytest.param(s, marks=pytest.mark.slow) for s in MISSING_SCENARIOS if s != "no_t1ce"],
 )
-def test_missing_modalities_give_a_seg_and_say_what_was_missing(
+def test_missing_modalities_give_a_seg_of_the_supported_regions_and_say_what_was_missing(
     scenario: str, brats_dir: Path, models_dir: Path, tmp_path: Path
 ) -> None:
     from samples.make_study import make_study
@@ -78,31 +107,41 @@ def test_missing_modalities_give_a_seg_and_say_what_was_missing(
     for name in expected_missing:
         assert name in seg.ContentDescription.split("missing")[1]
     _assert_missing_sequences_told(report, seg, dropped)
-    errors, _ = run_dciodvfy(run.output_dir / "segmentation.dcm")
-    assert errors == []
-    metrics = _dice_of_run(run, tmp_path / "study")
-    print(f"\n{scenario}: " + ", ".join(f"{r} Dice {metrics[r]['dice']:.3f}" for r in ("WT", "TC", "ET")))
-    assert metrics["WT"]["dice"] > 0.5  # a real tumour is still found with fewer inputs
+    for name in ("segmentation.dcm", "volumes_sr.dcm"):
+        errors, _ = run_dciodvfy(run.output_dir / name)
+        assert errors == [], (name, errors)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "study" / "ground_truth.nii.gz")))
+    from operators.dicom.seg_builder import REGION_LABELS
+
+    dice = {}
+    for region, mask in _region_masks_of_run(run, tmp_path / "study").items():
+        ref = np.isin(truth, sorted(REGION_LABELS[region]))
+        dice[region] = 2.0 * np.count_nonzero(mask & ref) / (np.count_nonzero(mask) + np.count_nonzero(ref))
+    print(f"\n{scenario}: written " + ", ".join(f"{r} Dice {d:.3f}" for r, d in dice.items()))
+    assert set(dice) == set(report["segmentation"]["missing_sequences"]["regions_written"])
+    assert all(d > 0.5 for d in dice.values()), dice  # a region the table supports finds the real tumour
 
 
 def test_too_few_sequences_are_refused_with_the_expected_accuracy(
     brats_dir: Path, models_dir: Path, tmp_path: Path
 ) -> None:
-    """Pre-contrast T1 alone: the measured table expects every region below the refusal bar, so
-    the app exits 2 with one line that names the subset and the expected Dice, and writes
-    nothing but the failed report."""
-    from engines.model.missing.strategies import load_table, plan_for
+    """Post-contrast T1 alone: the measured table expects every region below the bar a region is
+    written at (0.70), so the app exits 2 with one line that names the subset and the expected
+    Dice, and writes nothing but the failed report."""
+    from engines.model.missing.strategies import REFUSE_DICE, UNRELIABLE_DICE, load_table, plan_for
     from samples.make_study import make_study
 
-    plan = plan_for((False, True, False, False), load_table())
-    assert plan.refusal is not None, "the shipped table no longer refuses T1 alone: choose another subset here"
-    make_study(brats_dir / CASE, tmp_path / "study", drop=["flair", "t1ce", "t2"], seed=1)
+    plan = plan_for((False, False, True, False), load_table())
+    assert plan.refusal is not None, "the shipped table no longer refuses T1ce alone: choose another subset here"
+    dice = [plan.expected[r]["dice"] for r in ("WT", "TC", "ET")]
+    assert max(dice) < UNRELIABLE_DICE and max(dice) >= REFUSE_DICE, "T1ce alone shows the region bar, not the old one"
+    make_study(brats_dir / CASE, tmp_path / "study", drop=["flair", "t1", "t2"], seed=1)
     run = run_app(tmp_path / "study" / "dicom", tmp_path / "out", models_dir)
     assert run.returncode == 2, run.log[-4000:]
     assert run.files() == ["report.json"]
     assert run.report["status"] == "failed" and run.report["error_code"] == "insufficient_sequences"
     assert run.report["error"] == f"insufficient_sequences: {plan.refusal}"
-    assert "only T1 found (FLAIR+T1ce+T2 missing)" in run.report["error"] and "\n" not in run.report["error"]
+    assert "only T1ce found (FLAIR+T1+T2 missing)" in run.report["error"] and "\n" not in run.report["error"]
 
 
 def test_study_without_usable_mr_fails_cleanly(shared_dir: Path, models_dir: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from engines.model.missing.strategies import (
     DEFAULT_ASSETS,
     REFUSE_DICE,
     SUBSETS,
+    UNRELIABLE_DICE,
     StrategyTableError,
     load_fill_models,
     load_table,
@@ -228,7 +229,7 @@ def test_strategy_table_errors_are_clear(tmp_path: Path) -> None:
         load_table(tmp_path / "f.json")
 
 
-def test_plan_warns_plainly_where_a_region_is_unreliable() -> None:
+def test_plan_writes_only_the_regions_at_the_bar_and_says_why_not_the_others() -> None:
     table = json.loads(json.dumps(load_table()))
     entry = table["subsets"]["FLAIR+T1+T2"]
     entry.update(measured=True, fills={"wt": "copy", "core": "zero"},
@@ -237,13 +238,22 @@ def test_plan_warns_plainly_where_a_region_is_unreliable() -> None:
     plan = plan_for((True, True, False, True), table)
     assert plan.subset == "FLAIR+T1+T2" and plan.missing == ["T1ce"]
     assert plan.fills == {"wt": "copy", "core": "zero"}
-    assert len(plan.warnings) == 1 and plan.warnings[0].startswith("ET unreliable without T1ce: expected Dice 0.20")
+    assert plan.regions_written == ("WT", "TC") and plan.refusal is None
+    assert plan.regions_omitted == {"ET": "expected Dice 0.20 on held-out cases without T1ce, below 0.70"}
+    assert plan.warnings == ["ET not written: expected Dice 0.20 on held-out cases without T1ce, below 0.70"]
     report = plan.as_report()
     assert report["expected_dice_held_out"] == {"WT": 0.9, "TC": 0.75, "ET": 0.2}
+    assert report["regions_written"] == ["WT", "TC"] and report["write_unreliable_regions"] is False
+    # the research setting writes every region, each unreliable one flagged, as before the policy
+    research = plan_for((True, True, False, True), table, write_unreliable_regions=True)
+    assert research.regions_written == ("WT", "TC", "ET") and research.regions_omitted == {}
+    assert research.warnings[0].startswith("ET unreliable (expected Dice 0.20")
+    assert "write_unreliable_regions" in research.warnings[0]
+    assert any(w.startswith("ET: without post-contrast T1") for w in research.warnings)
     entry.update(measured=False, expected_held_out=None)
     unmeasured = plan_for((True, True, False, True), table)
-    assert any("was not measured; treat all three regions as unreliable" in w for w in unmeasured.warnings)
-    assert any(w.startswith("ET: without post-contrast T1") for w in unmeasured.warnings)
+    assert unmeasured.regions_written == () and unmeasured.refusal is not None
+    assert set(unmeasured.regions_omitted.values()) == {"accuracy without T1ce not measured"}
 
 
 def _expect(table: dict, subset: str, wt: float, tc: float, et: float) -> None:
@@ -251,19 +261,34 @@ def _expect(table: dict, subset: str, wt: float, tc: float, et: float) -> None:
         r: {"dice": d, "hd95": 10.0} for r, d in zip(("WT", "TC", "ET"), (wt, tc, et))})  # fmt: skip
 
 
-def test_plan_refuses_only_where_every_region_is_expected_below_the_bar() -> None:
+def test_plan_refuses_where_no_region_reaches_the_bar() -> None:
     table = json.loads(json.dumps(load_table()))
     t1 = (False, True, False, False)
-    _expect(table, "T1", 0.45, 0.02, 0.0)
+    _expect(table, "T1", 0.69, 0.02, 0.0)
     refused = plan_for(t1, table)
     assert refused.refusal is not None
     assert refused.refusal.startswith("only T1 found (FLAIR+T1ce+T2 missing)")
-    assert "WT 0.45 / TC 0.02 / ET 0.00" in refused.refusal and "no segmentation written" in refused.refusal
-    _expect(table, "T1", REFUSE_DICE, 0.02, 0.0)  # one region at the bar: segmented, with warnings
+    assert "WT 0.69 / TC 0.02 / ET 0.00" in refused.refusal and "below 0.70 in every region" in refused.refusal
+    assert "no segmentation written" in refused.refusal
+    _expect(table, "T1", UNRELIABLE_DICE, 0.02, 0.0)  # one region at the bar: that region written
     kept = plan_for(t1, table)
-    assert kept.refusal is None and any(w.startswith("TC unreliable") for w in kept.warnings)
-    table["subsets"]["T1"].update(measured=False, expected_held_out=None)  # unmeasured: warned, not refused
-    assert plan_for(t1, table).refusal is None
+    assert kept.refusal is None and kept.regions_written == ("WT",)
+    assert set(kept.regions_omitted) == {"TC", "ET"}
+    # the research setting refuses only where every region is below REFUSE_DICE
+    _expect(table, "T1", REFUSE_DICE, 0.02, 0.0)
+    assert plan_for(t1, table, write_unreliable_regions=True).refusal is None
+    _expect(table, "T1", 0.45, 0.02, 0.0)
+    research = plan_for(t1, table, write_unreliable_regions=True)
+    assert research.refusal is not None and f"below {REFUSE_DICE:.2f} in every region" in research.refusal
+
+
+def test_shipped_table_regions_as_the_issue_states() -> None:
+    """With the shipped table: T1ce alone refused; T1ce+T2 writes TC and ET; FLAIR+T1+T2 writes WT and TC."""
+    table = load_table()
+    assert plan_for((False, False, True, False), table).refusal is not None
+    assert plan_for((False, False, True, True), table).regions_written == ("TC", "ET")
+    assert plan_for((True, True, False, True), table).regions_written == ("WT", "TC")
+    assert plan_for((True, True, True, True), table).regions_written == ("WT", "TC", "ET")
 
 
 def test_segmentation_refuses_before_building_an_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

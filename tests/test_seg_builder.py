@@ -369,3 +369,72 @@ def test_overlay_png_empty_labels(tmp_path: Path, ge_volume: np.ndarray) -> None
     import matplotlib.image as mpimg
 
     assert mpimg.imread(out).shape[:2] == (460, 1200)
+
+
+# ---------------------------------------------------------------------------------------
+# only the regions the sequences support (issue "Real clinical exams III")
+# ---------------------------------------------------------------------------------------
+REGION_SETS = [("WT", "TC", "ET"), ("TC", "ET"), ("WT", "TC"), ("WT", "ET"), ("WT",), ("TC",), ("ET",)]
+
+
+@pytest.mark.parametrize("regions", REGION_SETS, ids=["+".join(r) for r in REGION_SETS])
+def test_segments_for_regions_partition_exactly_the_written_regions(regions: tuple[str, ...]) -> None:
+    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+
+    specs = segments_for_regions(regions)
+    assert [s.segment_number for s in specs] == list(range(1, len(specs) + 1))
+    covered = [set(s.brats_labels) for s in specs]
+    assert all(not (a & b) for i, a in enumerate(covered) for b in covered[i + 1:]), "segments overlap"
+    for region in ("WT", "TC", "ET"):  # a written region is a union of segments; no other is
+        union = set().union(*(c for c in covered if c <= REGION_LABELS[region]))
+        assert (union == REGION_LABELS[region]) == (region in regions), (region, covered)
+    assert set().union(*covered) == set().union(*(REGION_LABELS[r] for r in regions))
+    if regions == ("WT", "TC", "ET"):
+        assert specs == BRATS_SEGMENTS
+
+
+def test_segments_for_regions_rejects_nothing_or_unknown() -> None:
+    from operators.dicom.seg_builder import segments_for_regions
+
+    with pytest.raises(ValueError):
+        segments_for_regions(())
+    with pytest.raises(ValueError):
+        segments_for_regions(("WT", "necrosis"))
+
+
+@pytest.mark.parametrize("regions", [("TC", "ET"), ("WT", "TC"), ("WT",)], ids=["TC+ET", "WT+TC", "WT"])
+def test_seg_and_sr_of_a_region_subset_are_valid_and_hold_only_those_regions(
+        tmp_path: Path, labels: np.ndarray, ge_series: list[pydicom.Dataset], regions: tuple[str, ...]) -> None:
+    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+    from operators.dicom.sr_builder import build_volume_report, volumes_from_report
+
+    specs = segments_for_regions(regions)
+    seg = build_segmentation(labels, ge_series, used_modalities=["T1ce", "T2"], missing_modalities=["FLAIR", "T1"],
+                             algorithm_name=ALGO[0], algorithm_version=ALGO[1], segments=specs,
+                             segment_notes={s.short: f"note {s.short}" for s in specs})  # fmt: skip
+    path = write_segmentation_atomically(seg, tmp_path, "seg.dcm")
+    errors, _ = run_dciodvfy(path)
+    assert errors == []
+    back = read_segment_masks(pydicom.dcmread(path))
+    assert sorted(back) == [s.segment_number for s in specs]
+    uid_to_k = {str(ds.SOPInstanceUID): k for k, ds in enumerate(ge_series)}
+    for spec in specs:
+        expected = np.isin(labels, spec.brats_labels)
+        got = np.zeros_like(expected)
+        for uid, frame in back[spec.segment_number].items():
+            got[uid_to_k[uid]] = frame
+        np.testing.assert_array_equal(got, expected, err_msg=spec.short)
+    stored = {int(i.SegmentNumber): (str(i.SegmentLabel), str(i.SegmentDescription)) for i in seg.SegmentSequence}
+    assert stored == {s.segment_number: (s.label, f"note {s.short}") for s in specs}
+    outside = set().union(*(REGION_LABELS[r] for r in regions)) ^ {1, 2, 4}
+    written = np.zeros(labels.shape, bool)
+    for spec in specs:
+        written |= np.isin(labels, spec.brats_labels)
+    assert not (written & np.isin(labels, sorted(outside))).any(), "a label outside the regions was written"
+    class_ml = {v: float((labels == v).sum()) / 1000.0 for v in (1, 2, 4)}
+    sr = build_volume_report(seg, ge_series, class_ml, ALGO[1], specs)
+    sr_path = tmp_path / "sr.dcm"
+    sr.save_as(sr_path, enforce_file_format=True)
+    assert run_dciodvfy(sr_path)[0] == []
+    got_ml = {n: v for n, (_, v) in volumes_from_report(pydicom.dcmread(sr_path)).items()}
+    assert got_ml == {s.segment_number: pytest.approx(sum(class_ml[v] for v in s.brats_labels), abs=1e-3) for s in specs}

@@ -49,6 +49,15 @@ which a viewer would show as stacked colours):
 * tumour core   TC = {1, 4}    = segments 1 + 3
 * enhancing     ET = {4}       = segment 3
 
+Regions the sequences support
+=============================
+With a sequence missing, a region whose expected accuracy is below the app's bar is not
+written (:func:`segments_for_regions`): the SEG holds the written regions' classes only, and a
+written region whose classes cannot be told apart (its inner region is not written) becomes one
+segment: the tumour core whole (1 + 4, (108369006, SCT, "Neoplasm")) when ET is not written,
+the whole tumour (1 + 2 + 4, (52988006, SCT, "Lesion")) alone, non-enhancing tumour and edema
+(1 + 2, Lesion) beside ET. Segments stay disjoint and numbered from 1.
+
 Every segment has SegmentAlgorithmType AUTOMATIC, an Algorithm Identification Sequence (name,
 version, family (123110, DCM, "Artificial Intelligence")), a distinct recommended display
 colour (CIELab, converted from the RGB used in the QA overlay: NCR red, ED green, ET yellow,
@@ -75,6 +84,7 @@ Descriptive attributes
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -99,11 +109,13 @@ __all__ = [
     "BRATS_SEGMENTS",
     "KNOWN_MODALITIES",
     "SegmentSpec",
+    "REGION_LABELS",
     "build_segmentation",
     "content_description_for",
     "content_label_for",
     "read_segment_masks",
     "render_overlay_png",
+    "segments_for_regions",
     "sort_datasets_along_normal",
     "write_segmentation_atomically",
 ]
@@ -111,18 +123,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SegmentSpec:
-    """One SEG segment: which BraTS label it encodes and how it is described.
+    """One SEG segment: which BraTS labels it encodes and how it is described.
 
     Attributes
     ----------
     segment_number : int
         SegmentNumber in the SEG (1-based, consecutive).
-    brats_label : int
-        Label value in the BraTS label map (1, 2 or 4).
+    brats_labels : tuple of int
+        Label values of the BraTS label map the segment holds (one class, e.g. ``(2,)``, or a
+        region whose classes are not written apart, e.g. ``(1, 4)``: the tumour core).
     label : str
         SegmentLabel (LO), shown by viewers.
     short : str
-        Abbreviation used in BraTS papers (NCR/NET, ED, ET) and in the overlay legend.
+        Abbreviation used in BraTS papers (NCR/NET, ED, ET; TC, WT for a region written whole)
+        and in the overlay legend.
     property_type : Code
         Segmented Property Type code.
     rgb : tuple of int
@@ -132,12 +146,17 @@ class SegmentSpec:
     """
 
     segment_number: int
-    brats_label: int
+    brats_labels: tuple[int, ...]
     label: str
     short: str
     property_type: Code
     rgb: tuple[int, int, int]
     tracking_id: str
+
+    @property
+    def brats_label(self) -> int:
+        """The BraTS label of a one-class segment (the first of :attr:`brats_labels`)."""
+        return self.brats_labels[0]
 
 
 #: Segmented Property Category of all segments (CID 7150).
@@ -149,13 +168,55 @@ ALGORITHM_FAMILY: Code = codes.DCM.ArtificialIntelligence
 
 #: The three disjoint BraTS classes, in segment-number order. Single source of truth.
 BRATS_SEGMENTS: tuple[SegmentSpec, ...] = (
-    SegmentSpec(1, 1, "Necrotic / non-enhancing tumor core", "NCR/NET", codes.SCT.Necrosis,
+    SegmentSpec(1, (1,), "Necrotic / non-enhancing tumor core", "NCR/NET", codes.SCT.Necrosis,
                 (230, 25, 45), "BraTS NCR/NET"),
-    SegmentSpec(2, 2, "Peritumoral edema", "ED", codes.SCT.Edema,
+    SegmentSpec(2, (2,), "Peritumoral edema", "ED", codes.SCT.Edema,
                 (40, 200, 60), "BraTS ED"),
-    SegmentSpec(3, 4, "Enhancing tumor", "ET", codes.NCIt.EnhancingLesion,
+    SegmentSpec(3, (4,), "Enhancing tumor", "ET", codes.NCIt.EnhancingLesion,
                 (255, 220, 0), "BraTS ET"),
 )
+
+#: The BraTS labels of each evaluation region.
+REGION_LABELS: dict[str, frozenset[int]] = {"WT": frozenset({1, 2, 4}), "TC": frozenset({1, 4}), "ET": frozenset({4})}
+
+#: Segments for the label sets that are not one BraTS class (a region written whole because a
+#: region inside it is not written): segment number 0 here, numbered when chosen.
+_MERGED_SEGMENTS: dict[frozenset[int], SegmentSpec] = {
+    frozenset({1, 4}): SegmentSpec(0, (1, 4), "Tumor core (enhancing not separated)", "TC", codes.SCT.Neoplasm,
+                                   (230, 25, 45), "BraTS TC"),
+    frozenset({1, 2, 4}): SegmentSpec(0, (1, 2, 4), "Whole tumor (core and edema not separated)", "WT",
+                                      codes.SCT.Lesion, (40, 200, 60), "BraTS WT"),
+    frozenset({1, 2}): SegmentSpec(0, (1, 2), "Non-enhancing tumor and edema", "NET+ED", codes.SCT.Lesion,
+                                   (40, 200, 60), "BraTS NET+ED"),
+}  # fmt: skip
+
+
+def segments_for_regions(regions: Sequence[str]) -> tuple[SegmentSpec, ...]:
+    """The segments of a SEG that holds ``regions`` (a subset of WT, TC, ET) and nothing else.
+
+    The regions are nested (WT contains TC contains ET); each written region's part that lies
+    outside the next written region inside it becomes one segment, so the segments stay
+    disjoint and every written region is a union of segments: all three regions -> the three
+    BraTS classes (:data:`BRATS_SEGMENTS`); TC + ET -> NCR/NET, ET (edema not written); WT + TC
+    -> ED, TC whole; WT alone -> WT whole; ET alone -> ET.
+
+    Raises
+    ------
+    ValueError
+        No region, or a name that is not a region.
+    """
+    unknown = set(regions) - set(REGION_LABELS)
+    if unknown or not regions:
+        raise ValueError(f"regions must be a non-empty subset of {sorted(REGION_LABELS)}, got {list(regions)}")
+    nested = [r for r in ("WT", "TC", "ET") if r in regions]  # outermost first
+    by_labels = {frozenset(s.brats_labels): s for s in BRATS_SEGMENTS} | _MERGED_SEGMENTS
+    out = []
+    for outer, inner in zip(nested, [*nested[1:], None]):
+        part = REGION_LABELS[outer] - (REGION_LABELS[inner] if inner else frozenset())
+        out.append(by_labels[frozenset(part)])
+    ordered = sorted(out, key=lambda s: s.brats_labels)  # by BraTS label: all three = BRATS_SEGMENTS
+    return tuple(dataclasses.replace(s, segment_number=i) for i, s in enumerate(ordered, start=1))
+
 
 #: Input sequences of the BraTS model, in canonical order, with ContentLabel abbreviations.
 KNOWN_MODALITIES: dict[str, str] = dict(zip(CHANNEL_NAMES, ("FL", "T1", "T1C", "T2")))
@@ -443,7 +504,8 @@ def build_segmentation(
     source_frames: Sequence[int] | None = None,
     source_fixes: list[AttributeFix] | None = None,
     fills: str | None = None,
-    segment_notes: dict[int, str] | None = None,
+    segment_notes: dict[str, str] | None = None,
+    segments: Sequence[SegmentSpec] = BRATS_SEGMENTS,
 ) -> hd.seg.Segmentation:
     """Encode a BraTS label map as a BINARY DICOM Segmentation referencing its source series.
 
@@ -497,13 +559,17 @@ def build_segmentation(
         What the missing sequences were fed as (e.g. ``"synth/copy"``: WT stage / TC and EN
         stages); appended to ContentDescription as ``"; fill synth/copy"``.
     segment_notes : dict, optional
-        BraTS label -> SegmentDescription (LO, <= 64 chars) of that segment, e.g. the expected
-        Dice with the sequences found and an "UNRELIABLE" flag.
+        Segment ``short`` name (``"ED"``, ``"TC"`` ...) -> SegmentDescription (LO, <= 64
+        chars) of that segment, e.g. the expected Dice with the sequences found.
+    segments : sequence of SegmentSpec
+        The segments written (default: the three BraTS classes); label values outside every
+        segment are left out of the SEG (:func:`segments_for_regions`: the regions the
+        sequences support).
 
     Returns
     -------
     highdicom.seg.Segmentation
-        The SEG dataset (not yet written), with three segments (see :data:`BRATS_SEGMENTS`).
+        The SEG dataset (not yet written), one segment per ``segments`` item.
 
     Raises
     ------
@@ -540,7 +606,7 @@ def build_segmentation(
     _check_lo(algorithm_version, "algorithm_version")
 
     # One binary channel per segment: (n_slices, rows, cols, n_segments).
-    masks = np.stack([labels == s.brats_label for s in BRATS_SEGMENTS], axis=-1)
+    masks = np.stack([np.isin(labels, s.brats_labels) for s in segments], axis=-1)
     if multiframe is not None:  # highdicom wants the source's frame order
         source, frame_order = multiframe
         masks = masks[frame_order]
@@ -565,10 +631,10 @@ def build_segmentation(
             anatomic_regions=[ANATOMIC_REGION],
             display_color=hd.color.CIELabColor.from_rgb(*s.rgb),
         )
-        for s in BRATS_SEGMENTS
+        for s in segments
     ]
-    for s, item in zip(BRATS_SEGMENTS, descriptions):
-        note = (segment_notes or {}).get(s.brats_label)
+    for s, item in zip(segments, descriptions):
+        note = (segment_notes or {}).get(s.short)
         if note:
             item.SegmentDescription = _check_lo(note, f"segment {s.short} description")
 
@@ -605,7 +671,7 @@ def build_segmentation(
     logger.info(
         "built SEG %s: %d frames, voxels per segment %s, %s",
         seg.SOPInstanceUID, int(seg.NumberOfFrames),
-        {s.short: int(v) for s, v in zip(BRATS_SEGMENTS, voxels)}, content_description,
+        {s.short: int(v) for s, v in zip(segments, voxels)}, content_description,
     )
     return seg
 
@@ -780,6 +846,7 @@ def render_overlay_png(
     title: str | None = None,
     dpi: int = 100,
     brain_mask: np.ndarray | None = None,
+    segments: Sequence[SegmentSpec] = BRATS_SEGMENTS,
 ) -> Path:
     """Write a QA PNG: a few axial slices of the reference image with the labels overlaid.
 
@@ -803,6 +870,8 @@ def render_overlay_png(
     brain_mask : numpy.ndarray, optional
         The brain mask applied before the network (same shape; when brain extraction ran):
         its outline is drawn in cyan and named in the legend.
+    segments : sequence of SegmentSpec
+        The segments drawn (those the SEG holds; default: the three BraTS classes).
     dpi : int
         Resolution. The image is exactly ``(4 * n_panels * dpi) x (4.6 * dpi)`` pixels
         (width x height), e.g. 1600 x 460 for 4 panels at 100 dpi.
@@ -836,24 +905,24 @@ def render_overlay_png(
         ax = fig.add_axes((i / len(zs), 0.10, 1.0 / len(zs), 0.78))
         ax.imshow(ref[z], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         rgba = np.zeros(lab.shape[1:] + (4,), dtype=np.float32)
-        for s in BRATS_SEGMENTS:
-            m = lab[z] == s.brats_label
+        for s in segments:
+            m = np.isin(lab[z], s.brats_labels)
             rgba[m, :3] = np.asarray(s.rgb, dtype=np.float32) / 255.0
             rgba[m, 3] = 0.5
         ax.imshow(rgba, interpolation="nearest")
         if brain_mask is not None and np.any(brain_mask[z]):
             ax.contour(np.asarray(brain_mask[z], dtype=np.float32), levels=[0.5], colors=[BRAIN_OUTLINE_RGB],
                        linewidths=1.0)
-        n_vox = int((lab[z] > 0).sum())
+        n_vox = int(np.isin(lab[z], [v for s in segments for v in s.brats_labels]).sum())
         ax.set_title(f"slice z={z} / {lab.shape[0]}  ({n_vox} tumour px)", fontsize=9)
         ax.set_axis_off()
-    handles = [Patch(color=np.asarray(s.rgb) / 255.0, label=f"{s.brats_label}: {s.short} "
-                     f"({s.label})") for s in BRATS_SEGMENTS]
+    handles = [Patch(color=np.asarray(s.rgb) / 255.0, label=f"{'+'.join(map(str, s.brats_labels))}: {s.short} "
+                     f"({s.label})") for s in segments]
     if brain_mask is not None:
         handles.append(Patch(edgecolor=BRAIN_OUTLINE_RGB, facecolor="none", label="brain mask (applied)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
                frameon=False)
-    empty = not np.any(lab > 0)
+    empty = not np.any(np.isin(lab, [v for s in segments for v in s.brats_labels]))
     fig.suptitle((title or "Tumour segmentation QA") + ("  -- NO TUMOUR LABELLED" if empty else ""),
                  fontsize=10, y=0.985)
 

@@ -4,7 +4,8 @@ One Comprehensive 3D SR (TID 1500 "Imaging Measurement Report") per run, beside 
 
 * observation context: the algorithm as a device observer (TID 1004);
 * one "Volumetric ROI Measurements and Qualitative Evaluations" group (TID 1411) per SEG
-  segment -- necrotic / non-enhancing core, edema, enhancing tumour -- each referencing its
+  segment -- necrotic / non-enhancing core, edema, enhancing tumour, or the regions the
+  sequences support when a sequence is missing (the SEG's own segments) -- each referencing its
   segment of the SEG (SOP instance UID + segment number) and the source series, its finding
   type the segment's property type, with one measurement: **Volume** (SCT 118565006) in
   **ml** (UCUM ``ml``), algorithm identified (name, version);
@@ -25,7 +26,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from operators.dicom.seg_builder import BRATS_SEGMENTS
+from operators.dicom.seg_builder import BRATS_SEGMENTS, SegmentSpec
 
 __all__ = ["SR_SERIES_NUMBER", "build_volume_report", "volumes_from_report"]
 
@@ -43,19 +44,23 @@ def build_volume_report(
     source_datasets: Sequence[pydicom.Dataset],
     class_volumes_ml: Mapping[int, float],
     algorithm_version: str,
+    segments: Sequence[SegmentSpec] = BRATS_SEGMENTS,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of the segments' volumes.
 
     Parameters
     ----------
     seg
-        The DICOM-SEG this run wrote (its segments numbered as :data:`BRATS_SEGMENTS`).
+        The DICOM-SEG this run wrote, its segments numbered as ``segments``.
     source_datasets
         The reference series' instances the SEG was derived from (evidence).
     class_volumes_ml
         BraTS label (1, 2, 4) -> volume in millilitres.
     algorithm_version
         The app's version (algorithm identification).
+    segments
+        The SEG's segments (default: the three BraTS classes); one volume group each, its volume
+        the sum of its BraTS labels' volumes.
 
     Returns
     -------
@@ -71,7 +76,8 @@ def build_volume_report(
     )  # fmt: skip
     source_series = hd.sr.SourceSeriesForSegmentation(str(source_datasets[0].SeriesInstanceUID))
     groups = []
-    for spec in BRATS_SEGMENTS:
+    for spec in segments:
+        volume = sum(float(class_volumes_ml.get(label, 0.0)) for label in spec.brats_labels)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=spec.tracking_id),
             referenced_segment=hd.sr.ReferencedSegment(
@@ -81,7 +87,7 @@ def build_volume_report(
             finding_type=spec.property_type,
             algorithm_id=algorithm,
             measurements=[hd.sr.Measurement(
-                name=codes.SCT.Volume, value=round(float(class_volumes_ml.get(spec.brats_label, 0.0)), 3),
+                name=codes.SCT.Volume, value=round(volume, 3),
                 unit=MILLILITER, algorithm_id=algorithm,
             )],
         ))  # fmt: skip

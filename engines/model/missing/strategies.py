@@ -13,8 +13,14 @@ joined by ``+``, e.g. ``"T1ce+T2"``):
   (mm) on the held-out cases with the fills used / with zero fill (``null``: not measured).
 
 :func:`plan_for` turns it into what the app does and tells the reader for the subset it found:
-the fills, the warnings for regions expected below :data:`UNRELIABLE_DICE`, and a refusal when
-every region is expected below :data:`REFUSE_DICE`.
+the fills, the regions it writes, and a refusal when it can write none.
+
+Regions written: a region whose expected held-out Dice is below :data:`UNRELIABLE_DICE` is not
+written (a segment in the PACS looks like a finding; a warning in the report does not make it
+one): it is listed with its expected Dice and the reason. A study none of whose regions reaches
+the bar is refused. ``write_unreliable_regions`` (``brats.missing.write_unreliable_regions``,
+off by default; for research) writes all three regions, flagged, and refuses only when every
+region is expected below :data:`REFUSE_DICE`.
 """
 from __future__ import annotations
 
@@ -31,10 +37,10 @@ DEFAULT_ASSETS = Path(__file__).resolve().parent / "assets"
 TABLE_NAME = "strategy_table.json"
 TABLE_VERSION = "1"
 REGIONS = ("WT", "TC", "ET")
-#: Below this expected held-out Dice a region is called unreliable in the report and the SEG.
+#: Below this expected held-out Dice a region is not written (listed in the report with why).
 UNRELIABLE_DICE = 0.70
-#: When the expected held-out Dice of every region is below this, the app refuses the study: a
-#: segmentation expected to miss the tumour in all three regions is worse than none.
+#: With ``write_unreliable_regions`` on, the app still refuses a study whose every region is
+#: expected below this: a segmentation expected to miss the tumour everywhere is worse than none.
 REFUSE_DICE = 0.50
 
 
@@ -88,8 +94,14 @@ class SubsetPlan:
     keep_core_outside_whole
         The post-processing keeps a core lying mostly outside the whole tumour.
     refusal
-        One sentence saying why the app refuses these sequences (every region's expected Dice
-        below :data:`REFUSE_DICE`), else ``None``.
+        One sentence saying why the app refuses these sequences (no region it may write), else
+        ``None``.
+    regions_written
+        The regions the SEG holds, outermost first (a subset of :data:`REGIONS`).
+    regions_omitted
+        Region -> one sentence: why it is not written.
+    write_unreliable_regions
+        The research setting that writes every region (flagged) was on.
     """
 
     subset: str
@@ -101,6 +113,9 @@ class SubsetPlan:
     table_version: str = TABLE_VERSION
     keep_core_outside_whole: bool = False
     refusal: str | None = None
+    regions_written: tuple[str, ...] = REGIONS
+    regions_omitted: dict[str, str] = field(default_factory=dict)
+    write_unreliable_regions: bool = False
 
     @property
     def missing(self) -> list[str]:
@@ -113,6 +128,8 @@ class SubsetPlan:
                 "keep_core_outside_whole": self.keep_core_outside_whole,
                 "expected_dice_held_out": {r: m["dice"] for r, m in self.expected.items()} if self.expected else None,
                 "expected_hd95_mm_held_out": {r: m["hd95"] for r, m in self.expected.items()} if self.expected else None,
+                "regions_written": list(self.regions_written), "regions_omitted": dict(self.regions_omitted),
+                "write_unreliable_regions": self.write_unreliable_regions,
                 "warnings": list(self.warnings), "table_version": self.table_version}  # fmt: skip
 
 
@@ -142,32 +159,58 @@ def load_table(path: Path | None = None) -> dict[str, Any]:
     return doc
 
 
-def plan_for(available: Sequence[bool], table: dict[str, Any]) -> SubsetPlan:
-    """The plan for the sequences found (``available``: 4 bools, FLAIR, T1, T1ce, T2)."""
+def plan_for(available: Sequence[bool], table: dict[str, Any], write_unreliable_regions: bool = False) -> SubsetPlan:
+    """The plan for the sequences found (``available``: 4 bools, FLAIR, T1, T1ce, T2).
+
+    ``write_unreliable_regions``: write every region, flagged, as before the region policy
+    (research only; see the module docstring).
+    """
     name = subset_name(available)
     entry = table["subsets"][name]
     expected = entry.get("expected_held_out")
     warnings: list[str] = []
     missing = [n for n, a in zip(CHANNEL_NAMES, available) if not a]
+    without = "+".join(missing)
+    omitted: dict[str, str] = {}
     if missing and expected is None:
-        warnings.append(f"{'+'.join(missing)} missing: the accuracy with these sequences was not measured; "
-                        "treat all three regions as unreliable")  # fmt: skip
+        for region in REGIONS:
+            omitted[region] = f"accuracy without {without} not measured"
     if expected:
         for region in REGIONS:
             dice = expected[region]["dice"]
-            if dice is not None and dice < UNRELIABLE_DICE:
-                warnings.append(f"{region} unreliable without {'+'.join(missing)}: expected Dice {dice:.2f} on held-out "
-                                "cases; review it against the images before any use")  # fmt: skip
-    if not available[2] and not any(w.startswith("ET ") for w in warnings):
+            if dice is None:
+                omitted[region] = f"accuracy without {without} not measured"
+            elif dice < UNRELIABLE_DICE:
+                omitted[region] = (f"expected Dice {dice:.2f} on held-out cases without {without}, "
+                                   f"below {UNRELIABLE_DICE:.2f}")  # fmt: skip
+    if write_unreliable_regions:
+        written = REGIONS
+        for region, why in omitted.items():
+            warnings.append(f"{region} unreliable ({why}); written because write_unreliable_regions is on; "
+                            "review it against the images before any use")  # fmt: skip
+        omitted = {}
+    else:
+        written = tuple(r for r in REGIONS if r not in omitted)
+        for region, why in omitted.items():
+            warnings.append(f"{region} not written: {why}")
+    if not available[2] and "ET" in written:
         warnings.append("ET: without post-contrast T1 the enhancing tumour is inferred, not seen; review it")
     refusal = None
-    if expected and all(expected[r]["dice"] is not None and expected[r]["dice"] < REFUSE_DICE for r in REGIONS):
-        refusal = (f"only {name} found ({'+'.join(missing)} missing): with these sequences the model's expected Dice "
-                   "on held-out cases is " + " / ".join(f"{r} {expected[r]['dice']:.2f}" for r in REGIONS)
-                   + f", below {REFUSE_DICE:.2f} in every region; no segmentation written")  # fmt: skip
+    dice_line = (" / ".join(f"{r} {expected[r]['dice']:.2f}" for r in REGIONS if expected[r]["dice"] is not None)
+                 if expected else "not measured")  # fmt: skip
+    if write_unreliable_regions:
+        if expected and all(expected[r]["dice"] is not None and expected[r]["dice"] < REFUSE_DICE for r in REGIONS):
+            refusal = (f"only {name} found ({without} missing): with these sequences the model's expected Dice "
+                       f"on held-out cases is {dice_line}, below {REFUSE_DICE:.2f} in every region; "
+                       "no segmentation written")  # fmt: skip
+    elif not written:
+        refusal = (f"only {name} found ({without} missing): with these sequences the model's expected Dice on "
+                   f"held-out cases is {dice_line}, below {UNRELIABLE_DICE:.2f} in every region; "
+                   "no segmentation written")  # fmt: skip
     return SubsetPlan(name, dict(entry["fills"]), bool(entry.get("measured")), expected,
                       entry.get("zero_fill_held_out"), warnings, str(table.get("version", "?")),
-                      bool(entry.get("keep_core_outside_whole", False)), refusal)  # fmt: skip
+                      bool(entry.get("keep_core_outside_whole", False)), refusal, written, omitted,
+                      bool(write_unreliable_regions))  # fmt: skip
 
 
 def load_fill_models(assets: Path = DEFAULT_ASSETS) -> tuple[list[list[float]] | None, Any]:
