@@ -92,6 +92,7 @@ def test_holoscan_config_path_and_env_overrides(tmp_path: Path, monkeypatch: pyt
         ({}, {"BRATS_SEND_DIMSE": "ORTHANC@localhost"}, "send.dimse:"),
         ({"send": {"dimse": "PACS@pacs:104", "timeout_s": 0}}, {}, "send.timeout_s must be >= 1"),
         ({"send": {"stow": "x"}}, {}, "unknown 'send' setting 'stow'"),
+        ({}, {"BRATS_MISSING_WRITE_UNRELIABLE_REGIONS": "maybe"}, "missing.write_unreliable_regions must be true or false"),
     ],
 )
 def test_invalid_settings_fail_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -208,6 +209,7 @@ def test_the_app_hands_thresholds_and_engine_cache_to_the_segmentation(
     monkeypatch.setenv("BRATS_ENGINE", "onnxruntime")
     monkeypatch.setenv("BRATS_SEED", "11")
     monkeypatch.setenv("BRATS_TRITON_TIMEOUT_S", "42")
+    monkeypatch.setenv("BRATS_MISSING_WRITE_UNRELIABLE_REGIONS", "true")
     site_rules = tmp_path / "site_rules.json"
     site_rules.write_text((REPO_ROOT / "app" / "modality_rules.json").read_text().replace('"min_slices": 10', '"min_slices": 33'))
     monkeypatch.setenv("BRATS_SELECTION_RULES", str(site_rules))
@@ -219,6 +221,8 @@ def test_the_app_hands_thresholds_and_engine_cache_to_the_segmentation(
     assert seg.cache_dir == (tmp_path / "work" / "engine-cache").resolve()
     assert (seg.engine_name, seg.seed, seg.triton_timeout_s) == ("onnxruntime", 11, 42)
     assert nodes["registration"].seed == 11
+    assert seg.write_unreliable_regions is True and seg.model_dir == nodes["registration"].model_dir
+    assert nodes["registration"].cache_dir == seg.cache_dir  # HD-BET's measured precision: the same cache
     assert nodes["modality_selector"].rules.raw["series_filter"]["min_slices"] == 33
 
 
