@@ -148,7 +148,7 @@ def test_series_with_mixed_orientation_or_pixel_spacing_is_refused(small_study: 
         to_image(study, "t1ce")
 
 
-def test_localiser_and_derived_series_are_not_selected(small_study: Path, tmp_path: Path) -> None:
+def test_localiser_is_set_aside_and_a_reformat_loses_to_its_original(small_study: Path, tmp_path: Path) -> None:
     from operators.selection.modality_selector import SelectionRules, select_modalities
 
     study = copy_study(small_study, tmp_path / "s")
@@ -169,7 +169,9 @@ def test_localiser_and_derived_series_are_not_selected(small_study: Path, tmp_pa
     assert chosen == {"t1": 201, "t2": 301, "flair": 401, "t1ce": 501}
     reasons = {c.series_description: c for c in selection.candidates}
     assert reasons["AAHead_Scout T1"].modality == "other" and "LOCALIZER" in reasons["AAHead_Scout T1"].reasons[0]
-    assert reasons["AX T1 POST GD MPR"].modality == "other" and "DERIVED" in reasons["AX T1 POST GD MPR"].reasons[0]
+    # a reformat is an image (a candidate), but the original acquisition of its kind is preferred
+    assert reasons["AX T1 POST GD MPR"].modality == "t1ce"
+    assert "chosen over series 601" in selection.reasons["t1ce"]
 
 
 def test_multi_echo_series_is_left_out_never_mixed(small_study: Path, tmp_path: Path) -> None:

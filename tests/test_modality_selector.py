@@ -64,7 +64,11 @@ def test_t1_after_contrast_injection_counts_as_post_contrast() -> None:
     "h, reason_part",
     [
         (header("3-plane loc", tr=8, te=2, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")), "LOCALIZER"),
-        (header("ADC map", tr=5000, te=90, image_type=("DERIVED", "PRIMARY", "ADC")), "DERIVED"),
+        (header("ADC map", tr=5000, te=90, image_type=("DERIVED", "PRIMARY", "ADC")), "ADC/DERIVED (map)"),
+        (header("T1 MIP", tr=20, te=3, image_type=("DERIVED", "SECONDARY", "MIP")), "(projection)"),
+        (header("ADC MPR", image_type=("DERIVED", "SECONDARY", "MPR", "ADC")), "ADC (map)"),
+        (header("screen", tr=550, te=10, image_type=("DERIVED", "SECONDARY", "SCREEN SAVE")), "(screen capture)"),
+        (header("T1 derived", tr=550, te=10, image_type=("DERIVED", "SECONDARY")), "not a reformat"),
         (header("CT head", modality="CT"), "not MR"),
         (header("AX T2", tr=5000, te=100, frames=3), "slice"),
     ],
@@ -126,3 +130,34 @@ def test_real_scanner_series_are_loaded_and_classified(shared_dir: Path) -> None
         assert study.series[0].header.number_of_frames == frames
         assert list(selection.selected) == ["t1"], selection.candidates
         assert selection.missing == ["flair", "t1ce", "t2"]
+
+
+# ---------------------------------------------------------------------------------------
+# reformats (MPR) are images; classification without TR / TE
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("image_type", [("ORIGINAL", "PRIMARY", "MPR"), ("DERIVED", "SECONDARY", "MPR"),
+                                        ("DERIVED", "SECONDARY", "REFORMATTED")])  # fmt: skip
+def test_reformats_without_timing_are_classified(image_type: tuple[str, ...]) -> None:
+    t2 = header("T2 SPACE 1mm ax MPR", image_type=image_type, seq=("SE",), thickness=1.0)
+    t1 = header("T1 MPRAGE post KM ax MPR", image_type=image_type, seq=("GR", "IR"), thickness=1.0)
+    flair = header("FLAIR 3D ax MPR", image_type=image_type, seq=("SE", "IR"), thickness=1.0)
+    assert classify(t2, RULES).modality == "t2"
+    assert classify(t1, RULES).modality == "t1ce"
+    assert classify(flair, RULES).modality == "flair"  # no TI recorded, and no TR either: not held against it
+
+
+def test_original_is_preferred_over_a_reformat_and_a_reformat_alone_is_chosen() -> None:
+    original = header("AX T2 TSE", tr=5000, te=100, thickness=4.0, number=3)
+    reformat = header("T2 SPACE ax MPR", thickness=1.0, number=30, image_type=("DERIVED", "SECONDARY", "MPR"))
+    both = select_modalities(_study(FLAIR, T1, T1CE, original, reformat), RULES)
+    assert both.selected["t2"].header.series_number == 3  # finer, but a reformat: the original wins
+    assert "chosen over series 30" in both.reasons["t2"]
+    alone = select_modalities(_study(FLAIR, T1, T1CE, reformat), RULES)
+    assert alone.selected["t2"].header.series_number == 30 and "(a reformat)" in alone.reasons["t2"]
+
+
+def test_a_reformat_named_a_projection_is_set_aside() -> None:
+    """GE writes MIPs as DERIVED\\SECONDARY\\REFORMATTED: the description tells."""
+    mip = header("Ax 3D BRAVO MIP", tr=8.2, te=3.2, image_type=("DERIVED", "SECONDARY", "REFORMATTED"))
+    candidate = classify(mip, RULES)
+    assert candidate.modality == "other" and "names a projection" in candidate.reasons[0]

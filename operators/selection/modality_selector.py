@@ -92,16 +92,44 @@ def _orientation_label(header: SeriesHeader) -> str:
     return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
 
 
+#: ImageType values -> the kind of series they mark, for the reason a series is set aside.
+_IMAGE_TYPE_KINDS: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"LOCALIZER", "SCOUT"}), "localiser"),
+    (frozenset({"PROJECTION IMAGE", "MIP", "MINIP", "MNIP"}), "projection"),
+    (frozenset({"ADC", "TRACEW", "FA", "SUBTRACTION", "DIFFUSION", "PERFUSION"}), "map"),
+    (frozenset({"SCREEN SAVE"}), "screen capture"),
+)
+
+
+def _image_type_kind(hit: set[str]) -> str:
+    kinds = [kind for values, kind in _IMAGE_TYPE_KINDS if values & hit]
+    return ", ".join(kinds) if kinds else "derived, not a reformat"
+
+
+def is_reformat(header: SeriesHeader, rules: SelectionRules) -> bool:
+    """Whether the series is a reformat (MPR) of an acquisition: its ImageType holds a value of
+    the rules' ``series_filter.reformat_image_type``."""
+    values = {t.upper() for t in rules.raw.get("series_filter", {}).get("reformat_image_type", [])}
+    return bool(values.intersection(t.upper() for t in header.image_type))
+
+
 def is_usable_image_series(header: SeriesHeader, rules: SelectionRules) -> tuple[bool, str]:
     """Whether a series can be an input channel at all, and why not."""
     flt = rules.raw.get("series_filter", {})
     modality_re = flt.get("Modality")
     if modality_re and not re.search(modality_re, header.modality or ""):
         return False, f"Modality {header.modality or '(none)'} is not MR"
+    image_type = {t.upper() for t in header.image_type}
     excluded = {t.upper() for t in flt.get("exclude_image_type", [])}
-    hit = excluded.intersection(header.image_type)
+    if is_reformat(header, rules):  # an MPR of an acquisition is an image, even if DERIVED / SECONDARY
+        excluded -= {t.upper() for t in flt.get("reformat_may_also_be", [])}
+    hit = excluded.intersection(image_type)
     if hit:
-        return False, f"ImageType contains {'/'.join(sorted(hit))} (localiser, derived or map)"
+        return False, f"ImageType contains {'/'.join(sorted(hit))} ({_image_type_kind(hit)})"
+    projection = flt.get("projection_description_pattern")
+    text = f"{header.series_description} {header.protocol_name}"
+    if projection and is_reformat(header, rules) and re.search(projection, text):
+        return False, f"a reformat whose description '{header.series_description}' names a projection (MIP / MinIP)"
     if header.number_of_frames < int(flt.get("min_slices", 1)):
         return False, f"only {header.number_of_frames} slice(s)"
     return True, ""
@@ -144,7 +172,9 @@ def score_series(
         for key, (low, high) in selection.get("parameters", {}).items():
             value = getattr(header, _PARAMETER_FIELDS[key])
             if value is None:
-                if key == "InversionTime":
+                # No TI where TR is recorded: not an inversion-recovery series. Without any timing
+                # (reformats often drop TR / TE / TI) the description and sequence decide.
+                if key == "InversionTime" and header.repetition_time_ms is not None:
                     score += weights["parameter_out_of_range"]
                 continue
             if low <= value <= high:
@@ -216,12 +246,15 @@ def _largest_voxel_edge(h: SeriesHeader) -> float:
     return float(max(edges))
 
 
-def _preference_key(series: LoadedSeries, preference: Sequence[str], phases: ContrastDecision) -> tuple:
+def _preference_key(series: LoadedSeries, preference: Sequence[str], phases: ContrastDecision,
+                    rules: SelectionRules | None = None) -> tuple:
     h = series.header
     key: list[float] = []
     for rule in preference:
         if rule == "pre_contrast":
             key.append(1 if phases.phase_of(h.series_instance_uid) == "post" else 0)
+        elif rule == "original_over_reformat":
+            key.append(1 if rules is not None and is_reformat(h, rules) else 0)
         elif rule == "finest_resolution":
             key.append(round(_largest_voxel_edge(h), 1))
         elif rule == "axial":
@@ -329,10 +362,11 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
             if modality == "t1ce" and phases.status == "undetermined":
                 reasons[modality] = f"missing: {phases.statement}"
             continue
-        options = sorted(options, key=lambda s: _preference_key(s, preference, phases))
+        options = sorted(options, key=lambda s: _preference_key(s, preference, phases, rules))
         chosen = options[0]
         selected[modality] = chosen
-        desc = f"series {chosen.header.series_number} '{chosen.header.series_description}'"
+        desc = (f"series {chosen.header.series_number} '{chosen.header.series_description}'"
+                + (" (a reformat)" if is_reformat(chosen.header, rules) else ""))
         if len(options) > 1:
             others = ", ".join(f"{s.header.series_number}" for s in options[1:])
             reasons[modality] = f"{desc} chosen over series {others} by preference {'>'.join(preference)}"
