@@ -185,7 +185,7 @@ def _centre_slices(vol: ms.Volume, n: int) -> ms.Volume:
     return ms.crop_slab(vol, (k0, min(k0 + n, vol.data.shape[2])))
 
 
-def _mip(vol: ms.Volume, slab: int = 10) -> ms.Volume:
+def sliding_mip(vol: ms.Volume, slab: int = 10) -> ms.Volume:
     """Sliding maximum-intensity projection over ``slab`` slices (a derived MIP series)."""
     data = np.stack([vol.data[:, :, max(k - slab // 2, 0):k + slab // 2 + 1].max(axis=2)
                      for k in range(vol.data.shape[2])], axis=2)
@@ -261,7 +261,7 @@ def make_clinical_study(
                 vol = vols[spec.source]
                 series_number = 100 * number + 1
             if spec.derived_mip:
-                vol = _mip(vol)
+                vol = sliding_mip(vol)
             if spec.slice_mm != 1.0:
                 vol = _thick(vol, spec.slice_mm)
             if spec.n_slices:

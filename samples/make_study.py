@@ -5,7 +5,8 @@ Usage
 ``python -m samples.make_study <case dir> <out dir> [--drop t1,flair] [--misalign SEED]
 [--seed N] [--slices START:END] [--overwrite]``, or a clinical-looking exam:
 ``... --clinical {philips,siemens,ge} [--mask-series] [--no-contrast-evidence]``
-(:mod:`samples.clinical_profiles`)
+(:mod:`samples.clinical_profiles`), or ``--clinical reformats``: only reformats of 3-D
+acquisitions (:mod:`samples.reformat_exam`)
 
 or, without a subprocess, :func:`make_study` (returns a :class:`StudyManifest`).
 
@@ -966,7 +967,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=_parse_slices, default=None, metavar="START:END",
                    help="keep only NIfTI slices START <= k < END (a small study; default all)")
     p.add_argument("--clinical", default=None, metavar="PROFILE",
-                   help="a clinical-looking exam (philips, siemens, ge): extra series, pre/post T1 "
+                   help="a clinical-looking exam (philips, siemens, ge; reformats: reformats of 3-D series only): "
+                        "extra series, pre/post T1 "
                         "of one protocol without contrast attributes, faulty attributes "
                         "(samples.clinical_profiles)")
     p.add_argument("--mask-series", action="store_true",
@@ -984,6 +986,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="[make_study] %(message)s")
     try:
+        if args.clinical == "reformats":
+            from samples.reformat_exam import make_reformat_study
+
+            if args.drop or args.misalign is not None:
+                raise StudyBuildError("--clinical does not combine with --drop / --misalign")
+            make_reformat_study(args.case_dir, args.out_dir, seed=args.seed, slices=args.slices,
+                                overwrite=args.overwrite)
+            return 0
         if args.clinical:
             from samples.clinical_profiles import make_clinical_study
 

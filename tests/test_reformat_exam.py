@@ -1,0 +1,101 @@
+"""The exam of reformats only (samples.reformat_exam; issue "Real clinical exams III"): the
+study holds what such an exam holds, and the app picks its reformats, ignores the MIP and the
+manual SEG, writes the regions T1ce+T2 support and finds the tumour where the expert did."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from tests.app_runner import run_app
+from tests.dicom_validation import run_dciodvfy
+
+CASE = "Brats18_TCIA01_201_1"
+SLAB = (50, 110)  # 60 of 155 slices through the tumour: the default suite's budget
+
+
+@pytest.fixture(scope="module")
+def reformat_study(brats_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from samples.reformat_exam import make_reformat_study
+
+    out = tmp_path_factory.mktemp("reformats")
+    make_reformat_study(brats_dir / CASE, out, slices=SLAB)
+    return out
+
+
+def test_the_exam_holds_reformats_without_timing_far_from_the_isocentre(reformat_study: Path) -> None:
+    from samples.reformat_exam import FAR_OFF_MM, TILTS_DEG
+
+    doc = json.loads((reformat_study / "study.json").read_text())
+    by_key = {s["key"]: s for s in doc["series"]}
+    for key in ("t1ce", "t2"):
+        first = pydicom.dcmread(sorted((reformat_study / by_key[key]["folder"]).glob("*.dcm"))[0])
+        assert list(first.ImageType) == ["ORIGINAL", "PRIMARY", "MPR"]
+        assert first.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
+        assert not {"RepetitionTime", "EchoTime", "InversionTime"} & set(first.dir())
+        row, col = np.asarray(first.ImageOrientationPatient[:3], float), np.asarray(first.ImageOrientationPatient[3:], float)
+        tilt = np.degrees(np.arccos(abs(np.cross(row, col)[2])))
+        assert tilt == pytest.approx(TILTS_DEG[key], abs=0.01)
+        assert float(first.ImagePositionPatient[2]) > FAR_OFF_MM - 300
+    mip = pydicom.dcmread(sorted((reformat_study / by_key["mip"]["folder"]).glob("*.dcm"))[0])
+    assert "REFORMATTED" in mip.ImageType and "MIP" in mip.SeriesDescription
+    manual = pydicom.dcmread(reformat_study / doc["clinical"]["manual_seg"])
+    assert manual.Modality == "SEG" and manual.StudyInstanceUID == doc["study_instance_uid"]
+
+
+def _labels_on_reference(out: Path, folder: Path) -> tuple[np.ndarray, sitk.Image]:
+    """The SEG's segments by SegmentLabel on the reference series' own grid ((Z, Y, X) masks)."""
+    import highdicom as hd
+
+    from operators.dicom.series_volume import series_to_image
+
+    series = series_to_image([pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))])
+    seg = hd.seg.segread(out / "segmentation.dcm")
+    uids = [str(ds.SOPInstanceUID) for ds in series.slice_datasets]
+    masks = {str(item.SegmentLabel): seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[int(item.SegmentNumber)],
+        ignore_spatial_locations=True)[..., 0] > 0 for item in seg.SegmentSequence}  # fmt: skip
+    return masks, series.image
+
+
+def test_the_app_uses_the_reformats_and_writes_what_t1ce_t2_support(
+        reformat_study: Path, models_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+
+    doc = json.loads((reformat_study / "study.json").read_text())
+    run = run_app(reformat_study / "dicom", tmp_path / "out", models_dir)
+    assert run.returncode == 0, run.log[-4000:]
+    report = run.report
+    chosen = {s["detected_modality"]: s["series_instance_uid"] for s in report["input"]["series"]
+              if s["series_instance_uid"] in {u for u in doc["clinical"]["expected"].values()}}  # fmt: skip
+    assert chosen == doc["clinical"]["expected"]
+    assert report["modalities"]["used"] == ["T1ce", "T2"]
+    mip = next(s for s in report["input"]["series"] if s["series_number"] == 702)
+    assert mip["detected_modality"] == "other" and "projection" in mip["reasons"][0]
+    assert any(f["what"] == "manual_seg.dcm" and "Segmentation" in f["reason"] for f in report["input"]["ignored_files"])
+    written = report["segmentation"]["missing_sequences"]["regions_written"]
+    assert written == ["TC", "ET"]
+    for name in ("segmentation.dcm", "volumes_sr.dcm"):
+        assert run_dciodvfy(run.output_dir / name)[0] == [], name
+    folder = next((reformat_study / "dicom").glob("701_*"))
+    masks, ref = _labels_on_reference(run.output_dir, folder)
+    specs = segments_for_regions(tuple(written))
+    assert sorted(masks) == sorted(s.label for s in specs)
+    # the expert labels, in the exam's far-off patient space, onto the tilted reference grid
+    truth = sitk.Resample(sitk.ReadImage(str(reformat_study / "ground_truth.nii.gz")), ref, sitk.Transform(),
+                          sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)  # fmt: skip
+    truth = sitk.GetArrayFromImage(truth)
+    dice = {}
+    for region in written:
+        pred = np.zeros(truth.shape, bool)
+        for spec in specs:
+            if set(spec.brats_labels) <= REGION_LABELS[region]:
+                pred |= masks[spec.label]
+        ref_mask = np.isin(truth, sorted(REGION_LABELS[region]))
+        dice[region] = 2.0 * np.count_nonzero(pred & ref_mask) / (np.count_nonzero(pred) + np.count_nonzero(ref_mask))
+    print(f"\n[reformats] Dice vs the expert labels on the tilted T1ce grid: {dice}")
+    assert dice["TC"] > 0.6 and dice["ET"] > 0.5, dice
