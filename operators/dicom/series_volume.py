@@ -10,12 +10,20 @@ Axis order (loud, because it bites): highdicom's ``Volume.array`` is indexed
 ``sitk.GetArrayFromImage`` is ``[z, y, x]`` with SimpleITK index ``(x, y, z)`` =
 ``(column, row, slice)``. So the array layouts agree, and the SimpleITK direction matrix's
 columns are the affine's columns in reverse order (column axis first).
+
+Cost: highdicom answers "does the IOD of this SOP class hold attribute X" by scanning the
+standard's module tables on every call, and asks it twice per instance while building a
+volume; :func:`memoise_highdicom_iod_lookup` caches those answers (they depend only on the
+arguments and highdicom's fixed tables), so the volume, its checks and its errors stay
+highdicom's own.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -62,9 +70,80 @@ def _right_handed_in_sitk_order(volume: Any) -> Any:
     return volume.ensure_handedness("LEFT_HANDED", flip_axis=0)
 
 
+_IOD_LOOKUP_LOCK = threading.Lock()
+
+
+def _memoised_iod_lookup(lookup: Callable[..., bool]) -> Callable[..., bool]:
+    """``lookup`` (highdicom's ``is_attribute_in_iod``) answering repeated questions from a cache.
+
+    Calls that raise (an unknown SOP class: ``KeyError``) are not cached and raise again.
+    """
+
+    @functools.lru_cache(maxsize=None)
+    def cached(attribute: str, sop_class_uid: str, exclude: tuple[str, ...] | None) -> bool:
+        return bool(lookup(attribute, sop_class_uid, None if exclude is None else list(exclude)))
+
+    @functools.wraps(lookup)
+    def is_attribute_in_iod(attribute: str, sop_class_uid: str,
+                            exclude_path_elements: Sequence[str] | None = None) -> bool:
+        exclude = None if exclude_path_elements is None else tuple(exclude_path_elements)
+        return cached(str(attribute), str(sop_class_uid), exclude)
+
+    is_attribute_in_iod.memoised = True  # type: ignore[attr-defined]
+    is_attribute_in_iod.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return is_attribute_in_iod
+
+
+def memoise_highdicom_iod_lookup() -> bool:
+    """Cache highdicom's IOD attribute lookup for this process (idempotent, thread-safe).
+
+    ``highdicom._standard_utils.is_attribute_in_iod(attribute, sop_class_uid,
+    exclude_path_elements)`` walks every attribute of every module of the SOP class's IOD
+    (tables shipped with highdicom) on each call; ``get_volume_from_series`` calls it through
+    ``does_iod_have_pixel_data`` (each frame's pixel transform) and ``is_multiframe_image``
+    (each instance's volume position), i.e. a few times per instance. The answer depends
+    only on the arguments and those fixed tables, so the module function is replaced by a
+    cached wrapper with the same signature and results; ``does_iod_have_pixel_data`` and
+    ``is_multiframe_image`` look it up in that module at call time and so use the cache.
+
+    Returns
+    -------
+    bool
+        True when the cached lookup is installed (now or before); False when this highdicom
+        has no such function (nothing changed: volumes are still built, only slower).
+    """
+    try:
+        from highdicom import _standard_utils as standard
+    except ImportError:
+        return False
+    with _IOD_LOOKUP_LOCK:
+        lookup = getattr(standard, "is_attribute_in_iod", None)
+        if lookup is None:
+            return False
+        if not getattr(lookup, "memoised", False):
+            standard.is_attribute_in_iod = _memoised_iod_lookup(lookup)
+    return True
+
+
 def _volume_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
-    """(slice, row, column) array + highdicom affine -> SimpleITK image (LPS)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.astype(np.float32)))
+    """(slice, row, column) array + highdicom affine -> float32 SimpleITK image (LPS).
+
+    Parameters
+    ----------
+    array
+        Shape ``(S, R, C)`` = (slice, row, column), any real dtype (highdicom gives float32);
+        may be a view with a negative slice stride (after a handedness flip).
+    affine
+        ``(4, 4)`` highdicom affine mapping ``(slice, row, column, 1)`` to LPS mm.
+
+    Returns
+    -------
+    sitk.Image
+        Size ``(C, R, S)``; ``GetArrayFromImage`` gives ``array`` as float32 ``(S, R, C)``.
+        The pixels are copied once, into the image (float32 C-contiguous input is not
+        copied beforehand).
+    """
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
     columns = affine[:3, :3]
     spacing = np.linalg.norm(columns, axis=0)  # per array axis: slice, row, column
     unit = columns / spacing
@@ -168,6 +247,7 @@ def series_to_image(datasets: Sequence[Any], description: str = "") -> SeriesIma
     """
     import highdicom as hd
 
+    memoise_highdicom_iod_lookup()
     label = f"series '{description}'" if description else "series"
     if len(datasets) == 1 and int(datasets[0].get("NumberOfFrames", 1) or 1) > 1:
         ds = datasets[0]
