@@ -133,6 +133,7 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
         brain_mask=brain_ref,
         segments=segments,
         title=f"{model_input.reference_modality.upper()} reference; {modalities_line(available)}"
+        + qa_series_text(model_input.selection)
         + qa_missing_text(outcome.missing_sequences) + ("; NO TUMOUR FOUND" if empty else ""),
     )
     timings["overlay"] = time.perf_counter() - t2
@@ -188,6 +189,16 @@ def segment_notes(missing_sequences: dict[str, Any] | None,
             flag = "; UNRELIABLE" if expected[region] < UNRELIABLE_DICE else ""
             notes[spec.short] = f"{subset}: expected {region} Dice {expected[region]:.2f}{flag}"
     return notes
+
+
+def qa_series_text(selection: Any) -> str:
+    """The QA title's part naming the series number that filled each slot, and the contrast phase
+    when it was not read from the headers (undetermined: the earliest T1 / FLAIR were used)."""
+    slots = " ".join(f"{MODALITY_DISPLAY[m]} {s.header.series_number}" for m, s in selection.selected.items())
+    status = (selection.contrast or {}).get("status")
+    phase = {"undetermined": "; contrast phase undetermined: earliest T1 / FLAIR used",
+             "inferred": "; contrast phase from like-for-like images"}.get(status, "")
+    return f"; series {slots}{phase}"
 
 
 def qa_missing_text(missing_sequences: dict[str, Any] | None) -> str:

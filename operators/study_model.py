@@ -56,6 +56,7 @@ class SeriesHeader:
     number_of_frames: int
     patient_position: str = ""
     frame_of_reference_uid: str = ""
+    scan_options: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

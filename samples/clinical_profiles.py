@@ -28,11 +28,18 @@ FLAIR post        BraTS flair, 1 mm, same name as the pre     lose to the pre FL
 T1 post (2-D)     BraTS t1ce, 3 mm, same name as the T1 pre   T1ce candidate, loses (resolution)
 ================  ==========================================  ============================
 
+``philips`` is the 1.5 T exam of issue "Real clinical exams III": a 3-D FFE T1, coronal and not
+fat-suppressed, comes first (the T1 to pick: 3-D at equal resolution); the 2-D T1 is an SE FS 15
+minutes later, the post-contrast 3-D T1 is FS iso (T1ce), and both 2-D SE FS share one name. The
+fat-suppressed series get another tissue contrast (:func:`_fat_suppressed_look`), so against the
+earliest T1 they look darker, contrast or not: only the like-for-like pair (the two SE FS) shows
+the enhancement.
+
 Options: ``mask_series`` adds a viewer-saved lesion mask (values 0 / 1, ORIGINAL\\PRIMARY, the
 FLAIR's description, parameters and times, the highest series number) that the app must set
 aside; ``contrast_evidence=False`` removes every trace of contrast (the post-contrast T1 series
 hold the pre-contrast T1's images and follow it without a gap): the app must say the phase is
-undetermined.
+undetermined and use the earliest T1 and the earliest FLAIR.
 """
 from __future__ import annotations
 
@@ -68,6 +75,8 @@ class ClinicalSeries:
     acquisition: str = "2D"
     post_contrast: bool = False  # the truth; never written into the header
     derived_mip: bool = False
+    fat_suppressed: bool = False  # appearance of a fat-suppressed T1 (see _fat_suppressed_look)
+    plane: str = "axial"  # "axial" or "coronal" slices
 
 
 def _p(desc: str, protocol: str, seq: tuple[str, ...], tr: float, te: float, ti: float | None,
@@ -76,6 +85,9 @@ def _p(desc: str, protocol: str, seq: tuple[str, ...], tr: float, te: float, ti:
 
 
 def _philips() -> dict[str, Any]:
+    """The Philips 1.5 T contrast exam of issue "Real clinical exams III": two pre-contrast T1s of
+    different kinds (a 3-D FFE, coronal, not fat-suppressed, first; a 2-D SE FS axial 13 min
+    later), then a 3-D T1 FS iso and the 2-D SE FS again under the same name after contrast."""
     it_se, it_ir = ("ORIGINAL", "PRIMARY", "M_SE", "M", "SE"), ("ORIGINAL", "PRIMARY", "M_IR", "M", "IR")
     it_ffe = ("ORIGINAL", "PRIMARY", "M_FFE", "M", "FFE")
     t1 = _p("T1W_SE-TRA_FS", "T1W_SE-TRA_FS", ("SE",), 500.0, 8.0, None, it_se, 175)
@@ -83,13 +95,15 @@ def _philips() -> dict[str, Any]:
     return {
         "localiser": _p("SURVEY", "SURVEY", ("GR",), 11.0, 4.6, None, it_ffe, 25),
         "t1": t1, "flair": flair,
+        "t1_pre_3d": _p("3D_T1W_FFE_COR", "3D_T1W_FFE_COR", ("GR",), 25.0, 4.6, None, it_ffe, 290),
+        "t1_fat_suppressed": True,
         "t2": _p("T2W_TSE_TRA", "T2W_TSE_TRA", ("SE",), 4500.0, 100.0, None, it_se, 140),
         "dwi": _p("DWI_TRA", "DWI_TRA", ("SE", "EP"), 3200.0, 90.0, None, it_se, 95),
         "adc": _p("dADC_TRA", "DWI_TRA", ("SE", "EP"), 3200.0, 90.0, None,
                   ("DERIVED", "PRIMARY", "ADC_UNSPECIFIED", "ADC"), 0),
         "swi": _p("SWIp_TRA", "SWIp_TRA", ("GR",), 31.0, 7.2, None, it_ffe, 210),
-        "t1_3d": _p("3D_T1W_TFE", "3D_T1W_TFE", ("GR",), 8.1, 3.7, None, it_ffe, 300),
-        "mip": _p("MIP_3D_T1W_TFE", "3D_T1W_TFE", ("GR",), 8.1, 3.7, None,
+        "t1_3d": _p("3D_T1W_TFE_FS_ISO", "3D_T1W_TFE_FS_ISO", ("GR",), 8.1, 3.7, None, it_ffe, 300),
+        "mip": _p("MIP_3D_T1W_TFE_FS_ISO", "3D_T1W_TFE_FS_ISO", ("GR",), 8.1, 3.7, None,
                   ("DERIVED", "PRIMARY", "PROJECTION IMAGE", "MIP"), 0),
         "faults": {"PatientAge": b"NA", "StudyTime": b"14:03:22",
                    "InstitutionName": "Universitätsklinikum Süd".encode("latin-1")},
@@ -146,24 +160,60 @@ def _exam(names: Mapping[str, Any], contrast_evidence: bool) -> list[tuple[Clini
     """The exam's series with their start minute (after the study start), in acquisition order."""
     post_t1_source = "t1ce" if contrast_evidence else "t1"
     t1_3d = names["t1_3d"]
+    fs = bool(names.get("t1_fat_suppressed"))
+    two_pre = "t1_pre_3d" in names  # Philips: a 3-D FFE first, the 2-D SE FS after the SWI
     series = [
         (ClinicalSeries("localiser", names["localiser"], "t1", n_slices=3), 0.0),
-        (ClinicalSeries("t1", names["t1"], "t1"), 1.0),
+        (ClinicalSeries("t1", names["t1"], "t1", fat_suppressed=fs), 15.5 if two_pre else 1.0),
         (ClinicalSeries("t2", names["t2"], "t2"), 4.5),
         (ClinicalSeries("flair", names["flair"], "flair"), 7.5),
         (ClinicalSeries("dwi", names["dwi"], "t2", slice_mm=5.0), 12.0),
         (ClinicalSeries("adc", names["adc"], "t2", slice_mm=5.0), 12.0),
-        (ClinicalSeries("swi", names["swi"], "t2", slice_mm=2.0), 14.0),
+        (ClinicalSeries("swi", names["swi"], "t2", slice_mm=2.0), 14.0 if not two_pre else 12.5),
         # contrast injected at minute 18 (nothing in any header says so)
-        (ClinicalSeries("t1ce_3d", t1_3d, post_t1_source, acquisition="3D", post_contrast=contrast_evidence), 18.5),
-        (ClinicalSeries("mip", names["mip"], post_t1_source, derived_mip=True), 18.5),
+        (ClinicalSeries("t1ce_3d", t1_3d, post_t1_source, acquisition="3D", post_contrast=contrast_evidence,
+                        fat_suppressed=fs), 18.5),
+        (ClinicalSeries("mip", names["mip"], post_t1_source, derived_mip=True, fat_suppressed=fs), 18.5),
         (ClinicalSeries("flair_post", names["flair"], "flair", post_contrast=contrast_evidence), 24.0),
-        (ClinicalSeries("t1ce_2d", names["t1"], post_t1_source, slice_mm=3.0, post_contrast=contrast_evidence), 29.0),
-    ]
+        (ClinicalSeries("t1ce_2d", names["t1"], post_t1_source, slice_mm=3.0, post_contrast=contrast_evidence,
+                        fat_suppressed=fs), 29.0),
+    ]  # fmt: skip
+    if two_pre:
+        series.insert(1, (ClinicalSeries("t1_pre_3d", names["t1_pre_3d"], "t1", acquisition="3D", plane="coronal"), 0.5))
     if not contrast_evidence:  # back to back with the pre-contrast T1: no time gap either
-        series = [(s, {"t1ce_3d": 1.5, "mip": 1.5, "t1ce_2d": 2.0}.get(s.key, t)) for s, t in series]
-        series.sort(key=lambda st: st[1])
+        t1_start = next(t for s, t in series if s.key == "t1")
+        series = [(s, {"t1ce_3d": t1_start + 0.5, "mip": t1_start + 0.5, "t1ce_2d": t1_start + 1.0}.get(s.key, t))
+                  for s, t in series]  # fmt: skip
+    series.sort(key=lambda st: st[1])
     return series
+
+
+def _fat_suppressed_look(vol: ms.Volume, t1: ms.Volume) -> ms.Volume:
+    """A fat-suppressed T1's look, as far as a skull-stripped brain can show it: the tissue that is
+    brightest on the plain pre-contrast T1 (``t1`` above its 97th percentile inside the head, the
+    place of fat on a real head) is dark (0.3 x the median), in every series of this look, pre- or
+    post-contrast alike; the rest, enhancement included, is unchanged. Against a plain T1 such a
+    series then looks darker in its brightest structures, contrast or not (the trap of issue
+    "Real clinical exams III"); against another of its look, only gadolinium differs."""
+    ref = t1.data.astype(np.float64)
+    inside = ref > 0
+    if not inside.any():
+        return vol
+    bright = ref > np.percentile(ref[inside], 97)
+    data = vol.data.astype(np.float64)
+    dark = 0.3 * float(np.median(data[data > 0])) if (data > 0).any() else 0.0
+    return ms.Volume(data=np.where(bright, np.rint(dark), data).astype(np.int16), affine_lps=vol.affine_lps)
+
+
+def _coronal(vol: ms.Volume) -> ms.Volume:
+    """The same voxels with coronal slices (slice axis = the original j axis; right-handed)."""
+    n_j = vol.data.shape[1]
+    a = vol.affine_lps
+    affine = np.eye(4)
+    affine[:3, 0], affine[:3, 1], affine[:3, 2] = a[:3, 0], a[:3, 2], -a[:3, 1]
+    affine[:3, 3] = a[:3, 3] + a[:3, 1] * (n_j - 1)
+    data = np.ascontiguousarray(vol.data.transpose(0, 2, 1)[:, :, ::-1])
+    return ms.Volume(data=data, affine_lps=affine)
 
 
 def _thick(vol: ms.Volume, slice_mm: float) -> ms.Volume:
@@ -260,8 +310,12 @@ def make_clinical_study(
             else:
                 vol = vols[spec.source]
                 series_number = 100 * number + 1
+            if spec.fat_suppressed:
+                vol = _fat_suppressed_look(vol, vols["t1"])
             if spec.derived_mip:
                 vol = sliding_mip(vol)
+            if spec.plane == "coronal":
+                vol = _coronal(vol)
             if spec.slice_mm != 1.0:
                 vol = _thick(vol, spec.slice_mm)
             if spec.n_slices:
@@ -280,11 +334,12 @@ def make_clinical_study(
                             "series_description": spec.protocol.series_description, "source": spec.source,
                             "slice_mm": spec.slice_mm, "post_contrast": spec.post_contrast,
                             "folder": f"dicom/{folder.name}"})
-            # Without contrast evidence nothing is post-contrast: the 3-D T1 is the best T1 and
-            # the later of two equal FLAIRs wins (preference latest_acquisition).
-            role = {"t1ce_3d": "t1ce" if contrast_evidence else "t1", "t1": "t1" if contrast_evidence else None,
-                    "flair": "flair" if contrast_evidence else None, "flair_post": None if contrast_evidence else "flair",
-                    "t2": "t2"}.get(spec.key)
+            # Without contrast evidence the phase is undetermined: the earliest T1 and the earliest
+            # FLAIR fill their slots (pre-contrast sequences come first). Philips: the 3-D FFE is
+            # the earliest T1, and with contrast the best pre-contrast T1 (3-D at equal resolution).
+            earliest_t1 = "t1_pre_3d" if "t1_pre_3d" in names else "t1"
+            role = {"t1ce_3d": "t1ce" if contrast_evidence else None, earliest_t1: "t1",
+                    "flair": "flair", "t2": "t2"}.get(spec.key)
             if role:
                 expected[role] = plan.series_uid
     except BaseException:

@@ -24,7 +24,7 @@ from samples.clinical_profiles import PROFILES, make_clinical_study
 from tests.dicom_validation import run_dciodvfy
 from tests.slab_studies import CASE
 
-SLAB = (88, 116)
+SLAB = (84, 116)  # 32 slices: the 3 mm post-contrast T1 keeps 11 (>= the 10 a series needs)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,7 @@ def clinical_studies(brats_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     variants = {p: {"profile": p} for p in PROFILES}
     variants["philips+mask"] = {"profile": "philips", "mask_series": True}
     variants["philips-no-evidence"] = {"profile": "philips", "contrast_evidence": False}
+    variants["siemens-no-evidence"] = {"profile": "siemens", "contrast_evidence": False}
     studies = {}
     for name, kwargs in variants.items():
         make_clinical_study(brats_dir / CASE, root / name, slices=SLAB, **kwargs)
@@ -69,6 +70,45 @@ def test_the_true_series_are_picked_without_header_help(clinical_studies: dict[s
     # Derived images and the localiser never compete.
     others = {c.series_description: c.reasons[0] for c in selection.candidates if c.modality == "other"}
     assert any("DERIVED" in r for r in others.values()), others
+    # every comparison is recorded with its pair, index and decision
+    assert selection.contrast["comparisons"] and all(
+        {"series", "against_series", "index", "like_for_like", "decision"} <= set(c) for c in selection.contrast["comparisons"])
+
+
+def _uid_of(study: Path, key: str) -> str:
+    return next(s["series_instance_uid"] for s in json.loads((study / "study.json").read_text())["series"] if s["key"] == key)
+
+
+def test_two_pre_contrast_t1s_of_different_kinds_the_same_protocol_pair_decides(
+        clinical_studies: dict[str, Path]) -> None:  # fmt: skip
+    """Philips: a 3-D FFE (not fat-suppressed) first, a 2-D SE FS 15 min later, then after contrast
+    a 3-D FS iso and the 2-D SE FS again under one name. Against the earliest T1 the FS series
+    look darker (the trap); against its own protocol the post SE FS enhances."""
+    from operators.selection.contrast_phase import enhancement_index
+
+    study = clinical_studies["philips"]
+    selection = _select(study)
+    ffe, se_pre, se_post, iso = (_uid_of(study, k) for k in ("t1_pre_3d", "t1", "t1ce_2d", "t1ce_3d"))
+    # the trap is in the study: the pre-contrast SE FS is no brighter than the earliest T1 (another kind)
+    images = {u: s for u, s in ((s.header.series_instance_uid, s) for s in load_study(study / "dicom").series)}
+    from operators.dicom.series_volume import series_to_image
+
+    def image(uid: str):
+        return series_to_image(images[uid].datasets).image
+
+    trap = enhancement_index(image(ffe), image(se_pre))
+    assert trap["index"] < 0.15, trap
+    phases = selection.contrast["series"]
+    assert phases[se_pre]["phase"] == "pre" and phases[ffe]["phase"] == "pre"
+    assert phases[se_post]["phase"] == "post" and phases[iso]["phase"] == "post"
+    by_series = {c["series"]: c for c in selection.contrast["comparisons"]}
+    pair = by_series[images[se_post].header.series_number]
+    assert pair["against_series"] == images[se_pre].header.series_number
+    assert pair["like_for_like"] and pair["decision"] == "post" and pair["index"] >= 0.15
+    # the FS iso is compared with the pre-contrast series of its fat suppression, never the FFE
+    assert by_series[images[iso].header.series_number]["against_series"] == images[se_pre].header.series_number
+    picked = {m: s.header.series_instance_uid for m, s in selection.selected.items()}
+    assert picked["t1"] == ffe and picked["t1ce"] == iso
 
 
 def test_a_mask_saved_as_the_best_looking_flair_is_set_aside(clinical_studies: dict[str, Path]) -> None:
@@ -84,10 +124,13 @@ def test_a_mask_saved_as_the_best_looking_flair_is_set_aside(clinical_studies: d
     }
 
 
-def test_without_contrast_evidence_the_phase_is_undetermined_and_t1ce_missing(
-    clinical_studies: dict[str, Path],
+@pytest.mark.parametrize("variant", ["philips-no-evidence", "siemens-no-evidence"])
+def test_without_contrast_evidence_the_phase_is_undetermined_and_the_earliest_series_are_used(
+    clinical_studies: dict[str, Path], variant: str,
 ) -> None:
-    study = clinical_studies["philips-no-evidence"]
+    """The post-contrast series hold the pre-contrast images: undetermined, T1ce missing, and the
+    T1 and FLAIR slots go to the earliest series of their kind, never to a later one."""
+    study = clinical_studies[variant]
     selection = _select(study)
     assert selection.contrast["status"] == "undetermined"
     assert "t1ce" not in selection.selected
@@ -95,6 +138,11 @@ def test_without_contrast_evidence_the_phase_is_undetermined_and_t1ce_missing(
     assert "T1ce missing" in selection.contrast["statement"]
     picked = {m: s.header.series_instance_uid for m, s in selection.selected.items()}
     assert picked == _expected(study)
+    modality_of = {c.series_instance_uid: c.modality for c in selection.candidates}
+    for modality in ("t1", "flair"):
+        candidates = [s for s in load_study(study / "dicom").series if modality_of[s.header.series_instance_uid] == modality]
+        earliest = min(candidates, key=lambda s: s.header.acquisition_time)
+        assert picked[modality] == earliest.header.series_instance_uid, (modality, selection.reasons[modality])
 
 
 def test_header_evidence_still_wins_over_inference(clinical_studies: dict[str, Path], tmp_path: Path) -> None:

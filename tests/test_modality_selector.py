@@ -161,3 +161,24 @@ def test_a_reformat_named_a_projection_is_set_aside() -> None:
     mip = header("Ax 3D BRAVO MIP", tr=8.2, te=3.2, image_type=("DERIVED", "SECONDARY", "REFORMATTED"))
     candidate = classify(mip, RULES)
     assert candidate.modality == "other" and "names a projection" in candidate.reasons[0]
+
+
+# ---------------------------------------------------------------------------------------
+# like-for-like contrast comparisons: what makes two T1s of one kind
+# ---------------------------------------------------------------------------------------
+def test_series_kind_and_like_for_like() -> None:
+    from operators.selection.contrast_phase import like_for_like, likeness, series_kind
+
+    coronal = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+    ffe = series_kind(header("3D_T1W_FFE_COR", protocol="3D_T1W_FFE_COR", acq_type="3D", orientation=coronal))
+    se_fs = series_kind(header("T1W_SE-TRA_FS", protocol="T1W_SE-TRA_FS"))
+    iso_fs = series_kind(header("3D_T1W_TFE_FS_ISO", protocol="3D_T1W_TFE_FS_ISO", acq_type="3D"))
+    scan_fs = series_kind(dataclasses.replace(header("t1_tse_tra"), scan_options=("FS",)))
+    assert (ffe.fat_suppressed, se_fs.fat_suppressed, iso_fs.fat_suppressed, scan_fs.fat_suppressed) == (False, True, True, True)
+    assert ffe.plane == "coronal" and se_fs.plane == "axial"
+    assert like_for_like(se_fs, se_fs)  # the same protocol
+    assert not like_for_like(ffe, se_fs)  # fat suppression differs: never compared as alike
+    assert not like_for_like(se_fs, iso_fs)  # 2-D vs 3-D of one fat suppression: not alike
+    # the FS iso's most alike earlier series is the SE FS (fat suppression ranks above 2-D / 3-D)
+    assert likeness(se_fs, iso_fs) > likeness(ffe, iso_fs)
+    assert not series_kind(header("FSE T2 first")).fat_suppressed

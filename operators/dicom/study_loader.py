@@ -162,6 +162,7 @@ def summarise_series(datasets: list[Any]) -> SeriesHeader:
         number_of_frames=sum(int(d.get("NumberOfFrames", 1) or 1) for d in datasets),
         patient_position=_text(ds, "PatientPosition"),
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+        scan_options=_multi(ds, "ScanOptions"),
     )
 
 

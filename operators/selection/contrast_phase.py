@@ -8,24 +8,29 @@ evidence, strongest first:
 2. **Description** -- words such as ``post``, ``+C``, ``Gd`` (site-editable, see the rules).
    Any series acquired after a series with header or description evidence (or after
    ContrastBolusStartTime) is post-contrast too.
-3. **Acquisition order** -- with no header or description evidence at all, the T1-weighted
-   series are ordered by acquisition time: the earliest is the pre-contrast candidate, a
-   T1-weighted series acquired at least ``min_gap_minutes`` later is a post-contrast
-   candidate.
-4. **Image evidence** -- for each such later series, enhancement relative to the earliest:
-   both on one coarse grid (3 mm; series of another frame of reference registered rigidly
-   first, those of the same one compared as they lie), each divided by
-   its median inside the head, the difference ``later - earliest`` per voxel; structures that
-   always enhance (vessels, dural sinuses, choroid plexus; and enhancing tumour) make its
-   upper tail (99.5th percentile) much longer than its lower tail (0.5th). The index
-   ``(up - down) / (up + down)`` is > 0 when the later series enhances, < 0 when the earlier
-   one does, ~0 when both are alike; when both tails are tiny the images are identical.
+3. **Like-for-like images** -- with no header or description evidence at all, each later
+   T1-weighted series is compared with the earlier one most like it (:func:`likeness`: the same
+   protocol and description, then the same fat suppression, 2-D / 3-D, plane). A pair of the
+   same kind (:func:`like_for_like`: same fat suppression, and the same protocol or the same
+   2-D / 3-D and plane) decides: both on one coarse grid (3 mm; another frame of reference is
+   registered rigidly first), each divided by its median inside the head, the difference
+   ``later - earlier`` per voxel; structures that always enhance (vessels, dural sinuses,
+   choroid plexus; and enhancing tumour) make its upper tail (99.5th percentile) much longer
+   than its lower tail (0.5th). The index ``(up - down) / (up + down)`` >= ``enhanced_index``:
+   post-contrast; otherwise pre-contrast, **whatever the acquisition order** (several
+   pre-contrast T1s of different kinds are normal).
+4. **Another kind** -- a series with no earlier series of its kind is compared with the latest
+   earlier pre-contrast series of the **same fat suppression** (fat suppression changes a T1
+   image more than gadolinium does: never compared across it); it is post-contrast when enhanced
+   against it *and* acquired at least ``min_gap_minutes`` later (or at all later, once a
+   like-for-like pair has shown that contrast was given), or when acquired after a like-for-like
+   post-contrast series and nothing of its fat suppression came before.
 
-Order and image must agree for a series to be called post-contrast without header help;
-image evidence alone (no time gap) also decides, and says so. When they conflict or there is
-no evidence, the phase is **undetermined**: every T1-weighted series is then treated as
-pre-contrast (T1ce missing, enhancing tumour not assessed) and the report says so -- never a
-silent guess. A single T1-weighted series without evidence is taken as pre-contrast, stated.
+Every comparison (pair, index, like-for-like or not, decision) is recorded. When no series is
+found post-contrast the phase is **undetermined**: the earliest T1-weighted series fills the T1
+slot (pre-contrast sequences are acquired first; the selector also takes the earliest FLAIR), no
+later series ever does, T1ce is missing and the report says so -- never a silent guess. A single
+T1-weighted series without evidence is taken as pre-contrast, stated.
 """
 from __future__ import annotations
 
@@ -42,7 +47,8 @@ from scipy import ndimage
 
 from operators.study_model import LoadedSeries, SeriesHeader
 
-__all__ = ["ContrastDecision", "SeriesPhase", "decide_phases", "enhancement_index", "seconds_of_day"]
+__all__ = ["ContrastDecision", "SeriesKind", "SeriesPhase", "decide_phases", "enhancement_index", "like_for_like",
+           "likeness", "seconds_of_day", "series_kind"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +76,11 @@ class ContrastDecision:
     """``header`` (explicit evidence), ``inferred`` (order / image), ``undetermined``,
     ``single_t1`` (one T1-weighted series, no evidence) or ``not_needed`` (no T1-weighted series)."""
     statement: str = ""
-    enhancement: dict[str, dict[str, float]] = field(default_factory=dict)
-    """SeriesInstanceUID of a later T1-weighted series -> the image measurement against the earliest."""
+    enhancement: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """SeriesInstanceUID of a later T1-weighted series -> the image measurement against the earlier
+    series it was compared with (``against_series``, ``like_for_like``, ``image``, ``gap_min``)."""
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    """Every comparison made: series, against_series, index, like_for_like, image, decision."""
 
     def phase_of(self, uid: str) -> str:
         return self.phases[uid].phase if uid in self.phases else "pre"
@@ -82,7 +91,49 @@ class ContrastDecision:
             "statement": self.statement,
             "series": {u: {"phase": p.phase, "basis": p.basis, "reasons": list(p.reasons)} for u, p in self.phases.items()},
             "enhancement": self.enhancement,
+            "comparisons": self.comparisons,
         }
+
+
+#: Words of a description / protocol that say the fat signal is suppressed.
+_FAT_WORDS = re.compile(r"(?i)(?<![a-z])(fs|spir|spair|stir|fat[ _-]?sat|fatsup)(?![a-z])")
+
+
+@dataclass(frozen=True)
+class SeriesKind:
+    """What makes two T1-weighted series comparable image for image."""
+
+    name: str  # SeriesDescription | ProtocolName, lower case
+    fat_suppressed: bool
+    acquisition: str  # "2D" | "3D" | ""
+    plane: str  # "axial" | "coronal" | "sagittal" | "unknown"
+
+
+def series_kind(h: SeriesHeader) -> SeriesKind:
+    """The series' kind from its header: fat suppression from ScanOptions (``FS``, ``SFS``) or its
+    description / protocol words (FS, fat sat, SPIR, SPAIR, STIR); 2-D / 3-D; the slice plane."""
+    text = f"{h.series_description} {h.protocol_name}"
+    fat = any(o.upper() in ("FS", "SFS", "FAT_SAT") for o in h.scan_options) or bool(_FAT_WORDS.search(text))
+    plane = "unknown"
+    if h.image_orientation and len(h.image_orientation) == 6:
+        normal = np.abs(np.cross(np.asarray(h.image_orientation[:3]), np.asarray(h.image_orientation[3:])))
+        plane = ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+    return SeriesKind(f"{h.series_description}|{h.protocol_name}".strip().lower(), fat,
+                      h.mr_acquisition_type.upper(), plane)
+
+
+def likeness(a: SeriesKind, b: SeriesKind) -> tuple[bool, bool, bool, bool]:
+    """How alike two series are, most telling first: same protocol and description, same fat
+    suppression (it changes a T1 image more than gadolinium does), same 2-D / 3-D, same plane."""
+    return (a.name == b.name, a.fat_suppressed == b.fat_suppressed,
+            bool(a.acquisition) and a.acquisition == b.acquisition, a.plane == b.plane)
+
+
+def like_for_like(a: SeriesKind, b: SeriesKind) -> bool:
+    """Whether an image comparison of the two decides the phase: the same fat suppression and
+    the same protocol, or the same fat suppression, 2-D / 3-D and plane."""
+    same_name, same_fat, same_acq, same_plane = likeness(a, b)
+    return same_fat and (same_name or (same_acq and same_plane))
 
 
 def seconds_of_day(text: str) -> float | None:
@@ -209,6 +260,14 @@ def decide_phases(
                               "(T1ce missing)")
         decision.phases[t1s[0]] = SeriesPhase("pre", "none", (decision.statement,))
         return decision
+    _infer_from_images(decision, series, t1s, headers, times, image_of, rules)
+    return decision
+
+
+def _infer_from_images(decision: ContrastDecision, series: Sequence[LoadedSeries], t1s: Sequence[str],
+                       headers: Mapping[str, SeriesHeader], times: Mapping[str, float | None],
+                       image_of: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
+    """The phases of the T1-weighted series from like-for-like image comparisons (module doc)."""
 
     def order_key(u: str) -> tuple[float, int]:
         t = times[u]
@@ -219,22 +278,18 @@ def decide_phases(
     min_gap = float(rules.get("min_gap_minutes", 3.0)) * 60
     enhanced_at = float(rules.get("enhanced_index", 0.15))
     identical_tail = float(rules.get("identical_tail", 0.05))
-    post: list[str] = []
-    conflicts: list[str] = []
-    for u in ordered[1:]:
-        h = headers[u]
-        gap = (times[u] - times[first]) if times[u] is not None and times[first] is not None else None
-        order_says_post = gap is not None and gap >= min_gap
+    kinds = {u: series_kind(headers[u]) for u in ordered}
+    number = {u: headers[u].series_number for u in ordered}
+
+    def compare(earlier: str, later: str, like: bool) -> tuple[str, str, float | None]:
+        h, e = headers[later], headers[earlier]
         try:
-            same_frame = not (headers[first].frame_of_reference_uid and h.frame_of_reference_uid
-                              and headers[first].frame_of_reference_uid != h.frame_of_reference_uid)
-            m = enhancement_index(image_of[first], image_of[u], register=not same_frame)
+            same_frame = not (e.frame_of_reference_uid and h.frame_of_reference_uid
+                              and e.frame_of_reference_uid != h.frame_of_reference_uid)
+            m = enhancement_index(image_of[earlier], image_of[later], register=not same_frame)
         except Exception as exc:  # an image that cannot be compared is no evidence
             logger.warning("contrast check of series %s failed: %s", h.series_number, exc)
             m = {"up": 0.0, "down": 0.0, "index": 0.0, "voxels": 0, "error": str(exc)}
-        decision.enhancement[u] = m
-        gap_text = f"{gap / 60:.1f} min after series {headers[first].series_number}" if gap is not None \
-            else "acquisition time unknown"
         if m["up"] < identical_tail and m["down"] < identical_tail:
             image = "identical"
         elif m["index"] >= enhanced_at:
@@ -243,46 +298,107 @@ def decide_phases(
             image = "reversed"
         else:
             image = "inconclusive"
-        image_text = (f"enhancement index {m['index']:+.2f} (tails {m['up']:.2f} / {m['down']:.2f}) "
-                      f"vs series {headers[first].series_number}: {image}")
+        gap = (times[later] - times[earlier]) if times[later] is not None and times[earlier] is not None else None
+        gap_text = (f"{gap / 60:.1f} min after series {e.series_number}" if gap is not None
+                    else "acquisition time unknown")  # fmt: skip
+        decision.enhancement[later] = {**m, "against_series": e.series_number, "like_for_like": like,
+                                       "image": image, "gap_min": round(gap / 60, 2) if gap is not None else None}
+        text = (f"enhancement index {m['index']:+.2f} (tails {m['up']:.2f} / {m['down']:.2f}) vs series "
+                f"{e.series_number} ({'same kind' if like else 'same fat suppression'}): {image}")
+        return image, f"{gap_text}; {text}", gap
+
+    # 1. Each later T1-weighted series against the earlier one most like it (same protocol, fat
+    #    suppression, 2-D / 3-D, plane); only a like-for-like pair decides here.
+    post: list[str] = []
+    pre: set[str] = {first}
+    pending: list[str] = []
+    for i, u in enumerate(ordered[1:], start=1):
+        earlier = ordered[:i]
+        comparator = max(earlier, key=lambda e: (likeness(kinds[e], kinds[u]), order_key(e)))
+        if not like_for_like(kinds[comparator], kinds[u]):
+            pending.append(u)
+            continue
+        image, text, gap = compare(comparator, u, like=True)
+        if image == "enhanced":
+            basis = "order_and_image" if gap is not None and gap >= min_gap else "image"
+            decision.phases[u] = SeriesPhase("post", basis, (
+                f"T1-weighted, brighter in always-enhancing structures than series {number[comparator]} of the "
+                f"same kind: post-contrast", text))
+            post.append(u)
+            pre.add(comparator)
+        else:
+            decision.phases[u] = SeriesPhase("pre", "like_for_like", (
+                f"no enhancement against series {number[comparator]} of the same kind: pre-contrast, whatever "
+                "the acquisition order", text))
+            pre.add(u)
+    # 2. A series of another kind: against the latest earlier pre-contrast series of the same fat
+    #    suppression (fat suppression changes a T1 image more than gadolinium does: never across
+    #    it), by acquisition order and image; after a like-for-like post-contrast series, by order.
+    conflicts: list[str] = []
+    shown = bool(post)  # a like-for-like pair shows that contrast was given in this exam
+    for u in pending:
+        if u in pre:
+            continue  # the like-for-like pre-contrast series of a post-contrast one
+        first_post = min((order_key(p) for p in post), default=None)
+        same_fat = [e for e in pre if order_key(e) < order_key(u) and kinds[e].fat_suppressed == kinds[u].fat_suppressed]
+        if not same_fat:
+            if first_post is not None and order_key(u) > first_post:
+                decision.phases[u] = SeriesPhase("post", "after_contrast", (
+                    "acquired after a series judged post-contrast; no earlier pre-contrast series of its fat "
+                    "suppression to compare with",))
+                post.append(u)
+                continue
+            why = "no earlier pre-contrast series of the same fat suppression to compare with"
+            conflicts.append(f"series {number[u]}: {why}")
+            decision.phases[u] = SeriesPhase("undetermined", "none", (why,))
+            continue
+        comparator = max(same_fat, key=lambda e: (likeness(kinds[e], kinds[u]), order_key(e)))
+        image, text, gap = compare(comparator, u, like=False)
+        # acquired well after it, or (contrast shown given by a like-for-like pair) simply after it
+        order_says_post = gap is not None and (gap >= min_gap or (shown and gap > 0))
         if image == "enhanced" and order_says_post:
             decision.phases[u] = SeriesPhase("post", "order_and_image", (
-                f"T1-weighted, acquired {gap_text} and brighter in always-enhancing structures: post-contrast",
-                image_text))
+                f"T1-weighted, acquired {gap / 60:.1f} min after pre-contrast series {number[comparator]} of the same "
+                "fat suppression and brighter in always-enhancing structures: post-contrast", text))
             post.append(u)
-        elif image == "enhanced":
-            decision.phases[u] = SeriesPhase("post", "image", (
-                f"T1-weighted, {gap_text} (no gap to go by); the images show enhancement: post-contrast",
-                image_text))
-            post.append(u)
+        elif image == "identical" and post:
+            decision.phases[u] = SeriesPhase("pre", "image", (f"the same image as series {number[comparator]}", text))
+            pre.add(u)
         else:
-            why = ("order says post-contrast but the images show no enhancement" if order_says_post
-                   else "no time gap and no enhancement")
-            conflicts.append(f"series {h.series_number}: {why}")
-            decision.phases[u] = SeriesPhase("undetermined", "none", (f"{why} ({gap_text})", image_text))
+            why = (f"order says post-contrast but the images show no enhancement against series {number[comparator]}"
+                   if order_says_post else f"no time gap to series {number[comparator]} of another kind")
+            conflicts.append(f"series {number[u]}: {why}")
+            decision.phases[u] = SeriesPhase("undetermined", "none", (why, text))
+    decision.comparisons = [{"series": number[u], "against_series": m["against_series"], "index": m["index"],
+                             "like_for_like": m["like_for_like"], "image": m["image"],
+                             "decision": decision.phases[u].phase}
+                            for u, m in decision.enhancement.items()]  # fmt: skip
     if post:
         decision.status = "inferred"
-        nums = ", ".join(str(headers[u].series_number) for u in post)
+        nums = ", ".join(str(number[u]) for u in sorted(post, key=order_key))
         decision.statement = (f"no contrast attribute in the headers; series {nums} judged post-contrast from "
-                              f"acquisition order and image enhancement against series {headers[first].series_number}")
-        decision.phases[first] = SeriesPhase("pre", "order_and_image", (
-            f"earliest T1-weighted series; later series {nums} enhance against it: pre-contrast",))
-        injection = min(times[u] for u in post if times[u] is not None) if any(times[u] is not None for u in post) \
-            else math.inf
+                              "acquisition order and image enhancement against earlier series of the same kind")
+        injection = min((times[u] for u in post if times[u] is not None), default=math.inf)
         for u in headers:
             if u not in t1s and times[u] is not None and times[u] > injection:
                 decision.phases[u] = SeriesPhase("post", "after_contrast", (
                     "acquired after the first series judged post-contrast",))
-        for u in t1s:
-            if decision.phases[u].phase == "undetermined":  # alike the pre series: pre
-                decision.phases[u] = SeriesPhase("pre", "none", decision.phases[u].reasons)
+        if first not in post and decision.phases[first].basis == "none":
+            decision.phases[first] = SeriesPhase("pre", "order_and_image", (
+                "earliest T1-weighted series: pre-contrast",))
+        for u in pre:
+            if decision.phases[u].basis == "none":
+                decision.phases[u] = SeriesPhase("pre", "like_for_like", (
+                    "later series of its kind enhance against it: pre-contrast",))
         if conflicts:
             decision.statement += "; " + "; ".join(conflicts)
-        return decision
+        return
     decision.status = "undetermined"
-    decision.statement = ("contrast phase undetermined: " + "; ".join(conflicts)
-                          + ". All T1-weighted series are treated as pre-contrast: T1ce missing, "
-                          "enhancing tumour not assessed from contrast")
-    for u in t1s:
-        decision.phases[u] = SeriesPhase("undetermined", "none", (decision.statement,))
-    return decision
+    decision.statement = ("contrast phase undetermined: " + ("; ".join(conflicts) or "no series enhances against an "
+                          "earlier one of its kind") + f". The earliest T1-weighted series (series {number[first]}) is "
+                          "used as T1 (pre-contrast sequences come first): T1ce missing, enhancing tumour not "
+                          "assessed from contrast")  # fmt: skip
+    decision.phases[first] = SeriesPhase("pre", "earliest", (decision.statement,))
+    for u in ordered[1:]:
+        if decision.phases[u].phase != "pre" or decision.phases[u].basis != "like_for_like":
+            decision.phases[u] = SeriesPhase("undetermined", "none", (decision.statement,))

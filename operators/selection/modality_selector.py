@@ -251,8 +251,10 @@ def _preference_key(series: LoadedSeries, preference: Sequence[str], phases: Con
     h = series.header
     key: list[float] = []
     for rule in preference:
-        if rule == "pre_contrast":
-            key.append(1 if phases.phase_of(h.series_instance_uid) == "post" else 0)
+        if rule == "pre_contrast":  # known pre-contrast, then undetermined, then post-contrast
+            key.append({"pre": 0, "undetermined": 1, "post": 2}.get(phases.phase_of(h.series_instance_uid), 1))
+        elif rule == "earliest_acquisition":
+            key.append(seconds_of_day(h.acquisition_time) or seconds_of_day(h.series_time) or 0.0)
         elif rule == "original_over_reformat":
             key.append(1 if rules is not None and is_reformat(h, rules) else 0)
         elif rule == "finest_resolution":
@@ -362,14 +364,19 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
             if modality == "t1ce" and phases.status == "undetermined":
                 reasons[modality] = f"missing: {phases.statement}"
             continue
-        options = sorted(options, key=lambda s: _preference_key(s, preference, phases, rules))
+        order = list(preference)
+        if phases.status == "undetermined" and modality in ("t1", "flair"):
+            # !! contrast phase unknown: pre-contrast sequences are acquired first, so the earliest
+            # series fills the T1 / FLAIR slot (never one that may follow the injection)
+            order = ["earliest_acquisition", *order]
+        options = sorted(options, key=lambda s: _preference_key(s, order, phases, rules))
         chosen = options[0]
         selected[modality] = chosen
         desc = (f"series {chosen.header.series_number} '{chosen.header.series_description}'"
                 + (" (a reformat)" if is_reformat(chosen.header, rules) else ""))
         if len(options) > 1:
             others = ", ".join(f"{s.header.series_number}" for s in options[1:])
-            reasons[modality] = f"{desc} chosen over series {others} by preference {'>'.join(preference)}"
+            reasons[modality] = f"{desc} chosen over series {others} by preference {'>'.join(order)}"
         else:
             reasons[modality] = f"{desc} (only candidate)"
     if set_aside:
