@@ -17,7 +17,6 @@ Writes ``DIR/denormals.json`` and ``DIR/denormals.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.evaluation import brats_metrics, region_mask
+from benchmarks.reporting import write_result
 from engines.model.brats_cases import load_case
 from engines.model.cascade import segment_brats_full
 from engines.runtimes import cpu_host
@@ -115,10 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{r['kept_network_s']:.1f} s kept; identical {r['identical']}; Dice {r['dice_flushed_vs_kept']}", flush=True)
     result = {"cpu": cpu_host.cpu_identity(), "rows": rows,
               "command": "python -m benchmarks.denormals " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "denormals.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "denormals.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(args.out, "denormals", result, markdown(result))
     return 0
 
 

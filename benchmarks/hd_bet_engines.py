@@ -16,7 +16,6 @@ Writes ``DIR/hd_bet_engines.json`` and ``DIR/hd_bet_engines.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from benchmarks.reporting import write_result
 from engines.brain.hd_bet_engines import HdBetEngine, OpenVinoHdBet, TorchHdBet
 from engines.brain.hd_bet_network import HD_BET_ONNX, hd_bet_weight_files, load_hd_bet_network
 from engines.runtimes.cpu_host import cpu_identity, flush_denormals, fp32_peak_gflops
@@ -142,10 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--engines", default=",".join(ENGINES))
     args = p.parse_args(argv)
     result = run(args.models, args.shared, [e for e in args.engines.split(",") if e], args.cases)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "hd_bet_engines.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "hd_bet_engines.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(args.out, "hd_bet_engines", result, markdown(result))
     return 0
 
 
