@@ -12,7 +12,7 @@ and ``<out>/<net>/<version>/...``:
 ``python`` (default; what runs on this repository's CPU machines and in its tests)
     Triton's Python backend hosting the project's own ONNX Runtime engine
     (:mod:`engines.serving.triton_python_model` as ``model.py``, the ONNX file, and a copy of
-    ``engines/runtimes/base.py`` + ``engines/runtimes/onnx_engine.py``: the repository is self-contained).
+    ``engines/runtimes/base.py`` + ``cpu_host.py`` + ``onnx_engine.py``: the repository is self-contained).
     ``max_batch_size`` 20 (four studies' batches of 5) so that the dynamic batcher, when on,
     can queue several requests into one ``execute`` call; the model still runs **each request
     as its own batch** (the networks normalise with batch statistics), so dynamic batching
@@ -68,7 +68,7 @@ BASE_HW: dict[str, tuple[int, int]] = {
 MAX_HW = 240
 #: Files of the project copied into each Python-backend model version (self-contained), relative
 #: to the ``engines`` package: the ONNX Runtime engine, its interface and their package files.
-ENGINE_FILES = ("__init__.py", "runtimes/__init__.py", "runtimes/base.py", "runtimes/onnx_engine.py")
+ENGINE_FILES = ("__init__.py", "runtimes/__init__.py", "runtimes/base.py", "runtimes/cpu_host.py", "runtimes/onnx_engine.py")
 GENERATOR = "engines.serving.triton_repository/1"
 
 
