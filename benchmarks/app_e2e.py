@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.reporting import find_key
 from benchmarks.run import _save_figure, percentiles
 from engines.runtimes.base import InferenceEngine
 from engines.runtimes.cpu_host import cpu_identity, fp32_peak_gflops
@@ -140,7 +141,7 @@ def network_rates(summary: dict[str, Any], reports: Sequence[dict[str, Any]], fl
         rate = flops["cascade_gflop"] / net_s
         out["cascade_gflops_per_s"] = round(rate, 1)
         out["cascade_share_of_fp32_peak"] = round(rate / peak["gflops"], 3)
-    hd = [_find_key(r, "duration_network_s") for r in reports]
+    hd = [find_key(r, "duration_network_s") for r in reports]
     hd = [float(v) for v in hd if v is not None]
     if hd and flops.get("hd_bet_gflop"):
         hd_p50 = percentiles(hd)["p50"]
@@ -148,20 +149,6 @@ def network_rates(summary: dict[str, Any], reports: Sequence[dict[str, Any]], fl
         out["hd_bet_gflops_per_s"] = round(flops["hd_bet_gflop"] / hd_p50, 1)
         out["hd_bet_share_of_fp32_peak"] = round(flops["hd_bet_gflop"] / hd_p50 / peak["gflops"], 3)
     return out
-
-
-def _find_key(obj: Any, key: str) -> Any:
-    """The first value under ``key`` anywhere in a nested JSON object (None when absent)."""
-    if isinstance(obj, dict):
-        if key in obj:
-            return obj[key]
-        obj = list(obj.values())
-    if isinstance(obj, list):
-        for v in obj:
-            found = _find_key(v, key)
-            if found is not None:
-                return found
-    return None
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
@@ -220,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary["host"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                        "cpu": cpu_identity()}
     summary["engines"] = {"cascade": (reports[-1].get("segmentation", {}).get("engine") or {}).get("engine"),
-                          "cascade_precision": (_find_key(reports[-1].get("segmentation", {}), "precision_choice") or {}),
-                          "hd_bet": _find_key(reports[-1].get("registration", {}), "engine_choice_reason")}
+                          "cascade_precision": (find_key(reports[-1].get("segmentation", {}), "precision_choice") or {}),
+                          "hd_bet": find_key(reports[-1].get("registration", {}), "engine_choice_reason")}
     if args.flops:
         print("[app_e2e] counting the networks' FLOP (one more pass, in this process)", flush=True)
         summary["networks"] = network_rates(summary, reports, count_network_flops(args.study, args.models))

@@ -25,12 +25,19 @@ SEGMENT_KEYS = {"NCR/NET": "necrotic_non_enhancing_core", "ED": "edema", "ET": "
                 "TC": "tumor_core", "WT": "whole_tumor", "NET+ED": "non_enhancing_tumor_and_edema"}
 
 
-def tumour_volumes_ml(labels: np.ndarray, voxel_volume_mm3: float, regions: tuple[str, ...] = ("WT", "TC", "ET"),
+def class_volumes_ml(labels: np.ndarray, voxel_volume_mm3: float) -> dict[int, float]:
+    """BraTS label (1, 2, 4) -> its volume in ml, from one pass over the label map."""
+    counts = np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=5)
+    return {v: float(counts[v]) * voxel_volume_mm3 / 1000.0 for v in (1, 2, 4)}
+
+
+def tumour_volumes_ml(classes_ml: dict[int, float], regions: tuple[str, ...] = ("WT", "TC", "ET"),
                       segments: tuple[SegmentSpec, ...] = BRATS_SEGMENTS) -> dict[str, float]:
-    """Volumes (ml) of the written BraTS regions and of the SEG's segments in a label map; a
-    region that is not written has no volume here (its reason is in the missing-sequence plan)."""
+    """Volumes (ml) of the written BraTS regions and of the SEG's segments, from the classes'
+    volumes (:func:`class_volumes_ml`); a region that is not written has no volume here (its
+    reason is in the missing-sequence plan)."""
     def ml(values: tuple[int, ...]) -> float:
-        return round(float(np.isin(labels, values).sum()) * voxel_volume_mm3 / 1000.0, 3)
+        return round(sum(classes_ml[v] for v in values), 3)
 
     out = {REGION_KEYS[r]: ml(BRATS_REGIONS[REGION_KEYS[r]]) for r in regions}
     out.update({SEGMENT_KEYS[s.short]: ml(s.brats_labels) for s in segments})
@@ -113,8 +120,8 @@ def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorith
     timings["seg_build_write"] = time.perf_counter() - t1
 
     voxel_ml_grid = float(np.prod(model_input.grid.GetSpacing()))
-    volumes = tumour_volumes_ml(np.asarray(outcome.labels), voxel_ml_grid, regions, segments)
-    class_ml = {v: float((np.asarray(outcome.labels) == v).sum()) * voxel_ml_grid / 1000.0 for v in (1, 2, 4)}
+    class_ml = class_volumes_ml(outcome.labels, voxel_ml_grid)
+    volumes = tumour_volumes_ml(class_ml, regions, segments)
     t_sr = time.perf_counter()
     sources = list({ds.SOPInstanceUID: ds for ds in reference.slice_datasets}.values())  # multi-frame: once
     sr = build_volume_report(seg, sources, class_ml, algorithm_version, segments)

@@ -25,6 +25,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from benchmarks.reporting import find_key
 from operators.dicom.series_volume import series_to_image
 from operators.spatial.skull_stripped import assess_study, series_evidence
 
@@ -232,7 +233,7 @@ def test_native_exam_end_to_end_hd_bet(shared_dir: Path, models_dir: Path, tmp_p
     subprocess.run([sys.executable, "-m", "app", "-i", str(study / "dicom"), "-o", str(out),
                     "-m", str(models_dir)], check=True, timeout=1800)
     report = json.loads((out / "report.json").read_text())
-    brain = _find(report["registration"], "brain_extraction")
+    brain = find_key(report["registration"], "brain_extraction")
     assert brain["decision"] == "not stripped" and brain["applied"] and brain["method"] == "hd-bet", brain
     # the reference's own grid and its head (everything that is not air), outer surface distance
     ref_folder = next((study / "dicom").glob("501_*"))
@@ -265,23 +266,6 @@ def test_native_exam_end_to_end_hd_bet(shared_dir: Path, models_dir: Path, tmp_p
     png = mpimg.imread(out / "overlay.png")[..., :3]
     cyan = np.all(np.abs(png - np.asarray(BRAIN_OUTLINE_RGB)) < 0.08, axis=-1)
     assert cyan.sum() > 200, int(cyan.sum())
-
-
-def _find(obj, key):
-    """The first value under ``key`` anywhere in a nested JSON object."""
-    if isinstance(obj, dict):
-        if key in obj:
-            return obj[key]
-        for v in obj.values():
-            found = _find(v, key)
-            if found is not None:
-                return found
-    elif isinstance(obj, list):
-        for v in obj:
-            found = _find(v, key)
-            if found is not None:
-                return found
-    return None
 
 
 def test_overlay_draws_the_brain_mask_outline(tmp_path: Path) -> None:

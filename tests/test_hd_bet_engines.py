@@ -57,3 +57,15 @@ def test_choice_torch_without_the_graph_or_in_accurate_mode(tmp_path: Path) -> N
     assert isinstance(accurate, TorchHdBet) and accurate.passes == 40 and accurate.folds == (0, 1, 2, 3, 4)
     with pytest.raises(ValueError, match="mode"):
         choose_hd_bet_engine(tmp_path, "cpu", "quick")
+
+
+def test_choice_falls_back_to_torch_when_openvino_cannot_run_the_graph(models_dir: Path, monkeypatch) -> None:
+    """An OpenVINO failure (not only its absence) gives PyTorch with the reason, never no engine."""
+    from engines.brain import hd_bet_engines
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compile failed on this CPU")
+
+    monkeypatch.setattr(hd_bet_engines, "OpenVinoHdBet", broken)
+    engine = choose_hd_bet_engine(models_dir, "cpu", "fast")
+    assert isinstance(engine, TorchHdBet) and "RuntimeError: compile failed" in engine.choice_reason

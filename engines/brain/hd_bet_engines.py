@@ -247,8 +247,8 @@ def choose_hd_bet_engine(model_dir: Path | None, device: str = "cpu", mode: str 
             engine.choice_reason = f"OpenVINO {precision.precision.upper()} on the CPU: {precision.reason}"
             engine.precision_choice = precision.as_report()
             return engine
-        except ImportError as exc:
-            why_not = f"OpenVINO unavailable ({exc})"
+        except Exception as exc:  # noqa: BLE001 - no OpenVINO, or it cannot compile here: PyTorch, said why
+            why_not = f"OpenVINO could not run it ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
     engine = TorchHdBet(folds, "cpu")
     engine.choice_reason = f"PyTorch FP32 on the CPU: {why_not}"
     log.warning("HD-BET: %s", engine.choice_reason)

