@@ -30,12 +30,14 @@ logger = logging.getLogger("app")
 APP_NAME = "brats-seg-map"
 
 
-def _failure_report(output_dir: Path | None, code: str, message: str, earlier_outputs: Path | None = None) -> None:
+def _failure_report(output_dir: Path | None, code: str, message: str, earlier_outputs: Path | None = None,
+                    sections: dict | None = None) -> None:
     if output_dir is None:
         return
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         report = base_report(APP_NAME, __version__)
+        report.update(sections or {})
         report.update({"status": "failed", "error_code": code, "error": message})
         if earlier_outputs is not None:
             report["earlier_outputs_moved_to"] = earlier_outputs.name
@@ -44,14 +46,16 @@ def _failure_report(output_dir: Path | None, code: str, message: str, earlier_ou
         logger.error("could not write the failure report: %s", str(exc))
 
 
-def _fail(app, code: str, one_line: str, exit_code: int) -> int:
+def _fail(app, code: str, one_line: str, exit_code: int, sections: dict | None = None) -> int:
     """Log the one-line reason, drop everything the run staged or published, write the
-    failed report; returns ``exit_code``. Further SIGTERMs during the clean-up are ignored."""
+    failed report (with ``sections``, what the run knew when it stopped); returns
+    ``exit_code``. Further SIGTERMs during the clean-up are ignored."""
     termination.ignore()
     logger.error("%s", one_line)
     if app is not None:
         app.discard_outputs()
-    _failure_report(getattr(app, "output_dir", None), code, one_line, getattr(app, "earlier_outputs", None))
+    _failure_report(getattr(app, "output_dir", None), code, one_line, getattr(app, "earlier_outputs", None),
+                    sections)
     return exit_code
 
 
@@ -153,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise outcome["error"]
         exit_code = send_results(app)
     except InputError as exc:
-        exit_code = _fail(app, exc.code, exc.one_line(), exc.exit_code)
+        exit_code = _fail(app, exc.code, exc.one_line(), exc.exit_code, exc.report_sections)
     except (Terminated, KeyboardInterrupt) as exc:
         exit_code = _fail(app, "terminated", f"terminated: {exc or 'interrupted'}", termination.EXIT_CODE)
         if runner is not None:

@@ -12,6 +12,13 @@ class InputError(Exception):
 
     code = "input_error"
     exit_code = 2
+    #: Sections for the failed ``report.json`` beside ``error`` (e.g. ``input``: what was found
+    #: and picked), filled by the operator that knows them; empty when nothing is known yet.
+    report_sections: dict
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.report_sections = {}
 
     def one_line(self) -> str:
         text = " ".join(str(self).split())

@@ -31,6 +31,7 @@ from operators.errors import (
     InsufficientSequencesError,
     ModelFolderError,
 )
+from operators.outputs.report import selection_section
 from operators.study_model import MODALITIES, MODALITY_DISPLAY, ModelInput, SegmentationOutcome
 
 
@@ -105,7 +106,14 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
 
     t0 = time.perf_counter()
     # may refuse: before any engine is built
-    plan, fill = missing_sequence_plan(model_input.available, logger, write_unreliable_regions)
+    try:
+        plan, fill = missing_sequence_plan(model_input.available, logger, write_unreliable_regions)
+    except InsufficientSequencesError as exc:  # the failed report says what was found and picked
+        found = dict(zip(MODALITIES, model_input.available))
+        exc.report_sections.update(input=selection_section(model_input.selection), modalities={
+            "used": [MODALITY_DISPLAY[m] for m, a in found.items() if a],
+            "missing": [MODALITY_DISPLAY[m] for m, a in found.items() if not a]})
+        raise
     try:
         engine, notes = choose_engine(engine_name, model_dir, triton_server, triton_timeout_s, cache_dir)
     except RemoteAddressInvalid as exc:

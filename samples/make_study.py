@@ -6,7 +6,8 @@ Usage
 [--seed N] [--slices START:END] [--overwrite]``, or a clinical-looking exam:
 ``... --clinical {philips,siemens,ge} [--mask-series] [--no-contrast-evidence]``
 (:mod:`samples.clinical_profiles`), or ``--clinical reformats``: only reformats of 3-D
-acquisitions (:mod:`samples.reformat_exam`)
+acquisitions (:mod:`samples.reformat_exam`), or ``--clinical thick-post``: a single post-contrast
+T1 of 5 mm slices every 6.5 mm (:mod:`samples.thick_post_exam`)
 
 or, without a subprocess, :func:`make_study` (returns a :class:`StudyManifest`).
 
@@ -967,7 +968,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=_parse_slices, default=None, metavar="START:END",
                    help="keep only NIfTI slices START <= k < END (a small study; default all)")
     p.add_argument("--clinical", default=None, metavar="PROFILE",
-                   help="a clinical-looking exam (philips, siemens, ge; reformats: reformats of 3-D series only): "
+                   help="a clinical-looking exam (philips, siemens, ge; reformats: reformats of 3-D series only; "
+                        "thick-post: one thick-slice post-contrast T1): "
                         "extra series, pre/post T1 "
                         "of one protocol without contrast attributes, faulty attributes "
                         "(samples.clinical_profiles)")
@@ -986,13 +988,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="[make_study] %(message)s")
     try:
-        if args.clinical == "reformats":
+        if args.clinical in ("reformats", "thick-post"):
             from samples.reformat_exam import make_reformat_study
+            from samples.thick_post_exam import make_thick_post_study
 
             if args.drop or args.misalign is not None:
                 raise StudyBuildError("--clinical does not combine with --drop / --misalign")
-            make_reformat_study(args.case_dir, args.out_dir, seed=args.seed, slices=args.slices,
-                                overwrite=args.overwrite)
+            make = make_reformat_study if args.clinical == "reformats" else make_thick_post_study
+            make(args.case_dir, args.out_dir, seed=args.seed, slices=args.slices, overwrite=args.overwrite)
             return 0
         if args.clinical:
             from samples.clinical_profiles import make_clinical_study
