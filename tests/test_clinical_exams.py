@@ -232,11 +232,13 @@ def test_app_on_clinical_exams_matches_the_clean_study(clinical_studies: dict[st
     from benchmarks.evaluation import brats_metrics
     from samples.make_study import make_study
     from tests.app_runner import run_app
+    from tests.output_fingerprint import check_unchanged
     from tests.test_end_to_end import reference_series_files, seg_to_label_volume
 
     def dice(study: Path, out: Path) -> dict[str, float]:
         run = run_app(study / "dicom", out, models_dir)
         assert run.returncode == 0, run.log[-3000:]
+        print(check_unchanged(f"{out.name}-slab", out, study / "dicom"))  # out-clean, out-philips, ...
         for name in ("segmentation.dcm", "volumes_sr.dcm"):
             errors, _ = run_dciodvfy(out / name)
             assert errors == [], (name, errors)

@@ -195,6 +195,42 @@ def test_report_names_engine_registration_and_stage_timings(aligned_run: AppRun)
     assert sum(report["stage_share"].values()) <= 1.0 + 1e-3
 
 
+def test_outputs_unchanged_by_the_redesign(aligned_run: AppRun, aligned_study: Path) -> None:
+    """run.sh's study: SEG (pixel data, segment descriptions, every attribute), SR, report and
+    QA image as recorded before the redesign of issue "One step of redesign", except the run's
+    own UIDs and clock (tests/output_fingerprint.py)."""
+    from tests.output_fingerprint import check_unchanged
+
+    print("\n" + check_unchanged("run-sh-study", aligned_run.output_dir, aligned_study / "dicom"))
+
+
+def test_the_fingerprint_ignores_uids_and_times_and_sees_one_voxel(aligned_run: AppRun, aligned_study: Path,
+                                                                   tmp_path: Path) -> None:
+    """The comparison the test above relies on: a re-written SEG with new UIDs and times compares
+    equal; one label voxel changed does not."""
+    import shutil
+
+    from pydicom.uid import generate_uid
+
+    from tests.output_fingerprint import compare, fingerprint
+
+    before = fingerprint(aligned_run.output_dir, aligned_study / "dicom")
+    for name in ("report.json", "volumes_sr.dcm", "overlay.png"):
+        shutil.copy(aligned_run.output_dir / name, tmp_path / name)
+    seg = pydicom.dcmread(aligned_run.output_dir / "segmentation.dcm")
+    seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    seg.SeriesInstanceUID = generate_uid()
+    seg.ContentTime = "235959"
+    seg.save_as(tmp_path / "segmentation.dcm")
+    assert compare(fingerprint(tmp_path, aligned_study / "dicom"), before, exact=True) == []
+    pixels = bytearray(seg.PixelData)
+    pixels[len(pixels) // 2] ^= 0x01
+    seg.PixelData = bytes(pixels)
+    seg.save_as(tmp_path / "segmentation.dcm")
+    diffs = compare(fingerprint(tmp_path, aligned_study / "dicom"), before, exact=True)
+    assert any("PixelData" in d for d in diffs) and any("label_counts" in d for d in diffs), diffs
+
+
 @pytest.fixture(scope="session")
 def pacs():
     from tests.orthanc import run_orthanc

@@ -99,3 +99,6 @@ def test_the_app_uses_the_reformats_and_writes_what_t1ce_t2_support(
         dice[region] = 2.0 * np.count_nonzero(pred & ref_mask) / (np.count_nonzero(pred) + np.count_nonzero(ref_mask))
     print(f"\n[reformats] Dice vs the expert labels on the tilted T1ce grid: {dice}")
     assert dice["TC"] > 0.6 and dice["ET"] > 0.5, dice
+    from tests.output_fingerprint import check_unchanged
+
+    print(check_unchanged("reformats-slab", run.output_dir, reformat_study / "dicom"))

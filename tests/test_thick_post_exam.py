@@ -86,3 +86,6 @@ def test_the_app_refuses_the_single_thick_post_contrast_series(
     expected = json.loads((thick_study / "study.json").read_text())["clinical"]["expected"]
     assert {m: s["series_instance_uid"] for m, s in report["input"]["selected"].items()} == expected
     assert report["modalities"] == {"used": ["T1ce"], "missing": ["FLAIR", "T1", "T2"]}
+    from tests.output_fingerprint import check_unchanged
+
+    print("\n" + check_unchanged("thick-post", run.output_dir, thick_study / "dicom"))
