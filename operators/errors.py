@@ -69,6 +69,13 @@ class DegenerateIntensityError(InputError):
     code = "degenerate_intensities"
 
 
+class NoBrainFoundError(InputError):
+    """Brain extraction found no brain in a study judged not skull-stripped (HD-BET on a few
+    slices, an image that is not a head): nothing to segment."""
+
+    code = "no_brain_found"
+
+
 class InsufficientSequencesError(InputError):
     """The sequences found are too few for a segmentation worth showing: the strategy table
     expects every region's Dice below :data:`engines.model.missing.strategies.REFUSE_DICE`."""

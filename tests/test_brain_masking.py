@@ -107,6 +107,24 @@ def test_stripped_decision_from_evidence(shared_dir: Path, capsys) -> None:
         print("\n[strip] " + "; ".join(lines) + f"; TCGA zeroed air: {zeroed['failed']}")
 
 
+def test_the_faces_toward_head_and_feet_do_not_count_in_any_slice_orientation(shared_dir: Path) -> None:
+    """A slab of a stripped brain read as coronal slices has the brain on its top and bottom rows
+    (the slab cuts it there): still stripped. The skull-on exam read the same way: not stripped."""
+    case = _need(shared_dir / "data" / "brats18" / "Brats18_TCIA01_201_1")
+    t1 = sitk.ReadImage(str(case / f"{case.name}_t1.nii.gz"))[:, :, 84:116]
+    coronal = sitk.PermuteAxes(t1, [0, 2, 1])  # slices along the patient's y; rows run head-feet
+    direction = np.asarray(coronal.GetDirection()).reshape(3, 3)
+    assert abs(direction[2, 1]) == 1.0, "image axis j (array axis 1) runs head-feet"
+    a = sitk.GetArrayViewFromImage(coronal) != 0
+    in_plane_sides = np.concatenate([a[:, 0, :].ravel(), a[:, -1, :].ravel(), a[:, :, 0].ravel(), a[:, :, -1].ravel()])
+    assert in_plane_sides.mean() > 0.01, "the trap: the cut brain is on the in-plane sides"
+    ev = series_evidence(coronal)
+    assert ev["stripped"] and ev["fov_side_nonzero_fraction"] <= 0.01, ev
+    native = _need(shared_dir / "data" / "native-space" / "TCGA-FG-6692")
+    skull_on = sitk.PermuteAxes(sitk.ReadImage(str(native / NATIVE["t1ce"])), [0, 2, 1])
+    assert not series_evidence(skull_on)["stripped"]
+
+
 def test_choose_hd_bet_series() -> None:
     from operators.spatial.brain_masking import choose_hd_bet_series
 
@@ -141,6 +159,27 @@ def test_hd_bet_weights_missing_fail_clearly(tmp_path: Path, monkeypatch) -> Non
     t1c = sitk.Image([20, 20, 20], sitk.sitkFloat32) + 100.0  # no zeros at all: not stripped
     with pytest.raises(hd_bet.HdBetWeightsMissing):
         brain_masking.brain_mask_on_grid({"t1ce": t1c}, lambda m: t1c, "t1ce", t1c)
+
+
+def test_no_brain_found_is_refused_in_one_line(monkeypatch) -> None:
+    """HD-BET finding (almost) no brain in a study judged not stripped is no brain to segment:
+    a one-line input error (exit 2), not a refusal for degenerate intensities further on."""
+    from operators.errors import NoBrainFoundError
+    from operators.spatial import brain_masking
+
+    head = sitk.Image([20, 20, 20], sitk.sitkFloat32) + 100.0  # no zeros at all: not stripped
+    empty = sitk.Image([20, 20, 20], sitk.sitkUInt8)
+    monkeypatch.setattr(brain_masking, "hd_bet_brain_mask", lambda *a, **k: (empty, {"mode": "fast"}))
+    with pytest.raises(NoBrainFoundError) as info:
+        brain_masking.brain_mask_on_grid({"t1ce": head}, lambda m: head, "t1ce", head)
+    line = info.value.one_line()
+    assert line.startswith("no_brain_found: the study is not skull-stripped") and "0.0 ml of brain" in line
+    assert "\n" not in line and info.value.exit_code == 2
+    half = sitk.Image([20, 20, 20], sitk.sitkUInt8)
+    half[0:20, 0:20, 0:10] = 1  # 4 ml at 1 mm: a brain mask, even if a small one
+    monkeypatch.setattr(brain_masking, "hd_bet_brain_mask", lambda *a, **k: (half, {"mode": "fast"}))
+    mask, record = brain_masking.brain_mask_on_grid({"t1ce": head}, lambda m: head, "t1ce", head)
+    assert record["mask_ml"] == pytest.approx(4.0)
 
 
 def test_stripped_study_never_runs_hd_bet(small_study: Path, monkeypatch) -> None:

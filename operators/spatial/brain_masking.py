@@ -32,13 +32,16 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import SimpleITK as sitk
 
+from operators.errors import NoBrainFoundError
 from operators.spatial.skull_stripped import assess_study
 
-__all__ = ["HD_BET_SERIES_ORDER", "SAFETY_MARGIN_MM", "brain_mask_on_grid", "choose_hd_bet_series",
+__all__ = ["HD_BET_SERIES_ORDER", "MIN_BRAIN_ML", "SAFETY_MARGIN_MM", "brain_mask_on_grid", "choose_hd_bet_series",
            "hd_bet_brain_mask"]
 
 #: Tie-break among series of equal native resolution (see :func:`choose_hd_bet_series`).
 HD_BET_SERIES_ORDER: tuple[str, ...] = ("t1ce", "t1", "flair", "t2")
+#: A brain mask smaller than this (ml) is no brain found: the study is refused.
+MIN_BRAIN_ML = 1.0
 #: Dilation of the HD-BET mask on the model grid, mm (0: none; see the module doc).
 SAFETY_MARGIN_MM = 0.0
 
@@ -159,6 +162,11 @@ def brain_mask_on_grid(
     record["applied"] = True
     record["mask_ml"] = float(np.count_nonzero(sitk.GetArrayViewFromImage(mask)) * np.prod(grid.GetSpacing()) / 1000.0)
     record["duration_s"] = time.perf_counter() - t0
+    if record["mask_ml"] < MIN_BRAIN_ML:
+        depth_mm = grid.GetSize()[2] * grid.GetSpacing()[2]
+        raise NoBrainFoundError(f"the study is not skull-stripped ({evidence['reason']}) and brain extraction "
+                                f"({record['method']} on {record['series']}) found {record['mask_ml']:.1f} ml of brain "
+                                f"in {depth_mm:.0f} mm of head-feet coverage; nothing to segment")
     log.info("Not skull-stripped (%s): %s on %s, brain mask %.0f ml (%.1f s)", evidence["reason"],
              record["method"], record["series"], record["mask_ml"], record["duration_s"])
     return mask, record

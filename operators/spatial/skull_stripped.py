@@ -13,9 +13,12 @@ these hold (thresholds in :data:`CRITERIA`, measured values recorded in ``report
     6-connected component): air noise, a scalp separated from the brain by a dark skull, or
     zero-filled background with scattered noise each break this.
 ``fov_side_nonzero_fraction``
-    that region stays clear of the field of view's in-plane sides (<= 1 % of the voxels on the
-    4 side faces of the volume are nonzero; the first / last slice may cut a slab): a brain
-    sits inside a margin of zeros, a skull-on image has air noise or the head at the sides.
+    that region stays clear of the field of view's left-right and front-back sides (<= 1 % of
+    the voxels on the 4 faces of the volume whose normals lie closest to the patient's x and y
+    axes are nonzero): a brain sits inside a margin of zeros, a skull-on image has air noise or
+    the head at the sides. The two faces toward head and feet do not count: an acquisition, a
+    crop or a slab cuts the head there whatever the slice orientation (the first / last slice
+    of an axial series, the top / bottom rows of a coronal or sagittal one).
 ``region_ml``
     the region (holes filled) is brain-sized, <= 2100 ml (adult brain ~1.0-1.8 l; the 8 BraTS
     cases 1174-1524 ml); a head with its scalp is larger (TCGA-FG-6692 with its air set to
@@ -66,6 +69,16 @@ def _holds(name: str, value: float) -> bool:
     return bool(value >= thr) if op == ">=" else bool(value <= thr)
 
 
+def _side_faces(mask: np.ndarray, image: sitk.Image) -> np.ndarray:
+    """The voxels of ``mask`` ((Z, Y, X) array of ``image``) on the 4 faces across the patient's
+    x and y: the faces of the two array axes other than the one closest to the patient's z."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)  # columns: image i, j, k
+    along_z = [abs(direction[2, 2 - a]) for a in range(3)]  # array axis a is image axis 2 - a
+    head_feet = int(np.argmax(along_z))
+    faces = [np.take(mask, index, axis=a).ravel() for a in range(3) if a != head_feet for index in (0, -1)]
+    return np.concatenate(faces)
+
+
 def series_evidence(image: sitk.Image) -> dict[str, Any]:
     """The criteria's values for one series and its verdict (``stripped``; ``failed``: names;
     ``None``: not evaluated).
@@ -82,9 +95,7 @@ def series_evidence(image: sitk.Image) -> dict[str, Any]:
     n_nz = int(sizes.sum())
     ev["components"] = int(n)
     ev["largest_component_fraction"] = float(sizes.max() / n_nz) if n_nz else 0.0
-    sides = np.concatenate([nz[:, 0, :].ravel(), nz[:, -1, :].ravel(),
-                            nz[:, :, 0].ravel(), nz[:, :, -1].ravel()])
-    ev["fov_side_nonzero_fraction"] = float(sides.mean())
+    ev["fov_side_nonzero_fraction"] = float(_side_faces(nz, image).mean())
     region = ndi.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1)) if n_nz else nz
     ev["region_ml"] = float(np.count_nonzero(region) * np.prod(spacing) / 1000.0)
     ev["dark_band_fraction"] = None
