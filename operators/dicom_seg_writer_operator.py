@@ -10,9 +10,10 @@ import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from engines.model.missing.strategies import UNRELIABLE_DICE
-from operators.dicom.seg_builder import BRATS_SEGMENTS, SegmentSpec, build_segmentation, render_overlay_png, segments_for_regions
+from operators.dicom.seg_builder import BRATS_SEGMENTS, SegmentSpec, build_segmentation, segments_for_regions
 from operators.dicom.source_attributes import AttributeFix, fixes_text
 from operators.dicom.sr_builder import build_volume_report
+from operators.outputs.qa_image import render_overlay_png
 from operators.outputs.report import modalities_line
 from operators.outputs.staging import OVERLAY_FILE, SEG_FILE, SR_FILE, OutputStaging
 from operators.spatial.registration import labels_to_reference
@@ -61,7 +62,7 @@ class DicomSegWriterOperator(Operator):
     :func:`operators.dicom.seg_builder.segments_for_regions`) -- is staged as
     ``segmentation.dcm``, with the tumour volumes as a DICOM SR (TID 1500,
     :mod:`operators.dicom.sr_builder`) referencing its segments, ``volumes_sr.dcm``, and a QA
-    overlay ``overlay.png``. An empty result still gives a
+    overlay ``overlay.png`` (:mod:`operators.outputs.qa_image`). An empty result still gives a
     valid SEG (empty segments), flagged in the report.
     """
 

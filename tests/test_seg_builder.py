@@ -24,10 +24,10 @@ from operators.dicom.seg_builder import (
     content_description_for,
     content_label_for,
     read_segment_masks,
-    render_overlay_png,
     sort_datasets_along_normal,
     write_segmentation_atomically,
 )
+from operators.outputs.qa_image import render_overlay_png
 from tests.dicom_validation import run_dciodvfy
 
 # The GE phantom's PatientName "dicom" has one component; highdicom warns when copying it.
@@ -352,7 +352,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path, seg: hd.seg.Segment
 def test_overlay_png(tmp_path: Path, ge_volume: np.ndarray, labels: np.ndarray) -> None:
     import matplotlib.image as mpimg
 
-    out = render_overlay_png(ge_volume, labels, tmp_path / "qa" / "overlay.png", n_slices=4)
+    out = render_overlay_png(ge_volume, labels, tmp_path / "qa" / "overlay.png", n_slices=4, segments=BRATS_SEGMENTS)
     assert out.stat().st_size > 10_000
     img = mpimg.imread(out)
     assert img.shape[:2] == (460, 1600)
@@ -365,7 +365,7 @@ def test_overlay_png(tmp_path: Path, ge_volume: np.ndarray, labels: np.ndarray) 
 
 def test_overlay_png_empty_labels(tmp_path: Path, ge_volume: np.ndarray) -> None:
     out = render_overlay_png(ge_volume, np.zeros(ge_volume.shape, np.uint8),
-                             tmp_path / "empty.png", n_slices=3)
+                             tmp_path / "empty.png", n_slices=3, segments=BRATS_SEGMENTS)
     import matplotlib.image as mpimg
 
     assert mpimg.imread(out).shape[:2] == (460, 1200)
