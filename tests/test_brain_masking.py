@@ -223,9 +223,9 @@ def test_hd_bet_engine_matches_torch_on_the_native_exam(shared_dir: Path, models
 def test_native_exam_end_to_end_hd_bet(shared_dir: Path, models_dir: Path, tmp_path: Path, capsys) -> None:
     """Not stripped -> HD-BET; no SEG voxel within 8 mm of the head's outer surface; the QA
     image draws the brain-mask outline."""
-    from operators.dicom.seg_builder import read_segment_masks
     from operators.outputs.qa_image import BRAIN_OUTLINE_RGB
     from samples.make_native_study import make_native_study
+    from tests.seg_readback import read_segment_masks
 
     native = _need(shared_dir / "data" / "native-space" / "TCGA-FG-6692")
     study = tmp_path / "study"

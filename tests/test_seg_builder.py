@@ -23,12 +23,12 @@ from operators.dicom.seg_builder import (
     build_segmentation,
     content_description_for,
     content_label_for,
-    read_segment_masks,
     sort_datasets_along_normal,
     write_segmentation_atomically,
 )
 from operators.outputs.qa_image import render_overlay_png
 from tests.dicom_validation import run_dciodvfy
+from tests.seg_readback import read_segment_masks
 
 # The GE phantom's PatientName "dicom" has one component; highdicom warns when copying it.
 pytestmark = pytest.mark.filterwarnings("ignore:The string \"dicom\" is unlikely:UserWarning")
