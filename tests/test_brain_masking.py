@@ -272,7 +272,7 @@ def test_native_exam_end_to_end_hd_bet(shared_dir: Path, models_dir: Path, tmp_p
 def test_overlay_draws_the_brain_mask_outline(tmp_path: Path) -> None:
     import matplotlib.image as mpimg
 
-    from operators.dicom.seg_builder import BRATS_SEGMENTS
+    from operators.dicom.seg import BRATS_SEGMENTS
     from operators.outputs.qa_image import BRAIN_OUTLINE_RGB, render_overlay_png
 
     z, y, x = np.indices((6, 64, 64))

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from operators.dicom.seg_builder import (
+from operators.dicom.seg import (
     BRATS_SEGMENTS,
     build_segmentation,
     content_description_for,
@@ -379,7 +379,7 @@ REGION_SETS = [("WT", "TC", "ET"), ("TC", "ET"), ("WT", "TC"), ("WT", "ET"), ("W
 
 @pytest.mark.parametrize("regions", REGION_SETS, ids=["+".join(r) for r in REGION_SETS])
 def test_segments_for_regions_partition_exactly_the_written_regions(regions: tuple[str, ...]) -> None:
-    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+    from operators.dicom.seg import REGION_LABELS, segments_for_regions
 
     specs = segments_for_regions(regions)
     assert [s.segment_number for s in specs] == list(range(1, len(specs) + 1))
@@ -394,7 +394,7 @@ def test_segments_for_regions_partition_exactly_the_written_regions(regions: tup
 
 
 def test_segments_for_regions_rejects_nothing_or_unknown() -> None:
-    from operators.dicom.seg_builder import segments_for_regions
+    from operators.dicom.seg import segments_for_regions
 
     with pytest.raises(ValueError):
         segments_for_regions(())
@@ -405,7 +405,7 @@ def test_segments_for_regions_rejects_nothing_or_unknown() -> None:
 @pytest.mark.parametrize("regions", [("TC", "ET"), ("WT", "TC"), ("WT",)], ids=["TC+ET", "WT+TC", "WT"])
 def test_seg_and_sr_of_a_region_subset_are_valid_and_hold_only_those_regions(
         tmp_path: Path, labels: np.ndarray, ge_series: list[pydicom.Dataset], regions: tuple[str, ...]) -> None:
-    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+    from operators.dicom.seg import REGION_LABELS, segments_for_regions
     from operators.dicom.sr_builder import build_volume_report, volumes_from_report
 
     specs = segments_for_regions(regions)

@@ -139,7 +139,7 @@ def _check_value(vr: str, keyword: str, text: str) -> tuple[str | None, str]:
                 problem = problem or "more than five name components"
             fixed.append("^".join(parts))
         return "=".join(fixed), problem
-    # LO, SH, ST, LT (length is clipped after highdicom, see seg_builder._clip_inherited_text)
+    # LO, SH, ST, LT (length is clipped in the built SEG, see operators.dicom.seg.sop)
     allowed = _CONTROL if vr in ("ST", "LT") else re.compile(f"{_CONTROL.pattern}|{_LINE_CONTROL.pattern}")
     cleaned = allowed.sub(" ", text)
     return cleaned, "" if cleaned == text else "control characters"
