@@ -51,7 +51,7 @@ def _region_dice(out: Path, report: dict[str, Any], study: Path) -> dict[str, fl
     import pydicom
     import SimpleITK as sitk
 
-    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+    from operators.dicom.seg import REGION_LABELS, segments_for_regions
     from operators.dicom.series_volume import series_to_image
 
     missing = report["segmentation"].get("missing_sequences") or {}

@@ -10,9 +10,10 @@ import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from engines.model.missing.strategies import UNRELIABLE_DICE
-from operators.dicom.seg_builder import BRATS_SEGMENTS, SegmentSpec, build_segmentation, render_overlay_png, segments_for_regions
+from operators.dicom.seg import BRATS_SEGMENTS, SegmentSpec, build_segmentation, segments_for_regions
 from operators.dicom.source_attributes import AttributeFix, fixes_text
 from operators.dicom.sr_builder import build_volume_report
+from operators.outputs.qa_image import render_overlay_png
 from operators.outputs.report import modalities_line
 from operators.outputs.staging import OVERLAY_FILE, SEG_FILE, SR_FILE, OutputStaging
 from operators.spatial.registration import labels_to_reference
@@ -56,12 +57,12 @@ class DicomSegWriterOperator(Operator):
 
     The label map is resampled (nearest neighbour) from the model grid onto the reference
     series' own grid, slice ``k`` of which is the reference instance ``k``; one BINARY SEG
-    with one segment per BraTS label class (see :mod:`operators.dicom.seg_builder`) -- with a
+    with one segment per BraTS label class (see :mod:`operators.dicom.seg`) -- with a
     sequence missing, only the regions the sequences support (the plan's ``regions_written``;
-    :func:`operators.dicom.seg_builder.segments_for_regions`) -- is staged as
+    :func:`operators.dicom.seg.segments_for_regions`) -- is staged as
     ``segmentation.dcm``, with the tumour volumes as a DICOM SR (TID 1500,
     :mod:`operators.dicom.sr_builder`) referencing its segments, ``volumes_sr.dcm``, and a QA
-    overlay ``overlay.png``. An empty result still gives a
+    overlay ``overlay.png`` (:mod:`operators.outputs.qa_image`). An empty result still gives a
     valid SEG (empty segments), flagged in the report.
     """
 

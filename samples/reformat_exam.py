@@ -102,7 +102,7 @@ def _finish_series(folder: Path) -> None:
 
 def _manual_seg(folder: Path, truth: ms.Volume, tilt_deg: float, out: Path) -> None:
     """The expert labels on the T1 post reformat's grid as a DICOM-SEG (a reader's manual SEG)."""
-    from operators.dicom.seg_builder import build_segmentation
+    from operators.dicom.seg import build_segmentation
 
     grid = _tilted_grid(truth, tilt_deg)
     labels = None

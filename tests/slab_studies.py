@@ -83,7 +83,7 @@ def assert_failed_cleanly(run: AppRun, exit_code: int, error_code: str) -> dict:
 
 def write_valid_seg(labels: np.ndarray, image, used: list[str], missing: list[str], tmp_path: Path) -> pydicom.Dataset:
     """Build a SEG on ``image``'s instances, write it, assert dciodvfy finds 0 errors, read it back."""
-    from operators.dicom.seg_builder import build_segmentation
+    from operators.dicom.seg import build_segmentation
     from tests.dicom_validation import run_dciodvfy
 
     seg = build_segmentation(

@@ -262,8 +262,9 @@ def test_hd_bet_engine_matches_torch_on_the_native_exam(shared_dir: Path, models
 def test_native_exam_end_to_end_hd_bet(shared_dir: Path, models_dir: Path, tmp_path: Path, capsys) -> None:
     """Not stripped -> HD-BET; no SEG voxel within 8 mm of the head's outer surface; the QA
     image draws the brain-mask outline."""
-    from operators.dicom.seg_builder import BRAIN_OUTLINE_RGB, read_segment_masks
+    from operators.outputs.qa_image import BRAIN_OUTLINE_RGB
     from samples.make_native_study import make_native_study
+    from tests.seg_readback import read_segment_masks
 
     native = _need(shared_dir / "data" / "native-space" / "TCGA-FG-6692")
     study = tmp_path / "study"
@@ -310,7 +311,8 @@ def test_native_exam_end_to_end_hd_bet(shared_dir: Path, models_dir: Path, tmp_p
 def test_overlay_draws_the_brain_mask_outline(tmp_path: Path) -> None:
     import matplotlib.image as mpimg
 
-    from operators.dicom.seg_builder import BRAIN_OUTLINE_RGB, render_overlay_png
+    from operators.dicom.seg import BRATS_SEGMENTS
+    from operators.outputs.qa_image import BRAIN_OUTLINE_RGB, render_overlay_png
 
     z, y, x = np.indices((6, 64, 64))
     ref = (100.0 * (((y - 32) ** 2 + (x - 32) ** 2) < 28 ** 2)).astype(np.float32)
@@ -321,8 +323,8 @@ def test_overlay_draws_the_brain_mask_outline(tmp_path: Path) -> None:
         png = mpimg.imread(path)[..., :3]
         return int(np.all(np.abs(png - np.asarray(BRAIN_OUTLINE_RGB)) < 0.08, axis=-1).sum())
 
-    render_overlay_png(ref, labels, tmp_path / "with.png", brain_mask=brain, n_slices=2)
-    render_overlay_png(ref, labels, tmp_path / "without.png", n_slices=2)
+    render_overlay_png(ref, labels, tmp_path / "with.png", brain_mask=brain, n_slices=2, segments=BRATS_SEGMENTS)
+    render_overlay_png(ref, labels, tmp_path / "without.png", n_slices=2, segments=BRATS_SEGMENTS)
     assert cyan_pixels(tmp_path / "with.png") > 100 and cyan_pixels(tmp_path / "without.png") == 0
     with pytest.raises(ValueError, match="brain mask"):
-        render_overlay_png(ref, labels, tmp_path / "bad.png", brain_mask=brain[:, :10])
+        render_overlay_png(ref, labels, tmp_path / "bad.png", brain_mask=brain[:, :10], segments=BRATS_SEGMENTS)

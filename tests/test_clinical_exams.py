@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from operators.dicom.seg_builder import build_segmentation, sort_datasets_along_normal
+from operators.dicom.seg import build_segmentation, sort_datasets_along_normal
 from operators.dicom.source_attributes import sanitised_copy
 from operators.dicom.study_loader import load_study
 from operators.selection.modality_selector import SelectionRules, select_modalities

@@ -20,7 +20,7 @@ from tests.app_runner import AppRun, run_app
 from tests.dicom_validation import run_dciodvfy
 
 CASE = "Brats18_TCIA01_201_1"
-LABEL_OF_SEGMENT = {1: 1, 2: 2, 3: 4}  # SEG segment number -> BraTS label (operators.dicom.seg_builder)
+LABEL_OF_SEGMENT = {1: 1, 2: 2, 3: 4}  # SEG segment number -> BraTS label (operators.dicom.seg.content)
 
 
 @pytest.fixture(scope="session")

@@ -33,10 +33,10 @@ def _dice_of_run(run, study: Path) -> dict:
 def _region_masks_of_run(run, study: Path) -> dict[str, np.ndarray]:
     """The regions the run's SEG holds, as (slices, rows, cols) bool on the reference series
     (ordered by InstanceNumber): each written region is the union of its segments, read back by
-    their SegmentLabel (:func:`operators.dicom.seg_builder.segments_for_regions`)."""
+    their SegmentLabel (:func:`operators.dicom.seg.segments_for_regions`)."""
     import highdicom as hd
 
-    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+    from operators.dicom.seg import REGION_LABELS, segments_for_regions
 
     regions = tuple(run.report["segmentation"]["missing_sequences"]["regions_written"])
     specs = {s.label: s for s in segments_for_regions(regions)}
@@ -60,7 +60,7 @@ def _assert_missing_sequences_told(report: dict, seg: pydicom.Dataset, dropped: 
     expected Dice per region; the SEG holds the regions the table supports and no other, and the
     report lists the others with why."""
     from engines.model.missing.strategies import load_table, plan_for
-    from operators.dicom.seg_builder import segments_for_regions
+    from operators.dicom.seg import segments_for_regions
 
     available = tuple(m not in dropped for m in ("flair", "t1", "t1ce", "t2"))
     plan = plan_for(available, load_table())
@@ -111,7 +111,7 @@ def test_missing_modalities_give_a_seg_of_the_supported_regions_and_say_what_was
         errors, _ = run_dciodvfy(run.output_dir / name)
         assert errors == [], (name, errors)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "study" / "ground_truth.nii.gz")))
-    from operators.dicom.seg_builder import REGION_LABELS
+    from operators.dicom.seg import REGION_LABELS
 
     dice = {}
     for region, mask in _region_masks_of_run(run, tmp_path / "study").items():

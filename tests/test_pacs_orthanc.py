@@ -17,13 +17,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from operators.dicom.seg_builder import (
-    build_segmentation,
-    read_segment_masks,
-    sort_datasets_along_normal,
-    write_segmentation_atomically,
-)
+from operators.dicom.seg import build_segmentation, sort_datasets_along_normal, write_segmentation_atomically
 from tests.orthanc import OrthancServer, c_store, orthanc_fixture
+from tests.seg_readback import read_segment_masks
 from tests.test_seg_builder import nested_spheres
 
 pytestmark = [

@@ -64,7 +64,7 @@ def _labels_on_reference(out: Path, folder: Path) -> tuple[np.ndarray, sitk.Imag
 
 def test_the_app_uses_the_reformats_and_writes_what_t1ce_t2_support(
         reformat_study: Path, models_dir: Path, tmp_path: Path) -> None:  # fmt: skip
-    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+    from operators.dicom.seg import REGION_LABELS, segments_for_regions
 
     doc = json.loads((reformat_study / "study.json").read_text())
     run = run_app(reformat_study / "dicom", tmp_path / "out", models_dir)

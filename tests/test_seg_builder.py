@@ -18,17 +18,17 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from operators.dicom.seg_builder import (
+from operators.dicom.seg import (
     BRATS_SEGMENTS,
     build_segmentation,
     content_description_for,
     content_label_for,
-    read_segment_masks,
-    render_overlay_png,
     sort_datasets_along_normal,
     write_segmentation_atomically,
 )
+from operators.outputs.qa_image import render_overlay_png
 from tests.dicom_validation import run_dciodvfy
+from tests.seg_readback import read_segment_masks
 
 # The GE phantom's PatientName "dicom" has one component; highdicom warns when copying it.
 pytestmark = pytest.mark.filterwarnings("ignore:The string \"dicom\" is unlikely:UserWarning")
@@ -352,7 +352,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path, seg: hd.seg.Segment
 def test_overlay_png(tmp_path: Path, ge_volume: np.ndarray, labels: np.ndarray) -> None:
     import matplotlib.image as mpimg
 
-    out = render_overlay_png(ge_volume, labels, tmp_path / "qa" / "overlay.png", n_slices=4)
+    out = render_overlay_png(ge_volume, labels, tmp_path / "qa" / "overlay.png", n_slices=4, segments=BRATS_SEGMENTS)
     assert out.stat().st_size > 10_000
     img = mpimg.imread(out)
     assert img.shape[:2] == (460, 1600)
@@ -365,7 +365,7 @@ def test_overlay_png(tmp_path: Path, ge_volume: np.ndarray, labels: np.ndarray) 
 
 def test_overlay_png_empty_labels(tmp_path: Path, ge_volume: np.ndarray) -> None:
     out = render_overlay_png(ge_volume, np.zeros(ge_volume.shape, np.uint8),
-                             tmp_path / "empty.png", n_slices=3)
+                             tmp_path / "empty.png", n_slices=3, segments=BRATS_SEGMENTS)
     import matplotlib.image as mpimg
 
     assert mpimg.imread(out).shape[:2] == (460, 1200)
@@ -379,7 +379,7 @@ REGION_SETS = [("WT", "TC", "ET"), ("TC", "ET"), ("WT", "TC"), ("WT", "ET"), ("W
 
 @pytest.mark.parametrize("regions", REGION_SETS, ids=["+".join(r) for r in REGION_SETS])
 def test_segments_for_regions_partition_exactly_the_written_regions(regions: tuple[str, ...]) -> None:
-    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+    from operators.dicom.seg import REGION_LABELS, segments_for_regions
 
     specs = segments_for_regions(regions)
     assert [s.segment_number for s in specs] == list(range(1, len(specs) + 1))
@@ -394,7 +394,7 @@ def test_segments_for_regions_partition_exactly_the_written_regions(regions: tup
 
 
 def test_segments_for_regions_rejects_nothing_or_unknown() -> None:
-    from operators.dicom.seg_builder import segments_for_regions
+    from operators.dicom.seg import segments_for_regions
 
     with pytest.raises(ValueError):
         segments_for_regions(())
@@ -405,7 +405,7 @@ def test_segments_for_regions_rejects_nothing_or_unknown() -> None:
 @pytest.mark.parametrize("regions", [("TC", "ET"), ("WT", "TC"), ("WT",)], ids=["TC+ET", "WT+TC", "WT"])
 def test_seg_and_sr_of_a_region_subset_are_valid_and_hold_only_those_regions(
         tmp_path: Path, labels: np.ndarray, ge_series: list[pydicom.Dataset], regions: tuple[str, ...]) -> None:
-    from operators.dicom.seg_builder import REGION_LABELS, segments_for_regions
+    from operators.dicom.seg import REGION_LABELS, segments_for_regions
     from operators.dicom.sr_builder import build_volume_report, volumes_from_report
 
     specs = segments_for_regions(regions)

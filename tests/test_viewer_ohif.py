@@ -95,7 +95,7 @@ def _build_study(brats_dir: Path, out: Path) -> ViewerStudy:
     import highdicom as hd
     import nibabel as nib
 
-    from operators.dicom.seg_builder import BRATS_SEGMENTS, build_segmentation
+    from operators.dicom.seg import BRATS_SEGMENTS, build_segmentation
     from operators.dicom.series_volume import series_to_image
     from operators.dicom.sr_builder import build_volume_report
     from operators.dicom.study_loader import load_study

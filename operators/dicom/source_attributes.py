@@ -27,12 +27,16 @@ from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.valuerep import MAX_VALUE_LEN
 
-__all__ = ["MAX_LENGTH", "AttributeFix", "fixes_text", "sanitised_copy"]
+__all__ = ["MAX_LENGTH", "PIXEL_DATA_TAGS", "AttributeFix", "fixes_text", "sanitised_copy"]
 
 #: Text VRs checked (PS3.5 table 6.2-1); maximum lengths per value (PN: per component group).
-MAX_LENGTH = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "PN": 64,
-               "SH": 16, "ST": 1024, "LT": 10240, "TM": 14}  # fmt: skip
+#: pydicom's table where it has the VR; AS, DA and TM it checks by pattern, PN per component.
+MAX_LENGTH: dict[str, int] = {
+    **{vr: MAX_VALUE_LEN[vr] for vr in ("AE", "CS", "DS", "IS", "LO", "SH", "ST", "LT")},
+    "AS": 4, "DA": 8, "PN": 64, "TM": 14,
+}
 #: Type 2 attributes of the copied Patient / General Study modules: emptied, never removed.
 _TYPE2 = frozenset({
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -45,7 +49,8 @@ _PROTECTED = frozenset({
     "NumberOfFrames", "InstanceNumber", "SeriesNumber", "AcquisitionNumber",
     "SpecificCharacterSet", "ImageType", "PhotometricInterpretation",
 })  # fmt: skip
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+#: Pixel Data, Float Pixel Data, Double Float Pixel Data: never copied into a metadata copy.
+PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")  # ESC (1b) kept: ISO 2022
 _LINE_CONTROL = re.compile(r"[\r\n\t\f]")
 _AS = re.compile(r"^\d{3}[DWMY]$")
@@ -134,7 +139,7 @@ def _check_value(vr: str, keyword: str, text: str) -> tuple[str | None, str]:
                 problem = problem or "more than five name components"
             fixed.append("^".join(parts))
         return "=".join(fixed), problem
-    # LO, SH, ST, LT (length is clipped after highdicom, see seg_builder._clip_inherited_text)
+    # LO, SH, ST, LT (length is clipped in the built SEG, see operators.dicom.seg.sop)
     allowed = _CONTROL if vr in ("ST", "LT") else re.compile(f"{_CONTROL.pattern}|{_LINE_CONTROL.pattern}")
     cleaned = allowed.sub(" ", text)
     return cleaned, "" if cleaned == text else "control characters"
@@ -188,7 +193,7 @@ def sanitised_copy(ds: pydicom.Dataset) -> tuple[pydicom.Dataset, list[Attribute
     fixes: list[AttributeFix] = []
     undeclared_text = False
     for tag in sorted(pydicom.tag.Tag(t) for t in ds.keys()):
-        if tag in _PIXEL_TAGS:
+        if tag in PIXEL_DATA_TAGS:
             continue
         elem = ds.get_item(tag)
         vr = elem.VR

@@ -26,11 +26,11 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from operators.dicom.seg_builder import BRATS_SEGMENTS, SegmentSpec
+from operators.dicom.seg import BRATS_SEGMENTS, SegmentSpec
 
 __all__ = ["SR_SERIES_NUMBER", "build_volume_report", "volumes_from_report"]
 
-#: Series number of the SR (the SEG is 9900 in seg_builder's convention + 1).
+#: Series number of the SR (the SEG's is 901, :func:`operators.dicom.seg.build_segmentation`'s default).
 SR_SERIES_NUMBER = 9901
 ALGORITHM_NAME = "BraTS17 cascaded anisotropic CNN"
 #: Procedure reported (CID 100): brain MRI (LOINC).
