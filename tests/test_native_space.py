@@ -18,7 +18,8 @@ import pytest
 import SimpleITK as sitk
 
 from operators.dicom.series_volume import series_to_image
-from operators.spatial.registration import register_rigid, transform_error
+from operators.spatial.registration import register_rigid
+from tests.registration_checks import transform_error
 
 SEQUENCES = {"t1": "t1.nii.gz", "t1ce": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz"}
 

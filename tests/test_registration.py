@@ -20,16 +20,14 @@ import SimpleITK as sitk
 from operators.spatial.registration import (
     REFERENCE_ORDER,
     RegistrationResult,
-    brain_box_corners,
-    brain_mask_from_nonzero,
     choose_reference,
     is_model_grid,
     labels_to_reference,
     model_grid,
     register_rigid,
     resample_to_grid,
-    transform_error,
 )
+from tests.registration_checks import brain_box_corners, brain_mask_from_nonzero, transform_error
 
 CASE = "Brats18_TCIA01_201_1"
 

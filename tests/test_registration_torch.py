@@ -9,8 +9,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.registration_operator import build_model_input, choose_registration_backend
-from operators.spatial.registration import brain_box_corners, brain_mask_from_nonzero, transform_error
 from operators.spatial.registration_torch import register_rigid_torch, torch_registration_device
+from tests.registration_checks import brain_box_corners, brain_mask_from_nonzero, transform_error
 
 CASE = "Brats18_TCIA01_201_1"
 
@@ -105,9 +105,11 @@ def test_the_numpy_core_reproduces_simpleitks_preprocessing_bit_for_bit(brats_di
             assert np.array_equal(sitk.GetArrayFromImage(R._foreground_mask(f, mm)) > 0, C.foreground_mask(a, mm)), mm
 
 
-def test_rigid_error_equals_transform_error() -> None:
-    from operators.spatial.registration import transform_error
+def test_numpy_euler_transforms_equal_simpleitks() -> None:
+    """euler_affine and invert_affine against SimpleITK's Euler3DTransform and its inverse, and
+    rigid_error on SimpleITK transforms (tests.registration_checks) against a direct evaluation."""
     from operators.spatial.registration_torch_core import euler_affine, invert_affine, rigid_error
+    from tests.registration_checks import affine_of
 
     rng = np.random.default_rng(4)
     points = rng.uniform(-90.0, 90.0, size=(8, 3))
@@ -118,7 +120,12 @@ def test_rigid_error_equals_transform_error() -> None:
             tx.SetCenter(tuple(centre))
             tx.SetRotation(*angles)
             tx.SetTranslation(tuple(shift))
+        for tx, (angles, shift, centre) in zip((est, truth), params):
+            a, o = euler_affine(angles, shift, centre)
+            assert np.allclose(a, affine_of(tx)[0], rtol=0, atol=1e-12) and np.allclose(o, affine_of(tx)[1], rtol=0, atol=1e-9)
         mine = rigid_error(euler_affine(*params[0]), euler_affine(*params[1]), points)
+        direct = max(np.linalg.norm(np.subtract(est.TransformPoint(tuple(p)), truth.TransformPoint(tuple(p)))) for p in points)
+        assert np.isclose(mine[0], direct, rtol=0, atol=1e-9)
         assert np.allclose(mine, transform_error(est, truth, points), rtol=0, atol=1e-9)
         # the exact inverse agrees with SimpleITK's
         a, o = invert_affine(*euler_affine(*params[0]))

@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,15 +70,12 @@ import SimpleITK as sitk
 __all__ = [
     "REFERENCE_ORDER",
     "RegistrationResult",
-    "brain_box_corners",
-    "brain_mask_from_nonzero",
     "choose_reference",
     "is_model_grid",
     "labels_to_reference",
     "model_grid",
     "register_rigid",
     "resample_to_grid",
-    "transform_error",
 ]
 
 #: Preference order for the reference series (the one defining the frame and the model grid).
@@ -298,72 +295,6 @@ def resample_to_grid(
         return sitk.Cast(image, output_pixel_type)
     tx = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
     return sitk.Resample(image, grid, tx, interpolator, float(default), output_pixel_type)
-
-
-def brain_mask_from_nonzero(images: Iterable[sitk.Image]) -> sitk.Image:
-    """Brain mask for skull-stripped input: union of the nonzero voxels of ``images``.
-
-    Placeholder until real brain extraction exists: on images with skull this returns
-    (almost) the whole field of view.
-
-    Parameters
-    ----------
-    images
-        One or more images on one common grid (e.g. all series already on the model grid).
-
-    Returns
-    -------
-    sitk.Image
-        ``sitkUInt8`` mask (1 = brain, 0 = background) on that grid.
-
-    Raises
-    ------
-    ValueError
-        If ``images`` is empty. SimpleITK raises if the grids differ.
-    """
-    mask: sitk.Image | None = None
-    for img in images:
-        nz = sitk.Cast(sitk.NotEqual(img, 0), sitk.sitkUInt8)
-        mask = nz if mask is None else sitk.Or(mask, nz)
-    if mask is None:
-        raise ValueError("brain_mask_from_nonzero: no images given")
-    return mask
-
-
-def brain_box_corners(mask: sitk.Image) -> np.ndarray:
-    """Physical corners of the bounding box of a mask's nonzero voxels (voxel centres).
-
-    Parameters
-    ----------
-    mask
-        Binary / label image (physical LPS mm).
-
-    Returns
-    -------
-    np.ndarray
-        ``(8, 3)`` float array of LPS points (mm), columns x, y, z. Useful as the ``points``
-        of :func:`transform_error`.
-
-    Raises
-    ------
-    ValueError
-        If the mask is empty.
-    """
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8))
-    if not stats.HasLabel(1):
-        raise ValueError("brain_box_corners: empty mask")
-    bb = stats.GetBoundingBox(1)  # (x0, y0, z0, sx, sy, sz) in index units
-    start = np.asarray(bb[:3], dtype=float)
-    stop = start + np.asarray(bb[3:], dtype=float) - 1.0
-    pts = []
-    for i in (0, 1):
-        for j in (0, 1):
-            for k in (0, 1):
-                idx = (stop[0] if i else start[0], stop[1] if j else start[1],
-                       stop[2] if k else start[2])
-                pts.append(mask.TransformContinuousIndexToPhysicalPoint(tuple(map(float, idx))))
-    return np.asarray(pts, dtype=float)
 
 
 def labels_to_reference(
@@ -611,10 +542,10 @@ def register_rigid(
         would make the result non-reproducible.
     fixed_mask
         Optional mask on the fixed grid (nonzero = use). Do NOT pass a tight brain mask of
-        skull-stripped data (``brain_mask_from_nonzero([fixed])``): brain points that map into
-        the moving image's zero background then *raise* MI, and on BraTS TCIA01_201 this gave
-        a false optimum 65 mm / 20 deg away. Default ``None`` (whole field of view, background
-        matching background helps); a generously dilated mask is acceptable.
+        skull-stripped data (its nonzero voxels): brain points that map into the moving image's
+        zero background then *raise* MI, and the optimum can be tens of mm away. Default
+        ``None`` (whole field of view: background matching background helps); a generously
+        dilated mask is acceptable.
     initializer
         ``"geometry"`` (centres of the two fields of view aligned; SimpleITK
         CenteredTransformInitializer GEOMETRY), ``"moments"`` (centres of intensity mass), or
@@ -795,47 +726,3 @@ def register_rigid(
         metric_identity=at_identity,
         kept_identity=kept_identity,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Validation helpers
-# --------------------------------------------------------------------------------------------
-def _matrix3(tx: sitk.Transform) -> np.ndarray:
-    """3x3 linear part of a matrix-offset transform (Euler3D, VersorRigid3D, Affine, ...)."""
-    t = tx.Downcast() if type(tx) is sitk.Transform else tx
-    if not hasattr(t, "GetMatrix"):
-        raise TypeError(f"{type(t).__name__} has no matrix (need a rigid / affine transform)")
-    return np.asarray(t.GetMatrix(), dtype=float).reshape(3, 3)
-
-
-def transform_error(
-    estimated: sitk.Transform,
-    truth: sitk.Transform,
-    points: np.ndarray | Sequence[Sequence[float]],
-) -> tuple[float, float]:
-    """Compare two rigid transforms.
-
-    Parameters
-    ----------
-    estimated, truth
-        Transforms with a 3x3 matrix (Euler3D, VersorRigid3D, Affine), same direction
-        convention (both fixed -> moving).
-    points
-        ``(N, 3)`` physical LPS points (mm) at which to compare, e.g. the 8 corners of the brain
-        bounding box (:func:`brain_box_corners`).
-
-    Returns
-    -------
-    max_displacement_mm
-        ``max_i |estimated(p_i) - truth(p_i)|`` (mm).
-    rotation_error_deg
-        Rotation angle of ``R_est^T R_true`` (degrees, in [0, 180]).
-    """
-    pts = np.asarray(points, dtype=float).reshape(-1, 3)
-    d = [
-        np.linalg.norm(np.subtract(estimated.TransformPoint(tuple(p)), truth.TransformPoint(tuple(p))))
-        for p in pts
-    ]
-    r = _matrix3(estimated).T @ _matrix3(truth)
-    cos = np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)
-    return float(max(d)), float(math.degrees(math.acos(cos)))

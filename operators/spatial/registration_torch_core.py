@@ -217,12 +217,24 @@ def invert_affine(a: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def rigid_error(estimated: tuple[np.ndarray, np.ndarray], truth: tuple[np.ndarray, np.ndarray],
-                points: np.ndarray | Sequence[Sequence[float]]) -> tuple[float, float]:  # fmt: skip
-    """:func:`operators.spatial.registration.transform_error` without SimpleITK.
+                points: np.ndarray | Sequence[Sequence[float]]) -> tuple[float, float]:
+    """How far apart two rigid transforms are: an evaluation helper, without SimpleITK (the
+    registration does not use it; the tests and the GPU check measure with it).
 
-    ``estimated`` and ``truth`` are ``(A, o)`` pairs (both fixed -> moving); ``points`` ``(N, 3)``
-    LPS mm (e.g. the brain box corners). Returns ``max_i |est(p_i) - truth(p_i)|`` (mm) and the
-    rotation angle of ``A_est^T A_true`` (degrees).
+    Parameters
+    ----------
+    estimated, truth
+        ``(A, o)`` pairs, ``T(x) = A @ x + o`` (``A`` (3, 3), ``o`` (3,), LPS mm), both
+        fixed -> moving.
+    points
+        ``(N, 3)`` LPS points (mm) to compare at, e.g. the corners of the brain's bounding box.
+
+    Returns
+    -------
+    max_displacement_mm
+        ``max_i |est(p_i) - truth(p_i)|`` (mm).
+    rotation_error_deg
+        Rotation angle of ``A_est^T A_true`` (degrees, in [0, 180]).
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     (ae, oe), (at, ot) = estimated, truth
