@@ -90,13 +90,14 @@ def test_the_numpy_core_reproduces_simpleitks_preprocessing_bit_for_bit(brats_di
     register_rigid_torch's results identical to its former all-SimpleITK version."""
     from operators.spatial import registration as R
     from operators.spatial import registration_torch_core as C
+    from operators.spatial.grid import TOL_MM, centre_of
     from operators.spatial.registration_torch import array_image
 
     fixed, moving, _ = _misaligned_t2(brats_dir)
-    assert C._TOL_MM == R._TOL_MM
+    assert C._TOL_MM == TOL_MM
     for image in (fixed, moving, _oblique_image(0), _oblique_image(1)):
         f, a = sitk.Cast(image, sitk.sitkFloat32), array_image(image)
-        assert a.size == f.GetSize() and C.centre(a) == R._centre(f)
+        assert a.size == f.GetSize() and C.centre(a) == centre_of(f)
         for mm in (4.0, 2.0, 1.0, 3.3):
             s, n = R._block_average(f, mm), C.block_average(a, mm)
             assert np.array_equal(sitk.GetArrayFromImage(s), n.array), mm

@@ -42,7 +42,7 @@ Known limitations
   rim let the bright scalp fat pull the template sideways.
 
 Determinism: fixed sampling seed and SimpleITK's global thread count set to 1 during the
-registrations (see :mod:`operators.spatial.registration`, "Determinism").
+registrations (:mod:`operators.spatial.itk_threads`).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from operators.spatial.registration import _global_threads
+from operators.spatial.itk_threads import global_thread_count
 
 __all__ = [
     "BrainExtractionResult",
@@ -266,7 +266,7 @@ def extract_brain(
     subject_c = sitk.Clamp(subject, sitk.sitkFloat32, 0.0, hi)
 
     region = sitk.BinaryDilate(tmask, _radius_vox(tmask, rim_mm))  # template brain + rim
-    with _global_threads(number_of_threads):
+    with global_thread_count(number_of_threads):
         # start: centre of the template brain mask <- centre of the subject's head mask
         # (Otsu foreground, largest component): intensity moments would be pulled by the
         # bright scalp fat and the face

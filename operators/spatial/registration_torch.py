@@ -15,7 +15,7 @@ the result back into an ITK ``Euler3DTransform``. Read the core module's CONVENT
   False``: ``x_moving = R (x_fixed - c) + c + t``, ``R = Rz @ Rx @ Ry`` (:func:`_to_sitk`).
 * The metric domain is the thicker-sliced image (as the SimpleITK path, ``direction="auto"``);
   when that is the moving image, the optimised transform is inverted here, with SimpleITK
-  (:func:`operators.spatial.registration._inverse_euler`), as before the split: the results are
+  (:func:`operators.spatial.registration.inverse_euler`), as before the split: the results are
   bit-identical to the former all-SimpleITK implementation (``tests/test_registration_torch.py``).
 """
 from __future__ import annotations
@@ -28,7 +28,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from engines.runtimes.cpu_host import flush_denormals
-from operators.spatial.registration import RegistrationResult, _centre, _inverse_euler
+from operators.spatial.grid import centre_of
+from operators.spatial.registration import inverse_euler
+from operators.spatial.registration_result import RegistrationResult
 from operators.spatial.registration_torch_core import ArrayImage, register_rigid_arrays, torch_registration_device
 
 __all__ = ["array_image", "register_rigid_torch", "torch_registration_device"]
@@ -81,7 +83,7 @@ def register_rigid_torch(
         learning_rates=learning_rates, histogram_bins=histogram_bins, auto_mask_mm=auto_mask_mm,
     )  # fmt: skip
     final_d = _to_sitk(core.angles, core.translation, core.centre)
-    final = _inverse_euler(final_d, _centre(fixed_f)) if core.inverse else final_d
+    final = inverse_euler(final_d, centre_of(fixed_f)) if core.inverse else final_d
     return RegistrationResult(
         transform=final,
         metric_before=math.nan,

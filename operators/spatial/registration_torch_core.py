@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: Geometric tolerance (mm) of the "which image has the thicker slices" decision; the same value
-#: as ``operators.spatial.registration._TOL_MM`` (not imported: that module needs SimpleITK).
+#: as :data:`operators.spatial.grid.TOL_MM` (not imported: that module needs SimpleITK).
 _TOL_MM = 1e-3
 
 
