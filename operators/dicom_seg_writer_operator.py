@@ -16,7 +16,7 @@ from operators.dicom.sr_builder import build_volume_report
 from operators.outputs.qa_image import render_overlay_png
 from operators.outputs.report import modalities_line
 from operators.outputs.staging import OVERLAY_FILE, SEG_FILE, SR_FILE, OutputStaging
-from operators.spatial.registration import labels_to_reference
+from operators.spatial.grid import labels_to_reference
 from operators.study_model import MODALITIES, MODALITY_DISPLAY, PipelineResult, SegmentationOutcome
 
 BRATS_REGIONS = {"whole_tumor": (1, 2, 4), "tumor_core": (1, 4), "enhancing_tumor": (4,)}

@@ -13,13 +13,9 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.dicom.series_volume import series_to_image
 from operators.spatial.brain_masking import brain_mask_on_grid
-from operators.spatial.registration import (
-    RegistrationResult,
-    choose_reference,
-    model_grid,
-    register_rigid,
-    resample_to_grid,
-)
+from operators.spatial.grid import choose_reference, model_grid, resample_to_grid
+from operators.spatial.registration import register_rigid
+from operators.spatial.registration_result import RegistrationResult
 from operators.spatial.registration_torch import register_rigid_torch, torch_registration_device
 from operators.study_model import MODALITIES, ModalitySelection, ModelInput
 

@@ -96,7 +96,7 @@ from pydicom.uid import (
 )
 
 from engines.model.modalities import MODALITIES
-from operators.spatial.registration import REFERENCE_ORDER
+from operators.spatial.grid import REFERENCE_ORDER
 
 # The case input and the --misalign draws need neither SimpleITK nor pydicom: samples.volumes
 # (the GPU check builds its registration pair with it). Imported back under their old names.
@@ -135,7 +135,7 @@ __all__ = [
 LOG = logging.getLogger("samples.make_study")
 
 # Modality keys (also the file suffixes of a BraTS case) and the reference preference order:
-# the application's own (engines.model.modalities, operators.spatial.registration.choose_reference).
+# the application's own (engines.model.modalities, operators.spatial.grid.choose_reference).
 #: Acquisition order in the simulated exam (contrast-enhanced T1 comes last).
 ACQUISITION_ORDER: tuple[str, ...] = ("t1", "t2", "flair", "t1ce")
 

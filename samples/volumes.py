@@ -313,7 +313,7 @@ def draw_grid(misalign_seed: int, modality: str, reference: Volume) -> Grid:
 
 
 def resample_moving_numpy(original: Volume, transform: RigidTransform, grid: Grid, *,
-                          chunk_slices: int = 16) -> Volume:  # fmt: skip
+                          chunk_slices: int = 16) -> Volume:
     """:func:`samples.make_study.resample_moving` with SciPy instead of ``sitk.Resample``.
 
     ``moving(y) = original(T^-1(y))`` on ``grid``: linear interpolation (in double, then
@@ -340,7 +340,7 @@ def resample_moving_numpy(original: Volume, transform: RigidTransform, grid: Gri
     for k0 in range(0, grid.size[2], chunk_slices):
         k1 = min(k0 + chunk_slices, grid.size[2])
         idx = np.stack(np.meshgrid(np.arange(grid.size[0]), np.arange(grid.size[1]), np.arange(k0, k1),
-                                   indexing="ij"), axis=0).reshape(3, -1).astype(np.float64)  # fmt: skip
+                                   indexing="ij"), axis=0).reshape(3, -1).astype(np.float64)
         y = grid_m @ idx + np.asarray(grid.origin, dtype=np.float64)[:, None]  # moving-space LPS
         x = inv_r @ y + inv_o[:, None]  # reference-space LPS
         cidx = to_src_index @ (x - src_origin[:, None])  # continuous (i, j, k) in the original
@@ -359,7 +359,7 @@ def resample_moving_numpy(original: Volume, transform: RigidTransform, grid: Gri
 def nonzero_box_corners(vol: Volume) -> np.ndarray:
     """``(8, 3)`` LPS corners (voxel centres) of the bounding box of ``vol``'s nonzero voxels.
 
-    :func:`operators.spatial.registration.brain_box_corners` of ``brain_mask_from_nonzero([vol])``
+    :func:`tests.registration_checks.brain_box_corners` of ``brain_mask_from_nonzero([vol])``
     without SimpleITK, in the same order (i outermost, k innermost; first the low end).
     """
     present = [np.nonzero(vol.data.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
@@ -367,5 +367,5 @@ def nonzero_box_corners(vol: Volume) -> np.ndarray:
         raise ValueError("nonzero_box_corners: the volume is all zeros")
     lo, hi = [float(p[0]) for p in present], [float(p[-1]) for p in present]
     corners = [(hi[0] if i else lo[0], hi[1] if j else lo[1], hi[2] if k else lo[2])
-               for i in (0, 1) for j in (0, 1) for k in (0, 1)]  # fmt: skip
+               for i in (0, 1) for j in (0, 1) for k in (0, 1)]
     return (vol.affine_lps @ np.c_[np.asarray(corners), np.ones(8)].T).T[:, :3]

@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from benchmarks.evaluation import brats_metrics
-from operators.spatial.registration import brain_box_corners, transform_error
 from tests.app_runner import run_app
 from tests.dicom_validation import run_dciodvfy
+from tests.registration_checks import brain_box_corners, transform_error
 from tests.test_end_to_end import CASE, reference_series_files, seg_to_label_volume
 
 MISSING_SCENARIOS = {
@@ -48,7 +48,7 @@ def _region_masks_of_run(run, study: Path) -> dict[str, np.ndarray]:
     for item in seg.SegmentSequence:
         spec = specs[str(item.SegmentLabel)]
         mask = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[int(item.SegmentNumber)],
-                                                 ignore_spatial_locations=True)[..., 0] > 0  # fmt: skip
+                                                 ignore_spatial_locations=True)[..., 0] > 0
         for region in regions:
             if set(spec.brats_labels) <= REGION_LABELS[region]:
                 out[region] = out.get(region, np.zeros_like(mask)) | mask

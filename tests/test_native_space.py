@@ -18,7 +18,8 @@ import pytest
 import SimpleITK as sitk
 
 from operators.dicom.series_volume import series_to_image
-from operators.spatial.registration import register_rigid, transform_error
+from operators.spatial.registration import register_rigid
+from tests.registration_checks import transform_error
 
 SEQUENCES = {"t1": "t1.nii.gz", "t1ce": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz"}
 
@@ -197,7 +198,7 @@ def test_labels_land_on_native_reference_grid(native_study: Path) -> None:
     """Model grid -> the native T1ce's own grid (0.9 x 0.9 x 5.5 mm, oblique, read from the
     DICOM study): exact geometry, slice k at instance k's ImagePositionPatient, and a label
     blob survives the round trip."""
-    from operators.spatial.registration import labels_to_reference, model_grid
+    from operators.spatial.grid import labels_to_reference, model_grid
 
     folder = next((native_study / "dicom").glob("501_*"))
     datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]

@@ -1,4 +1,4 @@
-"""Tests for operators/spatial/registration.py on real BraTS data (skipped without ../shared).
+"""Tests for operators/spatial/registration.py and grid.py on real BraTS data (skipped without ../shared).
 
 Synthetic "second acquisition": a BraTS sequence is moved by a known rigid transform,
 blurred along z and resampled onto a 1.2 x 1.2 x 3 mm grid of another size and origin, then
@@ -17,19 +17,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from operators.spatial.registration import (
+from operators.spatial.grid import (
     REFERENCE_ORDER,
-    RegistrationResult,
-    brain_box_corners,
-    brain_mask_from_nonzero,
     choose_reference,
     is_model_grid,
     labels_to_reference,
     model_grid,
-    register_rigid,
     resample_to_grid,
-    transform_error,
 )
+from operators.spatial.registration import inverse_euler, register_rigid
+from operators.spatial.registration_result import RegistrationResult
+from tests.registration_checks import brain_box_corners, brain_mask_from_nonzero, transform_error
 
 CASE = "Brats18_TCIA01_201_1"
 
@@ -157,17 +155,19 @@ def _dense_optimum(fixed_img: sitk.Image, moving: sitk.Image, start: sitk.Transf
     """The optimum of register_rigid's metric itself, without sampling noise: Mattes MI (32 bins)
     over EVERY voxel of the full-resolution thick series (the metric domain) inside its 10 mm
     foreground mask, optimised to convergence (min step 1e-4) from ``start``; fixed -> moving."""
-    from operators.spatial.registration import _as_euler, _centre, _foreground_mask, _global_threads, _inverse_euler, _mattes_mi
+    from operators.spatial.grid import centre_of
+    from operators.spatial.itk_threads import global_thread_count
+    from operators.spatial.registration import _as_euler, _foreground_mask, _mattes_mi
 
     domain, other = sitk.Cast(moving, sitk.sitkFloat32), sitk.Cast(fixed_img, sitk.sitkFloat32)
     reg = _mattes_mi(32, _foreground_mask(domain, 10.0))
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=0.5, minStep=1e-4, numberOfIterations=300,
-                                                 relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)  # fmt: skip
+                                                 relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetInitialTransform(_inverse_euler(sitk.Euler3DTransform(start), _centre(domain)), inPlace=False)
-    with _global_threads(1):
+    reg.SetInitialTransform(inverse_euler(sitk.Euler3DTransform(start), centre_of(domain)), inPlace=False)
+    with global_thread_count(1):
         found = _as_euler(reg.Execute(domain, other))
-    return _inverse_euler(found, _centre(other))
+    return inverse_euler(found, centre_of(other))
 
 
 @pytest.mark.slow  # ~15-50 s more; the default run covers T1 and T2 of a make_study study
@@ -288,13 +288,11 @@ def test_register_rigid_frees_its_registration_method(fixed):
 
 def test_register_rigid_direction_inverse_is_exact_inverse(t1_pair):
     """``direction="inverse"`` returns a fixed -> moving transform (inverted exactly)."""
-    from operators.spatial.registration import _inverse_euler
-
     t = sitk.Euler3DTransform()
     t.SetCenter((1.0, 2.0, 3.0))
     t.SetRotation(0.05, -0.02, 0.03)
     t.SetTranslation((4.0, -5.0, 6.0))
-    inv = _inverse_euler(t, (10.0, 0.0, -7.0))
+    inv = inverse_euler(t, (10.0, 0.0, -7.0))
     for p in [(0.0, 0.0, 0.0), (50.0, -20.0, 30.0)]:
         np.testing.assert_allclose(inv.TransformPoint(t.TransformPoint(p)), p, atol=1e-9)
     with pytest.raises(ValueError):
@@ -457,6 +455,6 @@ def test_concurrent_registrations_equal_sequential_ones(t1_pair):
     alone = [register_rigid(small_fixed, moving, seed=s, **kw).transform.GetParameters() for s in (3, 5)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         together = list(pool.map(lambda s: register_rigid(small_fixed, moving, seed=s, **kw).transform.GetParameters(),
-                                 (3, 5)))  # fmt: skip
+                                 (3, 5)))
     assert together == alone
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before

@@ -9,8 +9,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.registration_operator import build_model_input, choose_registration_backend
-from operators.spatial.registration import brain_box_corners, brain_mask_from_nonzero, transform_error
 from operators.spatial.registration_torch import register_rigid_torch, torch_registration_device
+from tests.registration_checks import brain_box_corners, brain_mask_from_nonzero, transform_error
 
 CASE = "Brats18_TCIA01_201_1"
 
@@ -90,13 +90,14 @@ def test_the_numpy_core_reproduces_simpleitks_preprocessing_bit_for_bit(brats_di
     register_rigid_torch's results identical to its former all-SimpleITK version."""
     from operators.spatial import registration as R
     from operators.spatial import registration_torch_core as C
+    from operators.spatial.grid import TOL_MM, centre_of
     from operators.spatial.registration_torch import array_image
 
     fixed, moving, _ = _misaligned_t2(brats_dir)
-    assert C._TOL_MM == R._TOL_MM
+    assert C._TOL_MM == TOL_MM
     for image in (fixed, moving, _oblique_image(0), _oblique_image(1)):
         f, a = sitk.Cast(image, sitk.sitkFloat32), array_image(image)
-        assert a.size == f.GetSize() and C.centre(a) == R._centre(f)
+        assert a.size == f.GetSize() and C.centre(a) == centre_of(f)
         for mm in (4.0, 2.0, 1.0, 3.3):
             s, n = R._block_average(f, mm), C.block_average(a, mm)
             assert np.array_equal(sitk.GetArrayFromImage(s), n.array), mm
@@ -105,9 +106,11 @@ def test_the_numpy_core_reproduces_simpleitks_preprocessing_bit_for_bit(brats_di
             assert np.array_equal(sitk.GetArrayFromImage(R._foreground_mask(f, mm)) > 0, C.foreground_mask(a, mm)), mm
 
 
-def test_rigid_error_equals_transform_error() -> None:
-    from operators.spatial.registration import transform_error
+def test_numpy_euler_transforms_equal_simpleitks() -> None:
+    """euler_affine and invert_affine against SimpleITK's Euler3DTransform and its inverse, and
+    rigid_error on SimpleITK transforms (tests.registration_checks) against a direct evaluation."""
     from operators.spatial.registration_torch_core import euler_affine, invert_affine, rigid_error
+    from tests.registration_checks import affine_of
 
     rng = np.random.default_rng(4)
     points = rng.uniform(-90.0, 90.0, size=(8, 3))
@@ -118,7 +121,12 @@ def test_rigid_error_equals_transform_error() -> None:
             tx.SetCenter(tuple(centre))
             tx.SetRotation(*angles)
             tx.SetTranslation(tuple(shift))
+        for tx, (angles, shift, centre) in zip((est, truth), params):
+            a, o = euler_affine(angles, shift, centre)
+            assert np.allclose(a, affine_of(tx)[0], rtol=0, atol=1e-12) and np.allclose(o, affine_of(tx)[1], rtol=0, atol=1e-9)
         mine = rigid_error(euler_affine(*params[0]), euler_affine(*params[1]), points)
+        direct = max(np.linalg.norm(np.subtract(est.TransformPoint(tuple(p)), truth.TransformPoint(tuple(p)))) for p in points)
+        assert np.isclose(mine[0], direct, rtol=0, atol=1e-9)
         assert np.allclose(mine, transform_error(est, truth, points), rtol=0, atol=1e-9)
         # the exact inverse agrees with SimpleITK's
         a, o = invert_affine(*euler_affine(*params[0]))

@@ -26,8 +26,8 @@ def test_the_numpy_moved_series_equals_make_studys(brats_dir: Path) -> None:
 
 
 def test_nonzero_box_corners_equal_brain_box_corners(brats_dir: Path) -> None:
-    from operators.spatial.registration import brain_box_corners, brain_mask_from_nonzero
     from samples import volumes as sv
+    from tests.registration_checks import brain_box_corners, brain_mask_from_nonzero
 
     ref = sv.load_case(brats_dir / CASE, ["t1ce"])["t1ce"]
     expected = brain_box_corners(brain_mask_from_nonzero([ref.to_sitk()]))

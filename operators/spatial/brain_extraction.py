@@ -1,48 +1,34 @@
-"""Offline brain extraction: MNI152 (2009) template registration + intensity refinement.
+"""Brain extraction by MNI152 (2009) template registration + intensity refinement.
 
-Since issue 16 the app uses HD-BET (:mod:`operators.spatial.hd_bet`, via
-:mod:`operators.spatial.brain_masking`); this template method is the fallback when HD-BET
-fails at run time and the ``brats.brain_extraction: template`` setting. It is known to keep
-orbital / temporal soft tissue at the skull base (see "Known limitations").
+The fallback of :mod:`operators.spatial.brain_masking` when HD-BET (:mod:`operators.spatial.hd_bet`)
+fails at run time, and the method of the ``brats.brain_extraction: template`` setting.
 
 The subject's T1-weighted image (T1 or T1ce, skull on or off) is registered to the MNI152
 2009c template that nilearn ships inside its wheel (rigid, then affine; SimpleITK, Mattes MI),
 the template's brain mask is carried back onto the subject's own grid, and the mask is then
 refined with the subject's intensities (Otsu inside a dilated mask, opening, largest
-component, closing, hole filling).
+component, closing, hole filling). Measured accuracy: README, "Brain extraction".
 
-CONVENTIONS (same as :mod:`operators.spatial.registration`)
----------------------------------------------------
-* Images are ``SimpleITK.Image`` in **LPS** mm. nilearn / nibabel images are **RAS**; the
-  template is converted here (:func:`_nifti_to_sitk`: first two affine rows negated). Never
-  mix a nibabel affine in without that flip.
-* NumPy arrays are ``(Z, Y, X)`` (``sitk.GetArrayFromImage`` order).
+Conventions: :mod:`operators.spatial` (LPS, ``(Z, Y, X)`` arrays). Here in addition:
+
+* nilearn / nibabel images are RAS; the template is converted here (:func:`_nifti_to_sitk`).
 * The template registration's transform maps **template points to subject points** (fixed =
-  template, moving = subject; ITK convention). Carrying the template's mask onto the
-  subject grid therefore resamples with its inverse.
+  template, moving = subject); carrying the template's mask onto the subject grid therefore
+  resamples with its inverse.
 
-Note: the template that nilearn 0.13 ships (``load_mni152_template``) is already
-skull-stripped (zero outside the brain). Registering a skull-on subject to it works with
-Mattes MI restricted to a dilated template-brain region (the template's zero rim is matched
-to the subject's dark CSF / skull); the intensity refinement then adapts the mask to the
-subject.
+The template is skull-stripped (zero outside the brain; nilearn ships no MNI152 with skull).
+Registering a skull-on subject to it works with Mattes MI restricted to a thin rim
+(``rim_mm``) around the template brain: the template's zero rim is matched to the subject's
+dark CSF / skull, and a wider rim lets the bright scalp fat pull the template sideways. The
+intensity refinement then adapts the mask to the subject.
 
-Measured (2 shared cores, load ~8): BraTS T1 (already skull-stripped; a sanity check only)
-vs its nonzero region: Dice 0.98-0.99 (template mask alone 0.95-0.96); the native exam
-TCGA-FG-6692 T1ce (skull on, 26 x 5.5 mm): ~1470 ml, ~70-90 s.
+Known limitation: affine only. At the skull base (orbits, temporal bones, petrous ridge) the
+carried mask can be several mm off, and the refinement then keeps some orbital / temporal soft
+tissue; over the convexity it follows the inner table well. A deformable stage (or a template
+with skull) would fix this.
 
-Known limitations
------------------
-* Affine only: at the skull base (orbits, temporal bones, petrous ridge) the carried mask
-  is several mm off on the native exam, and the refinement then keeps some orbital /
-  temporal soft tissue; cortex over the convexity follows the inner table well. A
-  deformable stage (or a template with skull) would fix this.
-* The template is skull-stripped (nilearn ships no MNI152 with skull), so the rigid /
-  affine MI is evaluated in a thin rim (``rim_mm``) around the template brain only; a wider
-  rim let the bright scalp fat pull the template sideways.
-
-Determinism: fixed sampling seed and SimpleITK's global thread count set to 1 during the
-registrations (see :mod:`operators.spatial.registration`, "Determinism").
+Determinism: fixed sampling seed, SimpleITK's global thread count set to ``number_of_threads``
+(default 1) during the registrations (:mod:`operators.spatial.itk_threads`).
 """
 from __future__ import annotations
 
@@ -55,7 +41,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from operators.spatial.registration import _global_threads
+from operators.spatial.itk_threads import global_thread_count
 
 __all__ = [
     "BrainExtractionResult",
@@ -266,7 +252,7 @@ def extract_brain(
     subject_c = sitk.Clamp(subject, sitk.sitkFloat32, 0.0, hi)
 
     region = sitk.BinaryDilate(tmask, _radius_vox(tmask, rim_mm))  # template brain + rim
-    with _global_threads(number_of_threads):
+    with global_thread_count(number_of_threads):
         # start: centre of the template brain mask <- centre of the subject's head mask
         # (Otsu foreground, largest component): intensity moments would be pulled by the
         # bright scalp fat and the face

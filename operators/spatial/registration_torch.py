@@ -1,22 +1,16 @@
-"""Rigid multi-modal registration in PyTorch (GPU where there is one; CPU for the tests): the
+"""Rigid multi-modal registration in PyTorch (on a CUDA GPU; on the CPU for the tests): the
 SimpleITK-facing wrapper the registration operator calls.
 
-The same problem and conventions as :func:`operators.spatial.registration.register_rigid`,
-solved with tensors so that it runs on the GPU next to the network. The optimisation itself
-lives in :mod:`operators.spatial.registration_torch_core` and works on NumPy arrays plus
-geometry, without SimpleITK (so the GPU check can time it on a machine without SimpleITK); this
-module converts the SimpleITK images into :class:`~.registration_torch_core.ArrayImage` s and
-the result back into an ITK ``Euler3DTransform``. Read the core module's CONVENTIONS first.
-
-* !! AXIS ORDER: ``sitk.GetArrayFromImage`` gives ``(Z, Y, X)`` = (slices, rows, columns);
-  ``GetSpacing / GetOrigin / GetDirection / GetSize`` are ``(x, y, z)``. The ``ArrayImage``
-  keeps exactly that pairing (array from ``GetArrayFromImage``, geometry from the getters).
-* Physical space is LPS mm. The transform is ITK's ``Euler3DTransform`` with ``ComputeZYX =
-  False``: ``x_moving = R (x_fixed - c) + c + t``, ``R = Rz @ Rx @ Ry`` (:func:`_to_sitk`).
-* The metric domain is the thicker-sliced image (as the SimpleITK path, ``direction="auto"``);
-  when that is the moving image, the optimised transform is inverted here, with SimpleITK
-  (:func:`operators.spatial.registration._inverse_euler`), as before the split: the results are
-  bit-identical to the former all-SimpleITK implementation (``tests/test_registration_torch.py``).
+The same problem and contract as :func:`operators.spatial.registration.register_rigid`: the
+returned transform maps fixed points to moving points (axes, LPS, transform convention:
+:mod:`operators.spatial`), the thicker-sliced image is the metric domain. The optimisation lives
+in :mod:`operators.spatial.registration_torch_core`, on NumPy arrays without SimpleITK; this
+module converts the images to :class:`~operators.spatial.registration_torch_core.ArrayImage` s
+(array from ``GetArrayFromImage``, ``(Z, Y, X)``; geometry from the getters, ``(x, y, z)``) and
+the result back to an ITK ``Euler3DTransform`` (``ComputeZYX`` off). When the moving image was
+the metric domain, the optimised transform is inverted here with SimpleITK
+(:func:`operators.spatial.registration.inverse_euler`), as the SimpleITK backend does, so the
+results equal an all-SimpleITK implementation bit for bit (``tests/test_registration_torch.py``).
 """
 from __future__ import annotations
 
@@ -28,19 +22,30 @@ import numpy as np
 import SimpleITK as sitk
 
 from engines.runtimes.cpu_host import flush_denormals
-from operators.spatial.registration import RegistrationResult, _centre, _inverse_euler
+from operators.spatial.grid import centre_of
+from operators.spatial.registration import inverse_euler
+from operators.spatial.registration_result import RegistrationResult
 from operators.spatial.registration_torch_core import ArrayImage, register_rigid_arrays, torch_registration_device
 
 __all__ = ["array_image", "register_rigid_torch", "torch_registration_device"]
 
 
 def array_image(image: sitk.Image) -> ArrayImage:
-    """``image`` cast to float32 as an :class:`ArrayImage`: ``(Z, Y, X)`` array, ``(x, y, z)`` geometry."""
+    """``image`` cast to float32 as an :class:`ArrayImage`.
+
+    Returns
+    -------
+    ArrayImage
+        ``array``: float32 ``(Z, Y, X)`` (``sitk.GetArrayFromImage``); ``spacing``, ``origin``,
+        ``direction``: the image's own, in SimpleITK's ``(x, y, z)`` order (mm, LPS).
+    """
     f = sitk.Cast(image, sitk.sitkFloat32)
     return ArrayImage(sitk.GetArrayFromImage(f), f.GetSpacing(), f.GetOrigin(), f.GetDirection())
 
 
 def _to_sitk(angles: np.ndarray, translation: np.ndarray, centre: Sequence[float]) -> sitk.Euler3DTransform:
+    """ITK ``Euler3DTransform``: angles (3,) radians about LPS x, y, z; translation (3,) and
+    centre (3,) in LPS mm."""
     tx = sitk.Euler3DTransform()
     tx.SetCenter(tuple(float(c) for c in centre))
     tx.SetRotation(*(float(a) for a in angles))
@@ -71,6 +76,12 @@ def register_rigid_torch(
     device, seed, level_spacings_mm, samples_per_level, iterations_per_level, learning_rates,
     histogram_bins, auto_mask_mm
         As :func:`operators.spatial.registration_torch_core.register_rigid_arrays`.
+
+    Returns
+    -------
+    RegistrationResult
+        ``transform``: fixed -> moving ``Euler3DTransform`` (LPS mm); ``metric_after``: the last
+        level's loss; ``metric_before`` and ``metric_identity``: NaN; ``settings``: the core's.
     """
     t0 = time.perf_counter()
     flush_denormals()  # torch on the CPU (engines.runtimes.cpu_host)
@@ -79,9 +90,9 @@ def register_rigid_torch(
         array_image(fixed_f), array_image(moving), device=device, seed=seed, level_spacings_mm=level_spacings_mm,
         samples_per_level=samples_per_level, iterations_per_level=iterations_per_level,
         learning_rates=learning_rates, histogram_bins=histogram_bins, auto_mask_mm=auto_mask_mm,
-    )  # fmt: skip
+    )
     final_d = _to_sitk(core.angles, core.translation, core.centre)
-    final = _inverse_euler(final_d, _centre(fixed_f)) if core.inverse else final_d
+    final = inverse_euler(final_d, centre_of(fixed_f)) if core.inverse else final_d
     return RegistrationResult(
         transform=final,
         metric_before=math.nan,

@@ -1,13 +1,11 @@
 """Rigid multi-modal registration in PyTorch on NumPy arrays: no SimpleITK anywhere in here.
 
 The optimisation core of :func:`operators.spatial.registration_torch.register_rigid_torch` (the
-SimpleITK-facing wrapper the operator calls). It works on a NumPy array plus its geometry, so
-that it also runs where SimpleITK is not installed: the GPU machines' image has torch, numpy
-and scipy, not SimpleITK (``benchmarks/gpu_check.py`` times it there). The wrapper converts the
-images, calls :func:`register_rigid_arrays` and turns the result into an ITK transform: its
-results are bit-identical to the former all-SimpleITK implementation, because every
-preprocessing step here reproduces SimpleITK's own arithmetic, in ITK's order (tested against
-SimpleITK in ``tests/test_registration_torch.py``):
+SimpleITK-facing wrapper the operator calls). It works on a NumPy array plus its geometry
+(:class:`ArrayImage`), so that it also runs where SimpleITK is not installed (a GPU machine's
+image with torch, numpy and scipy only). Every preprocessing step reproduces SimpleITK's own
+arithmetic in ITK's order, so the wrapper's results equal an all-SimpleITK implementation bit for
+bit (tested against SimpleITK in ``tests/test_registration_torch.py``):
 
 * ``sitk.BinShrink`` (the block-average pyramid): :func:`block_average`;
 * ``sitk.BinaryDilate`` with a ball kernel (the foreground mask): :func:`foreground_mask`;
@@ -18,24 +16,21 @@ Parzen windows), trilinear sampling with ``torch.nn.functional.grid_sample``, Ad
 Euler parameters, a block-average pyramid (4 / 2 / 1 mm) with a fixed set of sampled points per
 level (seeded: deterministic on the CPU).
 
-CONVENTIONS (read before touching the maths)
-============================================
-* !! AXIS ORDER. ``ArrayImage.array`` is ``(Z, Y, X)`` = ``(slices, rows, columns)``: the order
-  of ``sitk.GetArrayFromImage`` (and of :func:`benchmarks.run.load_case`). Its ``spacing``,
-  ``origin``, ``direction`` and ``size`` are in SimpleITK's ``(x, y, z)`` = ``(column, row,
-  slice)`` order: ``spacing[0]`` is the step along the array's LAST axis, ``size ==
-  array.shape[::-1]``. A nibabel ``data[i, j, k]`` array is ``array.transpose(2, 1, 0)``.
-* !! PHYSICAL SPACE IS LPS mm (ITK / DICOM), not nibabel's RAS: a NIfTI affine needs its first
-  two rows negated first. ``direction`` is row-major 3 x 3; its column ``n`` is the LPS unit
-  vector of increasing index ``n`` (``n = 0``: along a row, i.e. the array's last axis). A voxel
-  at index ``(i, j, k)`` (``array[k, j, i]``) lies at ``origin + direction @ (spacing * (i, j, k))``.
-* The transform is ITK's ``Euler3DTransform`` with ``ComputeZYX = False``:
+Conventions
+-----------
+Axes, LPS and the transform convention: :mod:`operators.spatial`. Here in particular:
+
+* ``ArrayImage.array`` is ``(Z, Y, X)``; its ``spacing``, ``origin``, ``direction`` and ``size``
+  are ``(x, y, z)``: ``spacing[0]`` is the step along the array's LAST axis, ``size ==
+  array.shape[::-1]``. ``direction`` is row-major 3 x 3, its column ``n`` the LPS unit vector of
+  increasing index ``n``; the voxel at index ``(i, j, k)`` (``array[k, j, i]``) lies at
+  ``origin + direction @ (spacing * (i, j, k))``.
+* Euler3D as ITK's ``Euler3DTransform`` with ``ComputeZYX = False``:
   ``x_moving = R (x_fixed - c) + c + t``, ``R = Rz @ Rx @ Ry`` (:func:`euler_matrix`), so the
-  result converts to SimpleITK exactly. It maps *fixed* points to *moving* points
-  (``fixed(x) ~ moving(T(x))``).
-* The metric domain is the thicker-sliced image (as the SimpleITK path, ``direction="auto"``);
-  when that is the moving image, the optimised transform (domain -> other) has to be inverted
-  (:meth:`TorchRigidResult.fixed_to_moving`; the wrapper inverts it with SimpleITK as before).
+  result converts to SimpleITK exactly.
+* The metric domain is the thicker-sliced image; when that is the moving image, the optimised
+  transform (domain -> other) has to be inverted (:meth:`TorchRigidResult.fixed_to_moving`; the
+  wrapper inverts it with SimpleITK).
 * ``grid_sample`` wants normalised coordinates in (x, y, z) = (column, row, slice) order of a
   (N, C, D, H, W) = (slices, rows, columns) tensor: index ``i`` (fastest axis) is ``x``.
   ``align_corners=True``: -1 and +1 are the centres of the first and last voxel.
@@ -65,7 +60,7 @@ __all__ = [
 ]
 
 #: Geometric tolerance (mm) of the "which image has the thicker slices" decision; the same value
-#: as ``operators.spatial.registration._TOL_MM`` (not imported: that module needs SimpleITK).
+#: as :data:`operators.spatial.grid.TOL_MM` (not imported: that module needs SimpleITK).
 _TOL_MM = 1e-3
 
 
@@ -179,7 +174,7 @@ def foreground_mask(image: ArrayImage, dilate_mm: float) -> np.ndarray:
         return fg
     radius = [max(1, int(round(dilate_mm / sp))) for sp in image.spacing][::-1]  # (z, y, x), the array's order!
     # Only the foreground's bounding box grown by the radius can change: the distance transform
-    # runs there (0.5 s instead of 1.8 s on a 1 mm BraTS volume).
+    # runs there only.
     box = []
     for axis, r in enumerate(radius):
         present = np.nonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))[0]
@@ -204,7 +199,7 @@ def euler_matrix(angles: Sequence[float]) -> np.ndarray:
 
 
 def euler_affine(angles: Sequence[float], translation: Sequence[float],
-                 centre_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                 centre_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """``(A, o)`` with ``T(x) = A @ x + o`` for ``T(x) = R (x - c) + c + t`` (LPS mm)."""
     a = euler_matrix(angles)
     c = np.asarray(centre_mm, dtype=np.float64)
@@ -217,12 +212,24 @@ def invert_affine(a: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def rigid_error(estimated: tuple[np.ndarray, np.ndarray], truth: tuple[np.ndarray, np.ndarray],
-                points: np.ndarray | Sequence[Sequence[float]]) -> tuple[float, float]:  # fmt: skip
-    """:func:`operators.spatial.registration.transform_error` without SimpleITK.
+                points: np.ndarray | Sequence[Sequence[float]]) -> tuple[float, float]:
+    """How far apart two rigid transforms are: an evaluation helper, without SimpleITK (the
+    registration does not use it; the tests and the GPU check measure with it).
 
-    ``estimated`` and ``truth`` are ``(A, o)`` pairs (both fixed -> moving); ``points`` ``(N, 3)``
-    LPS mm (e.g. the brain box corners). Returns ``max_i |est(p_i) - truth(p_i)|`` (mm) and the
-    rotation angle of ``A_est^T A_true`` (degrees).
+    Parameters
+    ----------
+    estimated, truth
+        ``(A, o)`` pairs, ``T(x) = A @ x + o`` (``A`` (3, 3), ``o`` (3,), LPS mm), both
+        fixed -> moving.
+    points
+        ``(N, 3)`` LPS points (mm) to compare at, e.g. the corners of the brain's bounding box.
+
+    Returns
+    -------
+    max_displacement_mm
+        ``max_i |est(p_i) - truth(p_i)|`` (mm).
+    rotation_error_deg
+        Rotation angle of ``A_est^T A_true`` (degrees, in [0, 180]).
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     (ae, oe), (at, ot) = estimated, truth
@@ -268,7 +275,7 @@ def _normaliser(image: ArrayImage, torch_device: Any) -> tuple[Any, Any]:
     a = scale[:, None] * to_index
     b = -a @ origin - 1.0
     return (torch.tensor(a, dtype=torch.float32, device=torch_device),
-            torch.tensor(b, dtype=torch.float32, device=torch_device))  # fmt: skip
+            torch.tensor(b, dtype=torch.float32, device=torch_device))
 
 
 def _intensity_range(array: np.ndarray) -> tuple[float, float]:
@@ -372,14 +379,14 @@ def register_rigid_arrays(
     domain, other = (moving_f, fixed_f) if inverse else (fixed_f, moving_f)
     c_domain = centre(domain)
     mask_full = ArrayImage(foreground_mask(domain, auto_mask_mm).astype(np.float32), domain.spacing, domain.origin,
-                           domain.direction)  # fmt: skip
+                           domain.direction)
     params = torch.zeros(6, dtype=torch.float32, device=torch_device, requires_grad=True)  # ax ay az, t/10 (cm)
     c = torch.tensor(np.asarray(c_domain, dtype=np.float64), dtype=torch.float32, device=torch_device)
     per_level: list[int] = []
     losses: list[float] = []
     generator = np.random.default_rng(seed)
     for level_mm, n_samples, n_iter, lr in zip(level_spacings_mm, samples_per_level, iterations_per_level,
-                                               learning_rates):  # fmt: skip
+                                               learning_rates):
         d_img, o_img = block_average(domain, level_mm), block_average(other, level_mm)
         mask = block_average(mask_full, level_mm).array > 0.5  # (Z, Y, X)
         zyx = np.argwhere(mask)
@@ -421,5 +428,5 @@ def register_rigid_arrays(
             "samples_per_level": list(samples_per_level), "iterations_per_level": list(iterations_per_level),
             "learning_rates": list(learning_rates), "histogram_bins": histogram_bins,
             "loss_per_level": losses, "torch": torch.__version__,
-        },  # fmt: skip
+        },
     )
