@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from engines.model import cascade as C
+from engines.model.brats_cases import load_case
 from engines.runtimes.base import InferenceEngine
 from tests.conftest import BRATS_CASES
 
@@ -250,18 +251,6 @@ def test_fuse_labels() -> None:
 # ----------------------------------------------------------------------------- real data
 
 
-def load_case(brats_dir: Path, case: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """(4, Z, Y, X) FLAIR, T1, T1ce, T2; seg (Z, Y, X); spacing in (Z, Y, X) order, mm."""
-    import SimpleITK as sitk
-
-    d = brats_dir / case
-    imgs = [sitk.ReadImage(str(d / f"{case}_{m}.nii.gz")) for m in ("flair", "t1", "t1ce", "t2")]
-    vols = np.stack([sitk.GetArrayFromImage(i) for i in imgs])
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case}_seg.nii.gz")))
-    spacing = tuple(float(s) for s in imgs[0].GetSpacing()[::-1])  # (x,y,z) -> (Z, Y, X)
-    return vols, seg, spacing  # type: ignore[return-value]
-
-
 @pytest.fixture(scope="module")
 def onnx_models(models_dir: Path) -> Path:
     """The session's model folder (built once for the whole suite)."""
@@ -288,7 +277,7 @@ def test_real_case_cropped_end_to_end(brats_dir: Path, onnx_models: Path) -> Non
     from benchmarks.evaluation import brats_metrics
 
     case = "Brats18_TCIA02_135_1"
-    vols, seg, spacing = load_case(brats_dir, case)
+    vols, seg, spacing = load_case(brats_dir / case)
     pre = C.preprocess(vols, (True,) * 4, seed=0)
     seg_box = seg[C.box_slices(pre.brain_box)]
     centre = [int(np.mean(ix)) for ix in np.nonzero(seg_box > 0)]
@@ -360,7 +349,7 @@ def test_all_cases_and_missing_modalities(brats_dir: Path, onnx_models: Path) ->
     eng = _engine(onnx_models)
     rows: list[tuple[str, str, dict[str, dict[str, float]], float]] = []
     for case in BRATS_CASES:
-        vols, seg, spacing = load_case(brats_dir, case)
+        vols, seg, spacing = load_case(brats_dir / case)
         scenarios = {"all": (True,) * 4, **MPA_SCENARIOS}
         for scen, avail in scenarios.items():
             t0 = time.process_time()

@@ -16,11 +16,10 @@ the model grid (1 mm, identity direction in LPS).
   reference (MNI152 registration; kept as the fallback and for comparison).
 
 Tumour safety: HD-BET's mask is the brain including the tumour; holes are filled (necrotic
-cavities). Measured on the 8 BraTS T1ce volumes (fast mode, the app's mask): tumour kept
-99.77-100 %, the mask 0.3-2.4 % larger than the BraTS mask (Dice 0.972-0.981). A one-voxel
-dilation (tried: a mask that cuts off tumour is worse than one that keeps a rim of CSF) would
-take the tumour kept to 99.95-100 % but cost ~0.01 Dice (0.962-0.972), so it is not applied:
-:data:`SAFETY_MARGIN_MM` = 0.
+cavities). A dilation would keep a little more tumour at the price of a rim of CSF and a lower
+brain Dice; it is not applied (:data:`SAFETY_MARGIN_MM` = 0; the measurements behind that choice
+are in README.md, "Brain extraction"). A mask under :data:`MIN_BRAIN_ML` is no brain found:
+the study is refused (:class:`operators.errors.NoBrainFoundError`).
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Is a study already skull-stripped? Decided from what stripping leaves, on every series.
 
 The fraction of exactly-zero voxels alone is not evidence: a fat-suppressed or
-background-suppressed scanner image can be 30-50 % exact zeros with the skull on (the GE 3D
-T1 MP-RAGE of ``real-mr-dicom`` has 0.477), and a wide field of view makes any image mostly
-background. Stripping leaves a specific pattern; a series counts as stripped only when all of
+background-suppressed scanner image can be 30-50 % exact zeros with the skull on, and a wide
+field of view makes any image mostly background. Stripping leaves a specific pattern; a series counts as stripped only when all of
 these hold (thresholds in :data:`CRITERIA`, measured values recorded in ``report.json``):
 
 ``zero_fraction``
@@ -20,23 +19,21 @@ these hold (thresholds in :data:`CRITERIA`, measured values recorded in ``report
     crop or a slab cuts the head there whatever the slice orientation (the first / last slice
     of an axial series, the top / bottom rows of a coronal or sagittal one).
 ``region_ml``
-    the region (holes filled) is brain-sized, <= 2100 ml (adult brain ~1.0-1.8 l; the 8 BraTS
-    cases 1174-1524 ml); a head with its scalp is larger (TCGA-FG-6692 with its air set to
-    exact 0: 2190-2860 ml in a 143 mm slab).
+    the region (holes filled) is brain-sized, <= 2100 ml (an adult brain is about 1.0-1.8 l);
+    a head with its scalp is larger.
 ``dark_band_fraction``
     no tissue layer outside a signal-void layer: at 3-13 mm inside the region's outer surface
     (the first / last slice does not count as surface) <= 3 % of the voxels are darker than
     0.15 x the median deeper than 15 mm. On a stripped brain that band is cortex and white
-    matter (BraTS: 0.000-0.017); with the scalp kept it holds the skull's signal void
-    (TCGA-FG-6692 with the air zeroed: 0.038-0.091).
+    matter; with the scalp kept it holds the skull's signal void.
 
 The study is "stripped" only when every series is (``consistent``: all series agree);
 anything else runs brain extraction (on a stripped brain HD-BET returns the brain again, so
 a wrong "not stripped" costs time, a wrong "stripped" feeds the scalp to the network).
 
-Measured (``python -m operators.spatial.skull_stripped`` prints these for the shared data):
-BraTS 8 cases x 4 series all stripped; TCGA-FG-6692 (all 4) and both real-mr-dicom T1
-series not stripped (side-face nonzero 0.11-0.75, several components).
+The thresholds were set on the shared data (BraTS cases, a skull-on TCGA exam, real scanner
+T1 series); ``python -m operators.spatial.skull_stripped [shared folder]`` prints the values
+there, README.md ("Brain extraction") quotes them.
 
 Arrays are ``(Z, Y, X)`` (``sitk.GetArrayViewFromImage``); axis 0 is the slice axis of a
 series read from DICOM, so the "side faces" are the faces of axes 1 and 2.
