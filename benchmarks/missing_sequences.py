@@ -48,7 +48,16 @@ import numpy as np
 
 from benchmarks.evaluation import brats_metrics
 from engines.model.brats_cases import load_case
-from engines.model.cascade import PostProcessing, refuse, segment_brats_full
+from engines.model.cascade import (
+    CascadePredictor,
+    CascadeResult,
+    PostProcessing,
+    box_slices,
+    fuse_labels,
+    preprocess,
+    relative_box,
+    stage_mask,
+)
 from engines.model.missing.fills import FILLS, stage_inputs
 from engines.model.missing.strategies import (
     ALL_FOUR,
@@ -105,6 +114,7 @@ class Measurer:
     def __init__(self, cases_dir: Path, engine: Any, runs: Runs, assets: Path) -> None:
         self.cases_dir = cases_dir
         self.engine = engine
+        self.predictor = CascadePredictor(engine)
         self.runs = runs
         self.assets = assets
         self._fill_models: tuple[Any, Any] | None = None  # loaded when a fill first needs them
@@ -137,28 +147,53 @@ class Measurer:
             self._fill_models = load_fill_models(self.assets)
         references, synthesiser = self._fill_models or (None, None)
         t0 = time.perf_counter()
-        res = segment_brats_full(
-            vols, available, self.engine, seed=0,
-            fill=lambda pre: stage_inputs(pre.image, pre.brain_mask, pre.available, fills, pre.seed,
-                                          references, synthesiser),
-        )  # fmt: skip
+        pre = preprocess(vols, available, seed=0)
+        inputs = None
+        if pre.imputed_channels:
+            inputs = stage_inputs(pre.image, pre.brain_mask, pre.available, fills, pre.seed, references, synthesiser)
+        res = self.predictor.predict_preprocessed(pre, inputs)
         seconds = time.perf_counter() - t0
 
         def rounded(labels: np.ndarray) -> dict[str, Any]:
             return {r: {"dice": round(m["dice"], 4), "hd95": None if math.isnan(m["hd95"]) else round(m["hd95"], 2)}
-                    for r, m in brats_metrics(labels, seg, spacing).items()}  # fmt: skip
+                    for r, m in brats_metrics(labels, seg, spacing).items()}
 
         # The same networks' masks fused under both core rules (item 4: the rule that drops a core
         # lying mostly outside the whole tumour, revisited per subset).
+        keep_core = labels_under_rules(res, pre.brain_mask, PostProcessing(keep_core_outside_whole=True))
         row = {"case": case, "subset": subset, "fills": dict(fills), "seconds": round(seconds, 1),
                "engine": self.engine.describe().get("name", type(self.engine).__name__),
-               "metrics": rounded(res.labels),
-               "metrics_keep_core": rounded(refuse(res, PostProcessing(keep_core_outside_whole=True)))}  # fmt: skip
+               "metrics": rounded(res.labels), "metrics_keep_core": rounded(keep_core)}
         self.runs.add(row)
         self.done += 1
         log.info("%s %s wt=%s core=%s: Dice WT %.3f TC %.3f ET %.3f (%.0f s)", case, subset, fills["wt"],
-                 fills["core"], *(row["metrics"][r]["dice"] for r in REGIONS), seconds)  # fmt: skip
+                 fills["core"], *(row["metrics"][r]["dice"] for r in REGIONS), seconds)
         return row
+
+
+def stage_masks(result: CascadeResult, brain_mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The WT, TC and EN masks of ``result`` as its predictor fused them: bool, in the brain box.
+
+    ``brain_mask``: the run's :attr:`engines.model.cascade.Preprocessed.brain_mask`, bool
+    ``(z, y, x)`` of the brain box (``result.stage_boxes["wt"]``); every mask has its shape.
+    """
+    brain_box = result.stage_boxes["wt"]
+    masks: dict[str, np.ndarray] = {}
+    for stage, probability in result.probabilities.items():
+        sl = box_slices(relative_box(result.stage_boxes[stage], brain_box))
+        mask = np.zeros(brain_mask.shape, dtype=bool)
+        mask[sl] = stage_mask(probability, brain_mask[sl])
+        masks[stage] = mask
+    return masks
+
+
+def labels_under_rules(result: CascadeResult, brain_mask: np.ndarray, rules: PostProcessing) -> np.ndarray:
+    """``result``'s stage masks (:func:`stage_masks`) fused under ``rules`` without running a
+    network: uint8 ``(Z, Y, X)`` BraTS labels of ``result.labels``' shape."""
+    masks = stage_masks(result, brain_mask)
+    labels = np.zeros(result.labels.shape, dtype=np.uint8)
+    labels[box_slices(result.stage_boxes["wt"])] = fuse_labels(masks["wt"], masks["tc"], masks["en"], rules)
+    return labels
 
 
 def mean_metric(rows: Iterable[dict[str, Any]], region: str, metric: str = "dice", keep_core: bool = False) -> float | None:
@@ -187,7 +222,7 @@ def choose(rows_by_fill: dict[str, list[dict[str, Any]]], t1ce_available: bool =
 
         qualifying = {f: score(m) for f, m in means.items() if f != "zero"
                       and score(m) > score(zero) + MIN_GAIN
-                      and not any(m[r] < zero[r] - MAX_LOSS for r in guard_regions)}  # fmt: skip
+                      and not any(m[r] < zero[r] - MAX_LOSS for r in guard_regions)}
         return max(qualifying, key=qualifying.__getitem__) if qualifying else "zero"
 
     core_score = ("TC", "ET") if t1ce_available else ("TC",)
@@ -304,7 +339,7 @@ def summarise(runs: Runs, choices: dict[str, Any]) -> dict[str, Any]:
         chosen = zero if s == ALL_FOUR else ({"wt": ch["wt"], "core": ch["core"]} if ch else None)
         keep = bool(ch and ch.get("keep_core_outside_whole"))
         entry: dict[str, Any] = {"fills": chosen, "keep_core_outside_whole": keep,
-                                 "selection_means": ch["selection_means"] if ch else None}  # fmt: skip
+                                 "selection_means": ch["selection_means"] if ch else None}
         for label, fills, k in (("chosen", chosen, keep), ("zero", zero, False)):
             for split, cases in (("held_out", HELD_OUT_CASES), ("selection", SELECTION_CASES)):
                 rows = [runs.get(c, s, fills) for c in cases] if fills else []
@@ -321,7 +356,7 @@ def summarise(runs: Runs, choices: dict[str, Any]) -> dict[str, Any]:
 def markdown_table(summary: dict[str, Any]) -> str:
     """Held-out mean Dice (HD95 mm) per region, zero fill vs the chosen fills, per subset."""
     lines = ["| sequences | fills (WT / TC+EN) | zero fill: Dice WT / TC / ET | chosen: Dice WT / TC / ET "
-             "| chosen: HD95 WT / TC / ET (mm) |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| chosen: HD95 WT / TC / ET (mm) |", "| --- | --- | --- | --- | --- |"]
 
     def dice(m: dict[str, Any] | None) -> str:
         return " / ".join(f"{m[r]['dice']:.3f}" for r in REGIONS) if m else "not measured"
@@ -391,7 +426,7 @@ def write_strategy_table(summary: dict[str, Any], path: Path, engine_name: str, 
         "engine": engine_name,
         "command": command,
         "subsets": subsets,
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(doc, indent=1) + "\n")
 
 

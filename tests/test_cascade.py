@@ -1,4 +1,4 @@
-"""Tests of the cascade protocol (engines.model.cascade).
+"""Tests of the cascade protocol (engines.model.cascade, :class:`CascadePredictor` and its modules).
 
 (a) fast unit tests on small synthetic arrays with a fake engine;
 (b) one real case through the real networks (ONNX Runtime), cropped around the tumour,
@@ -101,7 +101,7 @@ def test_predict_view_tiling_batches_and_padding(depth: int) -> None:
     rng = np.random.default_rng(1)
     vol = rng.standard_normal((4, depth, 22, 18)).astype(np.float32)
     eng = EchoEngine()
-    prob = C.predict_view(eng, "tc32", vol, (24, 20), np.random.default_rng(2), (True,) * 4)
+    prob = C.CascadePredictor(eng).predict_view("tc32", vol, (24, 20), np.random.default_rng(2), (True,) * 4).probability
     np.testing.assert_allclose(prob, _sigmoid(vol[0]), rtol=0, atol=1e-6)
     n_slabs = len(C.slab_starts(depth))
     assert len(eng.batches) == math.ceil(n_slabs / C.BATCH_SIZE)
@@ -113,12 +113,12 @@ def test_predict_view_tiling_batches_and_padding(depth: int) -> None:
         assert abs(float(last[k].mean())) < 0.1 and 0.8 < float(last[k].std()) < 1.2
 
 
-def test_run_stage_views_round_trip() -> None:
+def test_predict_stage_views_round_trip() -> None:
     """Each view's transpose is undone: the echo stage returns sigmoid(channel 0) in (Z, Y, X)."""
     rng = np.random.default_rng(3)
     img = rng.standard_normal((4, 14, 26, 21)).astype(np.float32)
     eng = EchoEngine()
-    p = C.run_stage(eng, "wt", img, seed=0)
+    p = C.CascadePredictor(eng).predict_stage("wt", img, seed=0).probability
     np.testing.assert_allclose(p, _sigmoid(img[0]), atol=1e-6)
     shapes = {net: b.shape for net, b in eng.batches}
     # axial (D,H,W)=(Z,Y,X); sagittal (X,Z,Y); coronal (Y,Z,X); WT base patches from the README.
@@ -288,13 +288,13 @@ def test_real_case_cropped_end_to_end(brats_dir: Path, onnx_models: Path) -> Non
     )
     sub = pre.crop(box)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    res = C.segment_preprocessed(sub, _engine(onnx_models))
+    res = C.CascadePredictor(_engine(onnx_models)).predict_preprocessed(sub)
     dt = time.perf_counter() - t0
     ref = seg[C.box_slices(sub.brain_box)]
     got = res.labels[C.box_slices(sub.brain_box)]
     m = brats_metrics(got, ref, spacing)
     print(f"\n[real-crop] {case} {sub.brain_box}: {dt:.0f} s; "
-          + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f}" for r, v in m.items()))  # fmt: skip
+          + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f}" for r, v in m.items()))
     assert set(np.unique(res.labels)) <= {0, 1, 2, 4}
     outside = np.ones(seg.shape, dtype=bool)
     outside[C.box_slices(sub.brain_box)] = False
@@ -360,7 +360,7 @@ def test_all_cases_and_missing_modalities(brats_dir: Path, onnx_models: Path) ->
     print("\ncase                  scenario        WT Dice  TC Dice  ET Dice  WT HD95  TC HD95  ET HD95   CPU s")
     for case, scen, m, cpu in rows:
         print(f"{case:22s}{scen:16s}" + "".join(f"{m[r]['dice']:9.3f}" for r in ("WT", "TC", "ET"))
-              + "".join(f"{m[r]['hd95']:9.1f}" for r in ("WT", "TC", "ET")) + f"{cpu:8.0f}")  # fmt: skip
+              + "".join(f"{m[r]['hd95']:9.1f}" for r in ("WT", "TC", "ET")) + f"{cpu:8.0f}")
     for scen in ["all", *MPA_SCENARIOS]:
         means = {r: float(np.mean([m[r]["dice"] for _, s, m, _ in rows if s == scen])) for r in ("WT", "TC", "ET")}
         print(f"mean {scen:16s} " + " ".join(f"{r} {v:.3f}" for r, v in means.items()))

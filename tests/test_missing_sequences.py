@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.model.cascade import STAGE_ORDER, preprocess, segment_preprocessed, smoke_stages
+from engines.model.cascade import STAGE_ORDER, CascadePredictor, preprocess, smoke_stages
 from engines.model.missing.fills import (
     FILLS,
     QUANTILE_LEVELS,
@@ -135,7 +135,7 @@ def test_cascade_feeds_each_stage_group_its_own_fill() -> None:
     pre = _crop(available=T1CE_T2)
     inputs = stage_inputs(pre.image, pre.brain_mask, pre.available, {"wt": "copy", "core": "zero"}, 0)
     engine = _RecordingEngine()
-    res = segment_preprocessed(pre, engine, stages=smoke_stages(16), inputs=inputs)
+    res = CascadePredictor(engine, smoke_stages(16)).predict_preprocessed(pre, inputs)
     assert res.fills == {"wt": "copy", "core": "zero"}
     wt_nets = smoke_stages(16)["wt"].networks.values()
     core_nets = [n for s in STAGE_ORDER[1:] for n in smoke_stages(16)[s].networks.values()]
@@ -143,7 +143,7 @@ def test_cascade_feeds_each_stage_group_its_own_fill() -> None:
     assert all(v == 0.0 for n in core_nets for v in engine.seen[n])  # FLAIR channel zero
     bad = {"wt": inputs["wt"], "core": type(inputs["wt"])(pre.image[:, :-1], (True,) * 4, "copy")}
     with pytest.raises(ValueError, match="stage input 'core'"):
-        segment_preprocessed(pre, engine, stages=smoke_stages(16), inputs=bad)
+        CascadePredictor(engine, smoke_stages(16)).predict_preprocessed(pre, bad)
 
 
 def test_synthesiser_slabs_equal_one_pass_and_fill_is_standardised(tmp_path: Path) -> None:
@@ -188,9 +188,9 @@ def test_synthesis_training_quick_mode_is_deterministic(brats_dir: Path, tmp_pat
     assert isinstance(synth, Synthesiser) and synth.dilations == (1, 2)
     # Another architecture is recorded in the manifest and loaded back with it.
     assert main(["--cases", str(case), "--out", str(tmp_path / "wide"), "--quick", "--threads", "1",
-                 "--dilations", "1,2,4", "--features", "8"]) == 0  # fmt: skip
+                 "--dilations", "1,2,4", "--features", "8"]) == 0
     assert json.loads((tmp_path / "wide" / "synthesis_manifest.json").read_text())["architecture"] == {
-        "features": 8, "dilations": [1, 2, 4]}  # fmt: skip
+        "features": 8, "dilations": [1, 2, 4]}
     _, wide = load_fill_models(tmp_path / "wide")
     assert wide.dilations == (1, 2, 4) and wide.net.body[0].out_channels == 8
 
@@ -234,7 +234,7 @@ def test_plan_writes_only_the_regions_at_the_bar_and_says_why_not_the_others() -
     entry = table["subsets"]["FLAIR+T1+T2"]
     entry.update(measured=True, fills={"wt": "copy", "core": "zero"},
                  expected_held_out={"WT": {"dice": 0.9, "hd95": 3.0}, "TC": {"dice": 0.75, "hd95": 5.0},
-                                    "ET": {"dice": 0.2, "hd95": 20.0}})  # fmt: skip
+                                    "ET": {"dice": 0.2, "hd95": 20.0}})
     plan = plan_for((True, True, False, True), table)
     assert plan.subset == "FLAIR+T1+T2" and plan.missing == ["T1ce"]
     assert plan.fills == {"wt": "copy", "core": "zero"}
@@ -258,7 +258,7 @@ def test_plan_writes_only_the_regions_at_the_bar_and_says_why_not_the_others() -
 
 def _expect(table: dict, subset: str, wt: float, tc: float, et: float) -> None:
     table["subsets"][subset].update(measured=True, expected_held_out={
-        r: {"dice": d, "hd95": 10.0} for r, d in zip(("WT", "TC", "ET"), (wt, tc, et))})  # fmt: skip
+        r: {"dice": d, "hd95": 10.0} for r, d in zip(("WT", "TC", "ET"), (wt, tc, et))})
 
 
 def test_plan_refuses_where_no_region_reaches_the_bar() -> None:
@@ -311,12 +311,13 @@ def test_segmentation_refuses_before_building_an_engine(monkeypatch: pytest.Monk
     assert info.value.exit_code == 2 and info.value.one_line().startswith("insufficient_sequences: only T1ce")
 
 
-def test_refusing_under_the_same_rules_gives_the_same_labels_and_keeping_the_core_keeps_it() -> None:
-    from engines.model.cascade import PostProcessing, fuse_labels, refuse
+def test_fusing_again_under_the_same_rules_gives_the_same_labels_and_keeping_the_core_keeps_it() -> None:
+    from benchmarks.missing_sequences import labels_under_rules
+    from engines.model.cascade import PostProcessing, fuse_labels
 
     pre = _crop(available=T1CE_T2)
-    res = segment_preprocessed(pre, _RecordingEngine(), stages=smoke_stages(16))
-    np.testing.assert_array_equal(refuse(res, PostProcessing()), res.labels)
+    res = CascadePredictor(_RecordingEngine(), smoke_stages(16)).predict_preprocessed(pre)
+    np.testing.assert_array_equal(labels_under_rules(res, pre.brain_mask, PostProcessing()), res.labels)
     # A core found beside a small whole tumour: dropped by the published rule, kept on request.
     wt = np.zeros((30, 30, 30), bool)
     wt[5:20, 5:20, 5:20] = True
@@ -332,7 +333,7 @@ def _rows(**dice_by_region: list[float]) -> list[dict]:
     n = len(next(iter(dice_by_region.values())))
     return [{"metrics": {r: {"dice": v[i], "hd95": 1.0} for r, v in dice_by_region.items()},
              "metrics_keep_core": {r: {"dice": v[i], "hd95": 1.0} for r, v in dice_by_region.items()}}
-            for i in range(n)]  # fmt: skip
+            for i in range(n)]
 
 
 def test_choice_keeps_zero_fill_unless_a_fill_gains_without_losing_a_region() -> None:
@@ -363,12 +364,12 @@ def test_core_is_kept_unless_keeping_it_loses() -> None:
     rows = _rows(WT=[0.5, 0.6], TC=[0.0, 0.8], ET=[0.0, 0.7])
     assert choose_core_rule(rows)  # same masks under both rules: a tie keeps the core
     rows[1]["metrics_keep_core"] = {"WT": {"dice": 0.6, "hd95": 1.0}, "TC": {"dice": 0.7, "hd95": 1.0},
-                                    "ET": {"dice": 0.6, "hd95": 1.0}}  # fmt: skip
+                                    "ET": {"dice": 0.6, "hd95": 1.0}}
     assert not choose_core_rule(rows)  # keeping it costs TC and ET
     rows = _rows(WT=[0.5, 0.6], TC=[0.0, 0.8], ET=[0.0, 0.7])
     for r in rows[:1]:
         r["metrics_keep_core"] = {"WT": {"dice": 0.55, "hd95": 1.0}, "TC": {"dice": 0.8, "hd95": 1.0},
-                                  "ET": {"dice": 0.7, "hd95": 1.0}}  # fmt: skip
+                                  "ET": {"dice": 0.7, "hd95": 1.0}}
     assert choose_core_rule(rows)
     rows[1]["metrics_keep_core"]["WT"]["dice"] = 0.4  # ... but not at the cost of WT
     assert not choose_core_rule(rows)

@@ -44,7 +44,7 @@ CROP = (40, 48, 48)  # Z, Y, X around the tumour: one batch per view and stage
 def triton_install() -> object:
     """``.venv-triton`` (installed here when missing: CI runs on a clean clone)."""
     proc = subprocess.run(["bash", "scripts/bootstrap_triton.sh"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+                          timeout=900)
     assert proc.returncode == 0, f"bootstrap_triton.sh failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     return find_triton()
 
@@ -81,11 +81,11 @@ def _stats(server: TritonServer) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def remote_run(triton: TritonServer, small_study: Path, models_dir: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> tuple[AppRun, dict[str, int]]:  # fmt: skip
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[AppRun, dict[str, int]]:
     """The app with ``-t`` on the 12-slice study; also returns the server's request counts it caused."""
     before = _stats(triton)
     run = run_app(small_study, tmp_path_factory.mktemp("out_remote"), models_dir,
-                  extra_args=["-t", triton.http_url], timeout=1500)  # fmt: skip
+                  extra_args=["-t", triton.http_url], timeout=1500)
     after = _stats(triton)
     return run, {n: after[n] - before.get(n, 0) for n in after}
 
@@ -220,20 +220,20 @@ def test_inference_timeout_is_bounded(triton: TritonServer, models_dir: Path) ->
 
 
 def test_cascade_stage_remote_equals_local_on_a_real_case(triton: TritonServer, models_dir: Path,
-                                                         brats_dir: Path) -> None:  # fmt: skip
+                                                         brats_dir: Path) -> None:
     """The cascade's tumour-core stage (three views, protocol batches with noise padding) on a
     real case: remote and local probabilities bit-identical. (The whole cascade through the
     app: the slow ``test_app_remote_seg_equals_local_seg``; WT-sized batches are too slow for
     the default suite on 2 cores.)"""
     from benchmarks.run import crop_to_tumour, load_case
-    from engines.model.cascade import preprocess, run_stage
+    from engines.model.cascade import CascadePredictor, preprocess
     from engines.runtimes.onnx_engine import OnnxRuntimeEngine
 
     vols, seg = crop_to_tumour(*load_case(brats_dir / CASE)[:2], CROP)
     pre = preprocess(vols, (True,) * 4, seed=0)
     remote = TritonEngine(models_dir, url=triton.http_url, timeout_s=300)
-    p_remote = run_stage(remote, "tc", pre.image, seed=0)
-    p_local = run_stage(OnnxRuntimeEngine(models_dir), "tc", pre.image, seed=0)
+    p_remote = CascadePredictor(remote).predict_stage("tc", pre.image, seed=0).probability
+    p_local = CascadePredictor(OnnxRuntimeEngine(models_dir)).predict_stage("tc", pre.image, seed=0).probability
     assert (p_local > 0.5).sum() > 1000  # a real tumour core, not two empty maps
     np.testing.assert_array_equal(p_remote, p_local)
     assert remote.calls == 3  # one protocol batch per view
@@ -271,7 +271,7 @@ def test_app_with_server_down_fails_with_exit_5(small_study: Path, models_dir: P
 
 @pytest.mark.slow
 def test_app_remote_seg_equals_local_seg(remote_run: tuple[AppRun, dict[str, int]], small_study: Path,
-                                         models_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+                                         models_dir: Path, tmp_path: Path) -> None:
     """Slow (a second, local, app run: several minutes on 2 cores)."""
     import pydicom
 
@@ -302,7 +302,7 @@ def test_benchmark_remote_engine(triton_install: object, brats_dir: Path, models
     out = tmp_path / "bench"
     rc = main(["--cases", str(cases), "--engines", "onnxruntime", "--e2e-engines", "onnxruntime", "--out", str(out),
                "--models", str(models_dir), "--quick", "--crop", ",".join(map(str, CROP)),
-               "--latency-shape", "5,4,19,32,32", "--triton", "--triton-concurrency", "1,2"])  # fmt: skip
+               "--latency-shape", "5,4,19,32,32", "--triton", "--triton-concurrency", "1,2"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     tri = res["triton"]
