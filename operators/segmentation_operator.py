@@ -9,7 +9,7 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from engines.model.cascade import DegenerateInputError, PostProcessing, Preprocessed
+from engines.model.cascade import CascadePredictor, DegenerateInputError, PostProcessing, Preprocessed
 from engines.model.missing.fills import StageInput, stage_inputs
 from engines.model.missing.strategies import (
     StrategyTableError,
@@ -59,7 +59,7 @@ class SegmentationOperator(Operator):
 
     def __init__(self, fragment: Fragment, *args, model_dir: Path, engine: str = "auto", seed: int = 0,
                  triton_server: str = "", triton_timeout_s: float = 300.0, rules: PostProcessing = PostProcessing(),
-                 cache_dir: Path | None = None, write_unreliable_regions: bool = False, **kwargs):  # fmt: skip
+                 cache_dir: Path | None = None, write_unreliable_regions: bool = False, **kwargs):
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.write_unreliable_regions = write_unreliable_regions
         self.model_dir = Path(model_dir)
@@ -84,7 +84,7 @@ class SegmentationOperator(Operator):
         outcome = segment(model_input, self.model_dir, self.engine_name, self.seed, self._logger,
                           triton_server=self.triton_server, triton_timeout_s=self.triton_timeout_s,
                           rules=self.rules, cache_dir=self.cache_dir,
-                          write_unreliable_regions=self.write_unreliable_regions)  # fmt: skip
+                          write_unreliable_regions=self.write_unreliable_regions)
         op_output.emit(outcome, "segmentation")
 
 
@@ -101,7 +101,6 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     :class:`operators.errors.InferenceServerError` (one line, exit code 5). The outcome's
     engine description says ``"inference": "remote"`` or ``"local"``.
     """
-    from engines.model.cascade import segment_brats_full
     from engines.runtimes.triton_engine import TritonError
 
     t0 = time.perf_counter()
@@ -128,8 +127,8 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
     if plan is not None and plan.keep_core_outside_whole:
         rules = dataclasses.replace(rules, keep_core_outside_whole=True)
     try:
-        result = segment_brats_full(model_input.volumes, model_input.available, engine, seed=seed, progress=progress,
-                                    rules=rules, fill=fill)  # fmt: skip
+        predictor = CascadePredictor(engine, rules=rules)
+        result = predictor.predict(model_input.volumes, model_input.available, seed=seed, fill=fill, progress=progress)
     except TritonError as exc:  # the cascade's prepare() checks the server first; or it failed mid-run
         raise InferenceServerError(str(exc)) from exc
     except DegenerateInputError as exc:  # the cascade's normalisation refuses degenerate channels
@@ -172,7 +171,7 @@ def missing_sequence_plan(
     logger.warning("Missing sequences %s: sequences %s, WT stage fed %s, TC / EN stages fed %s%s (%s)", missing,
                    plan.subset, plan.fills["wt"], plan.fills["core"],
                    ", a core outside the whole tumour kept" if plan.keep_core_outside_whole else "",
-                   "measured" if plan.measured else "not measured: zero fill")  # fmt: skip
+                   "measured" if plan.measured else "not measured: zero fill")
     for line in plan.warnings:
         logger.warning("Missing sequences: %s", line)
     needs = set(plan.fills.values())
