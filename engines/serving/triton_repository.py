@@ -29,7 +29,7 @@ and ``<out>/<net>/<version>/...``:
 
 Shapes: the protocol fixes N = 5 slabs, C = 4 channels, D = 19 input / 11 output slices and 2
 classes; the in-plane size is ``max(round_up(size, 4), base patch)`` of the box being
-segmented (:func:`engines.model.cascade.inplane_patch`), so H and W are ``-1`` (variable, at least
+segmented (:func:`engines.model.cascade.tiling.inplane_patch`), so H and W are ``-1`` (variable, at least
 the base patch: WT 180 x 160 / 160 x 180 / 160 x 160, TC and EN 96 x 96; at most 240 on the
 BraTS grid).
 
@@ -49,7 +49,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engines.model.cascade import BATCH_SIZE as BATCH
+from engines.model.cascade.config import BATCH_SIZE as BATCH
+from engines.model.cascade.config import IN_SLICES, OUT_SLICES, protocol_shape
 from engines.model.weights import NETWORKS
 from engines.runtimes.base import INPUT_NAME, OUTPUT_NAME
 from engines.runtimes.engine_cache import file_sha256
@@ -57,14 +58,9 @@ from engines.runtimes.engine_cache import file_sha256
 log = logging.getLogger(__name__)
 
 FLAVOURS = ("python", "onnxruntime", "tensorrt")
-IN_SLICES = 19  # engines.model.cascade.IN_SLICES
-OUT_SLICES = 11
 PYTHON_MAX_BATCH = 20
-#: Base in-plane patch (H, W) per network (engines.model.cascade.STAGES) and the largest on the BraTS grid.
-BASE_HW: dict[str, tuple[int, int]] = {
-    "wt32": (180, 160), "wt32sg": (160, 180), "wt32cr": (160, 160),
-    **{n: (96, 96) for n in ("tc32", "tc32sg", "tc32cr", "en32", "en32sg", "en32cr")},
-}  # fmt: skip
+#: The largest in-plane patch on the BraTS grid (the smallest: each network's base patch,
+#: :func:`engines.model.cascade.config.protocol_shape`).
 MAX_HW = 240
 #: Files of the project copied into each Python-backend model version (self-contained), relative
 #: to the ``engines`` package: the ONNX Runtime engine, its interface and their package files.
@@ -140,7 +136,7 @@ def config_pbtxt(
 def _build_plans_script(networks: Sequence[str], version: int) -> str:
     rows = []
     for n in networks:
-        h, w = BASE_HW[n]
+        h, w = protocol_shape(n)[3:]
         rows.append(
             f"trtexec --onnx={n}/{n}.onnx --saveEngine={n}/{version}/model.plan "
             f"--minShapes={INPUT_NAME}:{BATCH}x4x{IN_SLICES}x{h}x{w} "
@@ -199,7 +195,7 @@ def generate(
     summary: dict[str, Any] = {
         "flavour": flavour, "version": version, "dynamic_batching": dynamic_batching and flavour == "python",
         "instances": instances, "generator": GENERATOR, "source_models": str(models), "networks": {},
-    }  # fmt: skip
+    }
     for net in networks:
         onnx = models / f"{net}.onnx"
         digest = manifest["networks"][net]["sha256"][f"{net}.onnx"]
@@ -227,7 +223,7 @@ def generate(
     summary["seconds"] = time.perf_counter() - t0
     (out / "repository.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("Triton repository (%s) for %d networks written to %s in %.1f s",
-             flavour, len(networks), out, summary["seconds"])  # fmt: skip
+             flavour, len(networks), out, summary["seconds"])
     return summary
 
 
