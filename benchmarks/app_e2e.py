@@ -77,7 +77,7 @@ def summarise(walls: Sequence[float], reports: Sequence[dict[str, Any]]) -> dict
             / total_p50 if total_p50 else 0.0),
         "amdahl_bound_zero_time_network": (total_p50 / pre_post) if pre_post > 0 else None,
         "engine": reports[-1].get("segmentation", {}).get("engine", {}).get("name"),
-    }  # fmt: skip
+    }
 
 
 class ShapeRecordingEngine(InferenceEngine):
@@ -129,7 +129,7 @@ def count_network_flops(study: Path, models: Path) -> dict[str, Any]:
     hd_shape = (brain.get("hd_bet") or {}).get("network_input_shape")
     return {"cascade_gflop": round(cascade, 1), "cascade_calls": sum(calls.values()),
             "hd_bet_gflop": round(network_gflop(tuple(hd_shape)), 1) if hd_shape else None,
-            "hd_bet_input_shape": hd_shape}  # fmt: skip
+            "hd_bet_input_shape": hd_shape}
 
 
 def network_rates(summary: dict[str, Any], reports: Sequence[dict[str, Any]], flops: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"networks: cascade {nets.get('cascade_gflop')} GFLOP at {nets.get('cascade_gflops_per_s')} GFLOP/s "
               f"({nets.get('cascade_share_of_fp32_peak', 0):.0%} of {nets['fp32_peak']['gflops']} GFLOP/s FP32 peak)"
               + (f"; HD-BET {nets['hd_bet_gflop']} GFLOP at {nets.get('hd_bet_gflops_per_s')} GFLOP/s"
-                 if nets.get("hd_bet_gflop") else ""))  # fmt: skip
+                 if nets.get("hd_bet_gflop") else ""))
     bound = summary["amdahl_bound_zero_time_network"]
     print(f"wall p50 {summary['wall_s']['p50']:.1f} s, p95 {summary['wall_s']['p95']:.1f} s; registration + "
           f"resampling {summary['registration_and_resampling_share']:.1%} of the stages; zero-time network bound "

@@ -76,7 +76,7 @@ def run_case(case_dir: Path, models: Path, engine_name: str) -> dict[str, Any]:
         labels[mode] = res.labels
         out[f"{mode}_vs_truth"] = {r: round(m["dice"], 4) for r, m in brats_metrics(res.labels, truth, spacing).items()}
     out["dice_flushed_vs_kept"] = {r: round(_dice(region_mask(labels["flushed"], r), region_mask(labels["kept"], r)), 5)
-                                   for r in REGIONS}  # fmt: skip
+                                   for r in REGIONS}
     out["identical"] = bool(np.array_equal(labels["flushed"], labels["kept"]))
     return out
 
@@ -87,13 +87,13 @@ def markdown(result: dict[str, Any]) -> str:
              f"Command: `{result['command']}`", "",
              "| case | engine | networks flushed s | networks kept s | kept / flushed | labels identical | "
              "Dice flushed vs kept WT / TC / ET | flushed vs truth WT / TC / ET |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         ratio = r["kept_network_s"] / r["flushed_network_s"] if r["flushed_network_s"] else float("nan")
         lines.append(f"| {r['case']} | {r['engine']} | {r['flushed_network_s']:.1f} | {r['kept_network_s']:.1f} | "
                      f"{ratio:.2f} | {'yes' if r['identical'] else 'no'} | "
                      + " / ".join(f"{r['dice_flushed_vs_kept'][k]:.4f}" for k in REGIONS) + " | "
-                     + " / ".join(f"{r['flushed_vs_truth'][k]:.3f}" for k in REGIONS) + " |")  # fmt: skip
+                     + " / ".join(f"{r['flushed_vs_truth'][k]:.3f}" for k in REGIONS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -104,7 +104,7 @@ def measure(cases_dir: Path, channel: int, models: FillModels) -> list[dict[str,
                 filled = fill_image(pre.image, pre.brain_mask, available, fill, pre.seed, references, synthesiser)
                 rows.append({"case": case, "split": "selection" if case in SELECTION_CASES else "held_out",
                              "subset": subset, "fill": fill,
-                             **fill_errors(on_full_grid(pre, filled.image[channel]), real, brain, seg > 0)})  # fmt: skip
+                             **fill_errors(on_full_grid(pre, filled.image[channel]), real, brain, seg > 0)})
         log.info("%s: %d subsets x %d fills (%.0f s)", case, len(subsets), len(COMPARED_FILLS), time.perf_counter() - t0)
     return rows
 
@@ -117,7 +117,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     keys = ("mae", "tumour_z", "bright_outside_tumour", "real_tumour_z", "real_bright_outside_tumour")
     return {split: {subset: {fill: {k: round(float(np.nanmean([r[k] for r in rs])), 4) for k in keys}
                              for fill, rs in by_fill.items()} for subset, by_fill in by_subset.items()}
-            for split, by_subset in out.items()}  # fmt: skip
+            for split, by_subset in out.items()}
 
 
 def figure(cases_dir: Path, case: str, subset: str, channel: int, models: FillModels, path: Path) -> None:
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%s %s: %s", split, subset, "; ".join(
                 f"{f} MAE {m['mae']:.2f}, tumour z {m['tumour_z']:.2f} (real {m['real_tumour_z']:.2f}), bright outside "
                 f"{100 * m['bright_outside_tumour']:.1f}% (real {100 * m['real_bright_outside_tumour']:.1f}%)"
-                for f, m in by_fill.items()))  # fmt: skip
+                for f, m in by_fill.items()))
     return 0
 
 

@@ -116,7 +116,7 @@ PEAK_TFLOPS: dict[str, dict[str, float]] = {
 }
 #: The issue's goals for the FP16 engine on the GPU.
 GOALS = {"speedup_vs_eager": 3.0, "speedup_vs_compile": 1.5, "peak_allocated_ratio": 0.20,
-         "abs_delta_dice": 0.001, "label_agreement": 0.999, "end_to_end_s": 5.0}  # fmt: skip
+         "abs_delta_dice": 0.001, "label_agreement": 0.999, "end_to_end_s": 5.0}
 DEFAULT_CASE = "Brats18_TCIA01_201_1"
 #: Seconds of the budget kept for the quality metrics (MONAI HD95 on the CPU) and the report.
 QUALITY_RESERVE_S = 45.0
@@ -176,7 +176,7 @@ def gpu_peaks(device: str, before: dict[str, float]) -> dict[str, float]:
     free, total = torch.cuda.mem_get_info()
     return {"peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
             "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
-            "device_used_beyond_start_mb": (total - free) / 2**20 - before.get("device_used_mb", 0.0)}  # fmt: skip
+            "device_used_beyond_start_mb": (total - free) / 2**20 - before.get("device_used_mb", 0.0)}
 
 
 def count_flops(networks: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> dict[str, dict[str, float]]:
@@ -225,7 +225,7 @@ def model_file_sizes(models: Path, weights_fp16: Path) -> dict[str, Any]:
         "note": "eager / torch.compile FP32 load the FP32 state dicts; the FP16 engine casts them on load "
                 "(its weights in memory and as a half-precision state dict: fp16_state_dicts_mb); TensorRT "
                 "builds from the FP32 ONNX files (its plan sizes are in the engine's entry when it ran)",
-    }  # fmt: skip
+    }
 
 
 def write_fp16_state_dicts(models: Path, out: Path) -> Path:
@@ -247,7 +247,7 @@ def write_fp16_state_dicts(models: Path, out: Path) -> Path:
 def measure_engine(name: str, registry: str, options: dict[str, Any], args: argparse.Namespace,
                    case: tuple[np.ndarray, np.ndarray], budget: Budget, estimates: dict[str, float],
                    labels: dict[str, dict[str, np.ndarray]], networks: Sequence[str],
-                   with_case: bool) -> dict[str, Any]:  # fmt: skip
+                   with_case: bool) -> dict[str, Any]:
     """Create one engine; latency on the reference batch; the case under each scenario."""
     from engines.model import cascade as C
     from engines.runtimes.registry import create_engine
@@ -280,7 +280,7 @@ def measure_engine(name: str, registry: str, options: dict[str, Any], args: argp
             latency[net] = r
             estimates[f"{name}.network"] = time.perf_counter() - t
             log.info("%s %s %s: first call %.2f s, p50 %.2f ms, p95 %.2f ms (%d/%d)", name, net, list(shape),
-                     r["first_call_s"] or 0, 1e3 * r["p50"], 1e3 * r["p95"], i + 1, len(networks))  # fmt: skip
+                     r["first_call_s"] or 0, 1e3 * r["p50"], 1e3 * r["p95"], i + 1, len(networks))
         res["latency"] = latency
         res["memory_reference_batch"] = gpu_peaks(args.device, before)
         if latency and all("skipped" in v for v in latency.values()):
@@ -309,7 +309,7 @@ def measure_engine(name: str, registry: str, options: dict[str, Any], args: argp
             infer = sum(v for k, v in timings.items() if k.split(".")[0] in C.STAGE_ORDER and "." in k)
             res["case"][scen] = {"wall_s": wall, "preprocess_s": timings["preprocess"], "networks_s": infer,
                                  "postprocess_s": timings["cascade"] - infer,
-                                 "views_s": {k: v for k, v in timings.items() if "." in k}}  # fmt: skip
+                                 "views_s": {k: v for k, v in timings.items() if "." in k}}
             labels.setdefault(name, {})[scen] = out.labels
             log.info("%s case %s: %.1f s (networks %.1f s)", name, scen, wall, infer)
         res["memory_case"] = gpu_peaks(args.device, before_case)
@@ -317,7 +317,7 @@ def measure_engine(name: str, registry: str, options: dict[str, Any], args: argp
     except Exception as exc:  # noqa: BLE001 - recorded; the other engines still run
         log.exception("%s failed", name)
         res.update(status="failed", reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
-                   latency=latency)  # fmt: skip
+                   latency=latency)
     finally:
         del engine
         reset_gpu(args.device)
@@ -329,7 +329,7 @@ def measure_engine(name: str, registry: str, options: dict[str, Any], args: argp
 
 
 def quality(labels: dict[str, dict[str, np.ndarray]], seg: np.ndarray, brain: np.ndarray,
-            spacing: Sequence[float], budget: Budget) -> dict[str, Any]:  # fmt: skip
+            spacing: Sequence[float], budget: Budget) -> dict[str, Any]:
     """Dice / HD95 / sensitivity vs the expert labels; agreement with eager FP32 per scenario."""
     from benchmarks.evaluation import brats_metrics, region_mask
 
@@ -417,7 +417,7 @@ def registration_timing(args: argparse.Namespace, budget: Budget) -> dict[str, A
     def array_image(vol: sv.Volume) -> ArrayImage:
         # !! nibabel's data[i, j, k] -> (Z, Y, X) = data.transpose(2, 1, 0); geometry stays (x, y, z) = (i, j, k)
         return ArrayImage(np.ascontiguousarray(vol.data.transpose(2, 1, 0)), vol.spacing, vol.origin,
-                          tuple(float(v) for v in vol.direction.ravel()))  # fmt: skip
+                          tuple(float(v) for v in vol.direction.ravel()))
 
     vols = sv.load_case(args.case, ["t1ce", "t2"])
     ref = vols["t1ce"]
@@ -478,7 +478,7 @@ def app_end_to_end(args: argparse.Namespace, seg: np.ndarray, budget: Budget, en
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "app", "-i", str(work / "study" / "dicom"), "-o", str(out_dir),
                                "-m", str(args.models), "-w", str(work / "work")],
-                              cwd=repo, env=env, capture_output=True, text=True)  # fmt: skip
+                              cwd=repo, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t
         run: dict[str, Any] = {"exit_code": proc.returncode, "wall_s": wall, "cold": i == 0}
         report_path = out_dir / "report.json"
@@ -549,7 +549,7 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
         "peak_allocated_ratio": p.get("peak_allocated_ratio_vs_eager"),
         "abs_delta_dice": max(deltas) if deltas else None, "label_agreement": min(agreements) if agreements else None,
         "end_to_end_s": (app.get("wall_after_first_s") or {}).get("p50"),
-    }  # fmt: skip
+    }
     for key, target in GOALS.items():
         v = measured[key]
         lower_is_better = key in ("peak_allocated_ratio", "abs_delta_dice", "end_to_end_s")
@@ -580,15 +580,15 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
              f"calls per network, wall clock around engine.run (copies in and out included; [network alone]: "
              f"CUDA events around the graph replay); case {proto['case']}"
              + (f" cropped to {proto['crop']}" if proto.get("crop") else ""),
-             ""]  # fmt: skip
+             ""]
     eng = doc["engines"]
     lines += ["## Model only (MPA table 2)", "",
               "| engine | model files MB | p50 ms (mean of 9 nets) [network alone] | speed-up vs eager | vs torch.compile | "
               "peak allocated MiB | peak reserved MiB | allocated vs eager | TFLOP/s (of peak) | first call s (max) |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     sizes = doc.get("model_sizes", {})
     size_of = {"eager-fp32": sizes.get("fp32_state_dicts_mb"), "compile-fp32": sizes.get("fp32_state_dicts_mb"),
-               "fp16": sizes.get("fp16_state_dicts_mb"), "tensorrt-fp16": sizes.get("fp32_onnx_mb")}  # fmt: skip
+               "fp16": sizes.get("fp16_state_dicts_mb"), "tensorrt-fp16": sizes.get("fp32_onnx_mb")}
     for name, r in {**eng, **doc.get("fp16_variants", {})}.items():
         if r.get("status") != "ok":
             lines.append(f"| {name} | {r.get('status')}: {r.get('reason', '')} |||||||||")
@@ -604,11 +604,11 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                      f"{_f(s.get('speedup_vs_eager'))}x | {_f(s.get('speedup_vs_compile'))}x | "
                      f"{_f(mem.get('peak_allocated_mb'), '.0f')} | {_f(mem.get('peak_reserved_mb'), '.0f')} | "
                      f"{_f(s.get('peak_allocated_ratio_vs_eager'))} | {tf} | "
-                     f"{_f(max(firsts) if firsts else None, '.1f')} |")  # fmt: skip
+                     f"{_f(max(firsts) if firsts else None, '.1f')} |")
     nets = doc["protocol"]["networks"]
     ok = [n for n, r in {**eng, **doc.get("fp16_variants", {})}.items() if r.get("status") == "ok"]
     lines += ["", "Latency per network (ms: mean / p50 / p95):", "",
-              "| network | GFLOP | " + " | ".join(ok) + " |", "| --- | ---: |" + " ---: |" * len(ok)]  # fmt: skip
+              "| network | GFLOP | " + " | ".join(ok) + " |", "| --- | ---: |" + " ---: |" * len(ok)]
     shape_key = "x".join(map(str, proto["reference_shape"]))
     for n in nets:
         cells = []
@@ -620,7 +620,7 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
     lines += ["", "## Quality on the case (MPA table 1)", "",
               "| scenario | engine | Dice WT / TC / ET | HD95 mm WT / TC / ET | sensitivity WT / TC / ET | "
               "ΔDice vs eager (points) | label agreement with eager (brain voxels) | voxels differing |",
-              "| --- | --- | --- | --- | --- | --- | ---: | ---: |"]  # fmt: skip
+              "| --- | --- | --- | --- | --- | --- | ---: | ---: |"]
     for scen in proto["scenarios"]:
         for name, by in doc.get("quality", {}).items():
             item = by.get(scen)
@@ -633,7 +633,7 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                          + " / ".join(_f(g[r]["sensitivity"], ".3f") for r in REGIONS) + " | "
                          + " / ".join(_f(100 * dd[r], "+.2f") if r in dd else "–" for r in REGIONS) + " | "
                          + _f(item.get("label_agreement_brain"), ".5f")
-                         + f" | {item.get('voxels_differing', '–')} |")  # fmt: skip
+                         + f" | {item.get('voxels_differing', '–')} |")
 
     lines += ["", "## The case through the cascade (seconds)", "",
               "| engine | scenario | wall | preprocess | networks (9 views) | post-processing |",
@@ -657,7 +657,7 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
             stages = ", ".join(f"{k} {v:.2f}" for k, v in (run.get("stages_s") or {}).items())
             lines.append(f"| {i + 1}{' (cold)' if run.get('cold') else ''} | {run.get('exit_code', '–')} | "
                          f"{_f(run.get('wall_s'))} | {run.get('engine', '–')} | "
-                         f"{stages or run.get('skipped', '')} |")  # fmt: skip
+                         f"{stages or run.get('skipped', '')} |")
 
     lines += ["", "## Goals (FP16 engine)", "", "| goal | target | measured | met |", "| --- | ---: | ---: | --- |"]
     for key, g in summ.get("goals", {}).items():
@@ -809,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout),
-                                  logging.FileHandler(args.out / "gpu_check.log", mode="w")])  # fmt: skip
+                                  logging.FileHandler(args.out / "gpu_check.log", mode="w")])
     import torch
 
     budget = Budget(args.budget_s, reserve_s=QUALITY_RESERVE_S)
@@ -824,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "not the protocol)" if args.quick else "the protocol's"),
                      "timer": "time.perf_counter around engine.run (copies in and out included)"},
         "engines": {}, "fp16_variants": {}, "skipped": [],
-    }  # fmt: skip
+    }
     results = args.out / "results.json"
 
     def save() -> None:
@@ -832,7 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
     log.info("gpu_check: %s, device %s, budget %s s", doc["hardware"].get("gpu", doc["hardware"].get("cpu_model")),
-             args.device, args.budget_s)  # fmt: skip
+             args.device, args.budget_s)
 
     # 1. models, FLOPs, sizes
     t = time.perf_counter()
@@ -867,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with_case = name not in LATENCY_ONLY
         log.info("engine %s (%s %s), %.0f s left", name, registry, options, budget.left())
         doc["engines"][name] = measure_engine(name, registry, options, args, (vols, seg), budget, estimates,
-                                              labels, args.networks, with_case)  # fmt: skip
+                                              labels, args.networks, with_case)
         save()
 
     # 3. FP16 variants (CUDA only: on the CPU there are no CUDA graphs and compilation is off)
@@ -882,7 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             registry = table[PRODUCT][0]
             doc["fp16_variants"][vname] = measure_engine(
                 vname, registry, {**table[PRODUCT][1], **opts}, args, (vols, seg), budget, dict(estimates), {},
-                ["wt32", "en32"], with_case=False)  # fmt: skip
+                ["wt32", "en32"], with_case=False)
             save()
 
     # 4. quality

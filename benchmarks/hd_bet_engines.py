@@ -95,7 +95,7 @@ def run(models: Path, shared: Path, engines: Sequence[str], n_cases: int) -> dic
             net_s = res.record["duration_network_s"]
             entry = {"network_s": round(net_s, 2), "total_s": round(time.perf_counter() - t0, 2),
                      "gflop": round(gflop, 1), "gflops_per_s": round(gflop / net_s, 1),
-                     "mask_ml": round(res.record["mask_ml"], 1)}  # fmt: skip
+                     "mask_ml": round(res.record["mask_ml"], 1)}
             if labels is not None:
                 entry["tumour_kept"] = round(float(np.count_nonzero(m & labels) / np.count_nonzero(labels)), 5)
             row["engines"][ename] = entry
@@ -108,10 +108,10 @@ def run(models: Path, shared: Path, engines: Sequence[str], n_cases: int) -> dic
         print(f"[{i}/{len(vols)}] {name}: " + "; ".join(
             f"{e} {v['network_s']:.1f} s" + (f" Dice {v['dice_vs_torch_fp32']:.4f}" if "dice_vs_torch_fp32" in v else "")
             + (f" kept {v['tumour_kept']:.4f}" if "tumour_kept" in v else "") for e, v in row["engines"].items()),
-            flush=True)  # fmt: skip
+            flush=True)
     return {"cpu": cpu_identity(), "fp32_peak": fp32_peak_gflops(), "engines": list(engines),
             "engine_descriptions": {e: m.describe() for e, m in made.items()}, "rows": rows,
-            "command": "python -m benchmarks.hd_bet_engines " + " ".join(sys.argv[1:])}  # fmt: skip
+            "command": "python -m benchmarks.hd_bet_engines " + " ".join(sys.argv[1:])}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -122,14 +122,14 @@ def markdown(result: dict[str, Any]) -> str:
              f"Command: `{result['command']}`", "",
              "| volume | " + " | ".join(f"{e} s (GFLOP/s)" for e in engines) + " | "
              + " | ".join(f"{e} Dice vs torch" for e in engines if e != "torch") + " | tumour kept |",
-             "|" + " --- |" * (2 + 2 * len(engines) - 1)]  # fmt: skip
+             "|" + " --- |" * (2 + 2 * len(engines) - 1)]
     for row in result["rows"]:
         ev = row["engines"]
         kept = " / ".join(f"{ev[e]['tumour_kept']:.4f}" for e in engines if "tumour_kept" in ev[e]) or "-"
         lines.append(f"| {row['volume']} | " + " | ".join(f"{ev[e]['network_s']:.1f} ({ev[e]['gflops_per_s']:.0f})"
                                                          for e in engines)
                      + " | " + " | ".join(f"{ev[e]['dice_vs_torch_fp32']:.4f}" for e in engines if e != "torch")
-                     + f" | {kept} |")  # fmt: skip
+                     + f" | {kept} |")
     return "\n".join(lines) + "\n"
 
 

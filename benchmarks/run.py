@@ -60,7 +60,7 @@ from engines.model.weights import NETWORKS
 log = logging.getLogger("benchmarks.run")
 
 ALL_ENGINES = ("torch", "onnxruntime", "openvino", "openvino-bf16", "torch-compile", "tensorrt",
-               "torch-cuda", "onnxruntime-cuda")  # fmt: skip
+               "torch-cuda", "onnxruntime-cuda")
 #: Benchmark engine name -> (registry name, create_engine options).
 ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "openvino-bf16": ("openvino", {"precision": "bf16"}),
@@ -105,7 +105,7 @@ def percentiles(samples: Sequence[float]) -> dict[str, float]:
     """``p50``, ``p95``, ``max``, ``mean``, ``n`` of latency samples (seconds)."""
     a = np.asarray(samples, dtype=np.float64)
     return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "max": float(a.max()), "mean": float(a.mean()), "n": int(a.size)}  # fmt: skip
+            "max": float(a.max()), "mean": float(a.mean()), "n": int(a.size)}
 
 
 def peak_rss_mb() -> float:
@@ -128,7 +128,7 @@ def amdahl_bound(infer_fraction: float) -> float:
 def hardware_facts() -> dict[str, Any]:
     """CPU model, cores, memory; GPU / driver / CUDA / cuDNN when present."""
     facts: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                             "cpu_count": os.cpu_count(), "python": platform.python_version()}  # fmt: skip
+                             "cpu_count": os.cpu_count(), "python": platform.python_version()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -154,7 +154,7 @@ def hardware_facts() -> dict[str, Any]:
             facts["cudnn"] = torch.backends.cudnn.version()
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                     capture_output=True, text=True, timeout=20)  # fmt: skip
+                                     capture_output=True, text=True, timeout=20)
                 facts["driver"] = out.stdout.strip()
             except (OSError, subprocess.SubprocessError):
                 facts["driver"] = "unknown (nvidia-smi not runnable)"
@@ -228,7 +228,7 @@ def worker(args: argparse.Namespace) -> int:
         engine.prepare([net])
         latency[key] = time_network(engine, net, shape, args.warmup, args.runs)
         log.info("%s %s: p50 %.3f s p95 %.3f s (warm-up %s)", name, key, latency[key]["p50"],
-                 latency[key]["p95"], [round(w, 2) for w in latency[key]["warmup_s"]])  # fmt: skip
+                 latency[key]["p95"], [round(w, 2) for w in latency[key]["warmup_s"]])
         eta.done("latency", time.perf_counter() - t_job, f"{key}: p50 {latency[key]['p50']:.3f} s")
     res["latency"] = latency
     res["peak_rss_mb_after_latency"] = peak_rss_mb()
@@ -263,7 +263,7 @@ def worker(args: argparse.Namespace) -> int:
                 e2e.append(row)
                 eta.done("case", row["total_wall"], f"{case_dir.name} {scen}: {row['total_wall']:.0f} s")
                 log.info("%s %s %s: %.1f s wall, %.1f s CPU (infer %.0f%%)", name, case_dir.name, scen,
-                         row["total_wall"], row["total_cpu"], 100 * row["infer_fraction"])  # fmt: skip
+                         row["total_wall"], row["total_cpu"], 100 * row["infer_fraction"])
     else:
         res["e2e_note"] = "end-to-end not run for this engine (not in --e2e-engines)"
     res["e2e"] = e2e
@@ -351,7 +351,7 @@ def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndar
     out: dict[str, Any] = {"url": url}
     engine = TritonEngine(args.models, url=url, timeout_s=args.triton_timeout)
     engine.prepare(list(C.STAGES["wt"].networks.values()) + list(C.STAGES["tc"].networks.values())
-                   + list(C.STAGES["en"].networks.values()))  # fmt: skip
+                   + list(C.STAGES["en"].networks.values()))
     latency: dict[str, Any] = {}
     for net in args.latency_networks:
         shape = tuple(args.latency_shape) if args.latency_shape else PROTOCOL_SHAPES[net]
@@ -397,7 +397,7 @@ def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndar
                                "requests": requests, "executions": executions,
                                "requests_per_execute": requests / executions if executions else None,
                                "seconds_in_calls_mean": float(np.mean([e.seconds_in_calls for e in engines])),
-                               "calls_per_study": float(np.mean([e.calls for e in engines]))}  # fmt: skip
+                               "calls_per_study": float(np.mean([e.calls for e in engines]))}
         labels = [r.labels for r in results if r is not None]
         if labels:
             if ref_labels is None:
@@ -407,7 +407,7 @@ def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndar
                 row["labels_identical_to_local_onnxruntime"] = all(np.array_equal(lab, local_labels) for lab in labels)
         levels.append(row)
         log.info("triton %s: %d concurrent studies in %.1f s (%.2f studies/min), %d requests in %d executes",
-                 url, conc, wall, row["studies_per_minute"], requests, executions)  # fmt: skip
+                 url, conc, wall, row["studies_per_minute"], requests, executions)
     base = levels[0]["studies_per_minute"] if levels else None
     for row in levels:
         row["throughput_vs_1"] = row["studies_per_minute"] / base if base else None
@@ -429,7 +429,7 @@ def triton_section(args: argparse.Namespace) -> dict[str, Any]:
         vols, seg = crop_to_tumour(vols, seg, args.crop)
     res: dict[str, Any] = {"case": case_dir.name, "scenario": "all", "crop": args.crop,
                            "concurrency": args.triton_concurrency, "protocol": args.triton_protocol,
-                           "variants": {}}  # fmt: skip
+                           "variants": {}}
     case = (case_dir.name, vols)
     if args.triton_url:
         res["server"] = "external"
@@ -451,7 +451,7 @@ def triton_section(args: argparse.Namespace) -> dict[str, Any]:
                    "as its own batch, also when the dynamic batcher hands it several requests in one execute "
                    "call (requests_per_execute > 1); dynamic batching therefore only changes queueing, never "
                    "the arithmetic. onnxruntime_onnx / tensorrt_plan configs use max_batch_size 0 (no "
-                   "server-side batching).")  # fmt: skip
+                   "server-side batching).")
     return res
 
 
@@ -523,50 +523,50 @@ def write_tables(doc: dict[str, Any], path: Path) -> None:
     res, lines = doc["engines"], []
     lines += ["# Engine benchmark", "", f"Run: {doc['started']}, host {doc['hardware'].get('cpu_model', '?')}, "
               f"{doc['hardware'].get('cpu_count')} CPUs; warm-up {doc['protocol']['warmup']}, "
-              f"runs {doc['protocol']['runs']}.", ""]  # fmt: skip
+              f"runs {doc['protocol']['runs']}.", ""]
     lines += ["## Latency (model only, seconds)", "", "| engine | batch | p50 | p95 | max | speed-up vs torch (p50) |",
-              "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, r in res.items():
         if r.get("status") != "ok":
             continue
         for key, v in r.get("latency", {}).items():
             sp = doc["speedup_vs_torch"].get(name, {}).get(key)
             lines.append(f"| {name} | {key} | {v['p50']:.3f} | {v['p95']:.3f} | {v['max']:.3f} | "
-                         + (f"{sp:.2f}x" if sp else "-") + " |")  # fmt: skip
+                         + (f"{sp:.2f}x" if sp else "-") + " |")
     lines += ["", "## Skipped engines", "", "| engine | reason |", "| --- | --- |"]
     for name, r in res.items():
         if r.get("status") != "ok":
             lines.append(f"| {name} | {r.get('reason', '?')} |")
     lines += ["", "## Memory", "", "| engine | peak RSS MiB | GPU max allocated MiB | GPU max reserved MiB |",
-              "| --- | ---: | ---: | ---: |"]  # fmt: skip
+              "| --- | ---: | ---: | ---: |"]
     for name, r in res.items():
         if r.get("status") == "ok":
             lines.append(f"| {name} | {r.get('peak_rss_mb', float('nan')):.0f} | "
                          f"{r.get('gpu_max_memory_allocated_mb', '-')} | "
-                         f"{r.get('gpu_max_memory_reserved_mb', '-')} |")  # fmt: skip
+                         f"{r.get('gpu_max_memory_reserved_mb', '-')} |")
     lines += ["", "## End to end per case (seconds)", "",
               "| engine | case | scenario | load | preprocess | infer | postprocess | total wall | total CPU | infer % "
               "| Amdahl bound |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in res.items():
         for row in r.get("e2e", []):
             lines.append(f"| {name} | {row['case']} | {row['scenario']} | " + " | ".join(
                 f"{row[k]:.1f}" for k in (*STAGE_KEYS, "total_wall", "total_cpu"))
-                + f" | {100 * row['infer_fraction']:.0f} | {row['amdahl_bound']:.1f}x |")  # fmt: skip
+                + f" | {100 * row['infer_fraction']:.0f} | {row['amdahl_bound']:.1f}x |")
     q = doc["quality"]
     for ref_kind, title in (("vs_ground_truth", "against ground truth"), ("vs_fp32_reference", "against the FP32 torch labels")):
         lines += ["", f"## Quality {title}", "",
                   "| engine | case | scenario | " + " | ".join(f"{r} Dice | {r} HD95 | {r} sens" for r in REGIONS) + " |",
-                  "| --- | --- | --- |" + " ---: |" * 9]  # fmt: skip
+                  "| --- | --- | --- |" + " ---: |" * 9]
         for name, rows in q["per_case"].items():
             for i in rows:
                 m = i.get(ref_kind)
                 if m is None:
                     continue
                 lines.append(f"| {name} | {i['case']} | {i['scenario']} | " + " | ".join(
-                    f"{m[r]['dice']:.3f} | {m[r]['hd95']:.1f} | {m[r]['sensitivity']:.3f}" for r in REGIONS) + " |")  # fmt: skip
+                    f"{m[r]['dice']:.3f} | {m[r]['hd95']:.1f} | {m[r]['sensitivity']:.3f}" for r in REGIONS) + " |")
     lines += ["", "## ΔDice vs FP32 torch (engine minus torch, both against ground truth)", "",
-              "| engine | scenario | ΔWT | ΔTC | ΔET |", "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+              "| engine | scenario | ΔWT | ΔTC | ΔET |", "| --- | --- | ---: | ---: | ---: |"]
     for name, per_s in q["delta_dice_vs_fp32"].items():
         for s, d in per_s.items():
             lines.append(f"| {name} | {s} | " + " | ".join(f"{d.get(r, float('nan')):+.4f}" for r in REGIONS) + " |")
@@ -578,13 +578,13 @@ def write_tables(doc: dict[str, Any], path: Path) -> None:
         else:
             lines += [f"Server: {tri['server']}; protocol {tri['protocol']}; case {tri['case']} (scenario all, crop "
                       f"{tri['crop']}); {tri.get('note', '')}", "",
-                      "| variant | network call | p50 | p95 | max |", "| --- | --- | ---: | ---: | ---: |"]  # fmt: skip
+                      "| variant | network call | p50 | p95 | max |", "| --- | --- | ---: | ---: | ---: |"]
             for v, r in tri["variants"].items():
                 for key, x in r.get("latency", {}).items():
                     lines.append(f"| {v} | {key} | {x['p50']:.3f} | {x['p95']:.3f} | {x['max']:.3f} |")
             lines += ["", "| variant | concurrent studies | wall s | study latency p50 s | studies/min | vs 1 study | "
                       "requests / execute | labels = single study | labels = local onnxruntime |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
             for v, r in tri["variants"].items():
                 for row in r.get("throughput", []):
                     rpe = row.get("requests_per_execute")
@@ -592,7 +592,7 @@ def write_tables(doc: dict[str, Any], path: Path) -> None:
                                  f"{row['study_latency_s']['p50']:.1f} | {row['studies_per_minute']:.2f} | "
                                  f"{row['throughput_vs_1']:.2f}x | {'-' if rpe is None else f'{rpe:.2f}'} | "
                                  f"{row.get('labels_identical_to_single_study', '-')} | "
-                                 f"{row.get('labels_identical_to_local_onnxruntime', '-')} |")  # fmt: skip
+                                 f"{row.get('labels_identical_to_local_onnxruntime', '-')} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -675,7 +675,7 @@ def deployment_manifest(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "hardware": doc["hardware"],
         "runtime_versions": {"packages": doc["runtime_versions"],
-                             "engines": {n: r.get("describe") for n, r in res.items() if r.get("status") == "ok"}},  # fmt: skip
+                             "engines": {n: r.get("describe") for n, r in res.items() if r.get("status") == "ok"}},
         "precision": {n: (r.get("describe") or {}).get("precision") for n, r in res.items() if r.get("status") == "ok"},
         "input_protocol": {
             "layout": "NCDHW float32, channels FLAIR, T1, T1ce, T2, z-scored per modality over voxels > 0",
@@ -683,7 +683,7 @@ def deployment_manifest(doc: dict[str, Any]) -> dict[str, Any]:
             "patch_shapes": {n: list(s[2:]) for n, s in PROTOCOL_SHAPES.items()},
             "reference_batch": doc["protocol"]["reference_batch"],
             "normalisation": "batch statistics over (N, D, H, W): results depend on batch composition",
-        },  # fmt: skip
+        },
         "latency_protocol": {
             "warmup": doc["protocol"]["warmup"], "runs": doc["protocol"]["runs"],
             "timer": "time.perf_counter, wall clock, one engine per subprocess, engines run sequentially",
@@ -692,7 +692,7 @@ def deployment_manifest(doc: dict[str, Any]) -> dict[str, Any]:
                         "compilation / first-call warm-up (reported separately)",
             "statistics": "p50, p95, max over the timed runs; speed-up = torch p50 / engine p50, same run",
             "threads": doc["protocol"]["threads"],
-        },  # fmt: skip
+        },
         "quality_delta": doc["quality"]["delta_dice_vs_fp32"],
         **({"remote_inference": _remote_manifest(doc["triton"])} if "triton" in doc else {}),
     }
@@ -709,7 +709,7 @@ def _remote_manifest(tri: dict[str, Any]) -> dict[str, Any]:
         "throughput_studies_per_minute": {v: {str(row["concurrent_studies"]): row["studies_per_minute"]
                                               for row in r.get("throughput", [])} for v, r in tri["variants"].items()},
         "batching": tri.get("note"),
-    }  # fmt: skip
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -783,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "workers").mkdir(exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)  # fmt: skip
+                        stream=sys.stderr)
 
     if args.models is None:
         args.models = args.out / "models"
@@ -804,11 +804,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "quick": args.quick, "crop": args.crop, "smoke_patches": args.smoke_patches,
                      "reference_batch": args.latency_shape or list(REFERENCE_SHAPE)},
         "model_sizes": model_sizes(args.models), "engines": {},
-    }  # fmt: skip
+    }
     passthrough = ["--cases", str(args.cases), "--out", str(args.out), "--runs", str(args.runs),
                    "--warmup", str(args.warmup), "--models", str(args.models),
                    "--scenarios", ",".join(args.scenarios), "--latency-networks", ",".join(args.latency_networks),
-                   "--e2e-engines", ",".join(args.e2e_engines) or ","]  # fmt: skip
+                   "--e2e-engines", ",".join(args.e2e_engines) or ","]
     if args.case_limit:
         passthrough += ["--case-limit", str(args.case_limit)]
     if args.threads:
@@ -828,7 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.warmup + args.runs} calls, then {n_case} cascades ({len(args.case_dirs)} cases x "
           f"{len(args.scenarios)} scenarios) for {len(args.e2e_engines)} of them"
           + ("" if args.full else f"; --full (9 networks x 2 batch shapes, every case x 4 scenarios) is ~{longer:.0f}x longer"),
-          file=sys.stderr)  # fmt: skip
+          file=sys.stderr)
     engine_seconds: list[float] = []
     for i, name in enumerate(engines):
         t0 = time.perf_counter()
@@ -836,7 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(logf, "w") as lf:
             proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *passthrough, "--worker", name],
                                     stdout=subprocess.PIPE, stderr=lf, text=True,
-                                    cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+                                    cwd=Path(__file__).resolve().parents[1])
             assert proc.stdout is not None
             for line in proc.stdout:
                 lf.write(line)

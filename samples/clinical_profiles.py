@@ -107,7 +107,7 @@ def _philips() -> dict[str, Any]:
                   ("DERIVED", "PRIMARY", "PROJECTION IMAGE", "MIP"), 0),
         "faults": {"PatientAge": b"NA", "StudyTime": b"14:03:22",
                    "InstitutionName": "Universitätsklinikum Süd".encode("latin-1")},
-    }  # fmt: skip
+    }
 
 
 def _siemens() -> dict[str, Any]:
@@ -128,7 +128,7 @@ def _siemens() -> dict[str, Any]:
                   ("DERIVED", "PRIMARY", "MIP", "ND"), 0),
         "faults": {"PatientName": b"MUSTER^MAX^^^^JR", "PatientWeight": b"75kg",
                    "StudyDescription": ("Kopf^Neuro Tumorprotokoll mit und ohne KM " * 2).encode()},
-    }  # fmt: skip
+    }
 
 
 def _ge() -> dict[str, Any]:
@@ -148,7 +148,7 @@ def _ge() -> dict[str, Any]:
         "mip": _p("Ax 3D BRAVO MIP", proto, ("GR",), 8.2, 3.2, 450.0, ("DERIVED", "SECONDARY", "REFORMATTED"), 0),
         "faults": {"PatientBirthDate": b"19701340", "PatientSex": b"male",
                    "ReferringPhysicianName": b"DR\x01WHO", "PatientSize": b"1,80"},
-    }  # fmt: skip
+    }
 
 
 #: Profile name -> vendor naming (``--clinical PROFILE``).
@@ -177,13 +177,13 @@ def _exam(names: Mapping[str, Any], contrast_evidence: bool) -> list[tuple[Clini
         (ClinicalSeries("flair_post", names["flair"], "flair", post_contrast=contrast_evidence), 24.0),
         (ClinicalSeries("t1ce_2d", names["t1"], post_t1_source, slice_mm=3.0, post_contrast=contrast_evidence,
                         fat_suppressed=fs), 29.0),
-    ]  # fmt: skip
+    ]
     if two_pre:
         series.insert(1, (ClinicalSeries("t1_pre_3d", names["t1_pre_3d"], "t1", acquisition="3D", plane="coronal"), 0.5))
     if not contrast_evidence:  # back to back with the pre-contrast T1: no time gap either
         t1_start = next(t for s, t in series if s.key == "t1")
         series = [(s, {"t1ce_3d": t1_start + 0.5, "mip": t1_start + 0.5, "t1ce_2d": t1_start + 1.0}.get(s.key, t))
-                  for s, t in series]  # fmt: skip
+                  for s, t in series]
     series.sort(key=lambda st: st[1])
     return series
 
@@ -360,7 +360,7 @@ def make_clinical_study(
         "clinical": {"profile": profile, "mask_series": mask_series, "contrast_evidence": contrast_evidence,
                      "faults": sorted(names["faults"]) if faults else [], "expected": expected},
         "series": written,
-    }  # fmt: skip
+    }
     (out_dir / "study.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 

@@ -53,7 +53,7 @@ _PROTOCOLS = {
                               "*spc_314ns", 0.0, 0.0, None, 120.0, 1, _REFORMAT, 330),
     "mip": ms.SequenceProtocol("T1 post KM MIP ax", "t1_mprage_sag_p2_iso", ("GR", "IR"), ("SP", "MP"), ("IR",),
                                "*tfl3d1_16ns", 0.0, 0.0, None, 8.0, 1, ("DERIVED", "SECONDARY", "REFORMATTED"), 0),
-}  # fmt: skip
+}
 
 
 def _far_off(vol: ms.Volume) -> ms.Volume:
@@ -69,7 +69,7 @@ def _tilted_grid(vol: ms.Volume, tilt_deg: float, spacing_mm: float = 1.0) -> ms
     rot = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(t), -math.sin(t)], [0.0, math.sin(t), math.cos(t)]])
     direction = rot @ vol.direction
     idx = np.array([vol.affine_lps @ np.array([i * (n - 1) for i, n in zip(c, vol.data.shape)] + [1.0])
-                    for c in np.ndindex(2, 2, 2)])[:, :3]  # fmt: skip
+                    for c in np.ndindex(2, 2, 2)])[:, :3]
     centre = ms.volume_center(vol)
     local = (idx - centre) @ direction  # extent along the new axes
     half = np.abs(local).max(axis=0)
@@ -115,7 +115,7 @@ def _manual_seg(folder: Path, truth: ms.Volume, tilt_deg: float, out: Path) -> N
     labels = np.ascontiguousarray(labels.transpose(2, 1, 0))  # (i, j, k) -> (slice k, row j, column i)
     seg = build_segmentation(labels, sources, used_modalities=["T1ce"], missing_modalities=[],
                              algorithm_name="manual", algorithm_version="1", series_number=990,
-                             series_description="Tumour manual SEG")  # fmt: skip
+                             series_description="Tumour manual SEG")
     seg.save_as(out, enforce_file_format=True)
 
 
@@ -148,14 +148,14 @@ def make_reformat_study(case_dir: str | Path, out_dir: str | Path, *, seed: int 
         t1_post = _reformat(vols["t1ce"], TILTS_DEG["t1ce"])
         series = [("t2", 401, _reformat(vols["t2"], TILTS_DEG["t2"]), 6.0),
                   ("t1ce", 701, t1_post, 20.0),
-                  ("mip", 702, sliding_mip(t1_post), 20.0)]  # fmt: skip
+                  ("mip", 702, sliding_mip(t1_post), 20.0)]
         for key, number, vol, minute in series:
             plan = ms.SeriesPlan(modality=f"reformats-{key}", protocol=_PROTOCOLS[key], series_number=number,
                                  series_uid=ms._uid(seed, ctx.uid_case, "reformats", key, "series"),
                                  frame_of_reference_uid=frame_of_reference,
                                  start=ctx.study_start + timedelta(minutes=minute),
                                  folder_name=f"{number}_{ms.sanitise(_PROTOCOLS[key].series_description)}",
-                                 misaligned=False)  # fmt: skip
+                                 misaligned=False)
             folder = ms.write_series(ctx, plan, vol, staging, seed, None)
             _finish_series(folder)
             if key in ("t1ce", "t2"):
@@ -180,7 +180,7 @@ def make_reformat_study(case_dir: str | Path, out_dir: str | Path, *, seed: int 
         "ground_truth": "ground_truth.nii.gz", "dicom_dir": "dicom", "far_off_mm": FAR_OFF_MM,
         "clinical": {"profile": "reformats", "expected": expected, "manual_seg": "dicom/manual_seg.dcm"},
         "series": written,
-    }  # fmt: skip
+    }
     (out_dir / "study.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 

@@ -47,7 +47,7 @@ _PROTOCOLS = {
                                      20.0, 1, _SE, 20),
     "t1ce": ms.SequenceProtocol("t1_se_tra_KM", "t1_se_tra_KM", ("SE",), ("SK", "SP"), (), "se2d1", 550.0, 10.0,
                                 None, 90.0, 1, _SE, 182, contrast=True),
-}  # fmt: skip
+}
 
 
 def thick_gapped(vol: ms.Volume, thickness_mm: float = SLICE_THICKNESS_MM,
@@ -125,14 +125,14 @@ def make_thick_post_study(case_dir: str | Path, out_dir: str | Path, *, seed: in
     expected: dict[str, str] = {}
     try:
         for key, number, vol, minute in (("localiser", 1, localiser, 0.0),
-                                         ("t1ce", 2, thick_gapped(vols["t1ce"]), 6.0)):  # fmt: skip
+                                         ("t1ce", 2, thick_gapped(vols["t1ce"]), 6.0)):
             protocol = _PROTOCOLS[key]
             plan = ms.SeriesPlan(modality=f"thick-post-{key}", protocol=protocol, series_number=number,
                                  series_uid=ms._uid(seed, ctx.uid_case, "thick-post", key, "series"),
                                  frame_of_reference_uid=frame_of_reference,
                                  start=ctx.study_start + timedelta(minutes=minute),
                                  folder_name=f"{number}_{ms.sanitise(protocol.series_description)}",
-                                 misaligned=False)  # fmt: skip
+                                 misaligned=False)
             folder = ms.write_series(ctx, plan, vol, staging, seed, None)
             if key == "t1ce":
                 _set_thickness(folder, SLICE_THICKNESS_MM)
@@ -157,6 +157,6 @@ def make_thick_post_study(case_dir: str | Path, out_dir: str | Path, *, seed: in
         "clinical": {"profile": "thick-post", "expected": expected,
                      "slice_thickness_mm": SLICE_THICKNESS_MM, "slice_spacing_mm": SLICE_SPACING_MM},
         "series": written,
-    }  # fmt: skip
+    }
     (out_dir / "study.json").write_text(json.dumps(doc, indent=2) + "\n")
     return doc
