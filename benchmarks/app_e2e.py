@@ -36,8 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reporting import find_key
-from benchmarks.run import _save_figure, percentiles
+from benchmarks.reporting import find_key, percentiles, pyplot, save_figure
 from engines.runtimes.base import InferenceEngine
 from engines.runtimes.cpu_host import cpu_identity, fp32_peak_gflops
 
@@ -151,12 +150,9 @@ def network_rates(summary: dict[str, Any], reports: Sequence[dict[str, Any]], fl
     return out
 
 
-def _plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """One bar per stage (p50, whisker to the p95), labelled with its share of the stages' total."""
+    plt = pyplot()
     stages = list(summary["stages_s"])
     p50 = [summary["stages_s"][s]["p50"] for s in stages]
     p95 = [summary["stages_s"][s]["p95"] for s in stages]
@@ -169,7 +165,7 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     bound = summary["amdahl_bound_zero_time_network"]
     ax.set_title(f"App end to end, {summary['runs']} runs, engine {summary['engine']}: wall p50 "
                  f"{summary['wall_s']['p50']:.1f} s; zero-time network bound x{bound:.2f}" if bound else "App end to end")
-    _save_figure(fig, path, [])
+    save_figure(fig, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["networks"] = network_rates(summary, reports, count_network_flops(args.study, args.models))
     summary["command"] = "python -m benchmarks.app_e2e " + " ".join(sys.argv[1:] if argv is None else argv)
     (args.out / "app_e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot(summary, args.out / "app_e2e.png")
+    plot(summary, args.out / "app_e2e.png")
     print(f"{'stage':<20}{'p50 s':>8}{'p95 s':>8}{'share':>8}")
     for stage, v in summary["stages_s"].items():
         print(f"{stage:<20}{v['p50']:>8.2f}{v['p95']:>8.2f}{summary['stage_share_of_p50_total'][stage]:>8.1%}")

@@ -51,6 +51,7 @@ def _region_dice(out: Path, report: dict[str, Any], study: Path) -> dict[str, fl
     import pydicom
     import SimpleITK as sitk
 
+    from benchmarks.evaluation import dice
     from operators.dicom.seg import REGION_LABELS, segments_for_regions
     from operators.dicom.series_volume import series_to_image
 
@@ -71,16 +72,15 @@ def _region_dice(out: Path, report: dict[str, Any], study: Path) -> dict[str, fl
     truth = sitk.GetArrayFromImage(sitk.Resample(truth_img, series.image, sitk.Transform(),
                                                  sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
     specs = segments_for_regions(tuple(written))
-    dice: dict[str, float] = {}
+    overlap: dict[str, float] = {}
     for region in written:
         pred = np.zeros(truth.shape, bool)
         for spec in specs:
             if set(spec.brats_labels) <= REGION_LABELS[region]:
                 pred |= masks[spec.label]
         ref = np.isin(truth, sorted(REGION_LABELS[region]))
-        denom = np.count_nonzero(pred) + np.count_nonzero(ref)
-        dice[region] = round(2.0 * np.count_nonzero(pred & ref) / denom, 4) if denom else 1.0
-    return dice
+        overlap[region] = round(dice(pred, ref), 4)
+    return overlap
 
 
 def _picks(report: dict[str, Any], expected: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.evaluation import brats_metrics, region_mask
-from benchmarks.reporting import write_result
+from benchmarks.evaluation import brats_metrics, dice, region_mask
+from benchmarks.reporting import markdown_header, markdown_row, write_result
 from engines.model.brats_cases import load_case
 from engines.model.cascade import segment_brats_full
 from engines.runtimes import cpu_host
@@ -54,11 +54,6 @@ def denormals_kept() -> Iterator[None]:
         cpu_host.flush_denormals()
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    n = int(a.sum()) + int(b.sum())
-    return 1.0 if n == 0 else float(2.0 * np.count_nonzero(a & b) / n)
-
-
 def run_case(case_dir: Path, models: Path, engine_name: str) -> dict[str, Any]:
     volumes, truth, spacing = load_case(case_dir)
     out: dict[str, Any] = {"case": case_dir.name}
@@ -75,7 +70,7 @@ def run_case(case_dir: Path, models: Path, engine_name: str) -> dict[str, Any]:
             out["engine"] = engine.registry_name
         labels[mode] = res.labels
         out[f"{mode}_vs_truth"] = {r: round(m["dice"], 4) for r, m in brats_metrics(res.labels, truth, spacing).items()}
-    out["dice_flushed_vs_kept"] = {r: round(_dice(region_mask(labels["flushed"], r), region_mask(labels["kept"], r)), 5)
+    out["dice_flushed_vs_kept"] = {r: round(dice(region_mask(labels["flushed"], r), region_mask(labels["kept"], r)), 5)
                                    for r in REGIONS}
     out["identical"] = bool(np.array_equal(labels["flushed"], labels["kept"]))
     return out
@@ -85,15 +80,15 @@ def markdown(result: dict[str, Any]) -> str:
     cpu = result["cpu"]
     lines = [f"# Denormals flushed or kept: {cpu['model']} ({', '.join(cpu['flags'])})", "",
              f"Command: `{result['command']}`", "",
-             "| case | engine | networks flushed s | networks kept s | kept / flushed | labels identical | "
-             "Dice flushed vs kept WT / TC / ET | flushed vs truth WT / TC / ET |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             *markdown_header(["case", "engine", "networks flushed s", "networks kept s", "kept / flushed",
+                               "labels identical", "Dice flushed vs kept WT / TC / ET", "flushed vs truth WT / TC / ET"],
+                              "llllllll")]
     for r in result["rows"]:
         ratio = r["kept_network_s"] / r["flushed_network_s"] if r["flushed_network_s"] else float("nan")
-        lines.append(f"| {r['case']} | {r['engine']} | {r['flushed_network_s']:.1f} | {r['kept_network_s']:.1f} | "
-                     f"{ratio:.2f} | {'yes' if r['identical'] else 'no'} | "
-                     + " / ".join(f"{r['dice_flushed_vs_kept'][k]:.4f}" for k in REGIONS) + " | "
-                     + " / ".join(f"{r['flushed_vs_truth'][k]:.3f}" for k in REGIONS) + " |")
+        lines.append(markdown_row([r["case"], r["engine"], f"{r['flushed_network_s']:.1f}", f"{r['kept_network_s']:.1f}",
+                                   f"{ratio:.2f}", "yes" if r["identical"] else "no",
+                                   " / ".join(f"{r['dice_flushed_vs_kept'][k]:.4f}" for k in REGIONS),
+                                   " / ".join(f"{r['flushed_vs_truth'][k]:.3f}" for k in REGIONS)]))
     return "\n".join(lines) + "\n"
 
 

@@ -1,9 +1,10 @@
-"""BraTS evaluation metrics per region, computed with MONAI's implementations.
+"""BraTS evaluation metrics per region, computed with MONAI's implementations, and the one
+plain NumPy Dice of the benchmarks (:func:`dice`).
 
 Regions (BraTS convention): WT = {1, 2, 4}, TC = {1, 4}, ET = {4}.
 
-Metrics per region: Dice, HD95 (95th percentile of the symmetric surface distances,
-**in mm**, using the voxel ``spacing``), sensitivity, specificity.
+Metrics per region (:func:`brats_metrics`): Dice, HD95 (95th percentile of the symmetric
+surface distances, **in mm**, using the voxel ``spacing``), sensitivity, specificity.
 
 Label volumes are any integer arrays of identical shape; axis order is whatever the caller
 uses, as long as ``spacing`` lists the voxel size per axis in the *same* order (for
@@ -36,6 +37,16 @@ METRICS = ("dice", "hd95", "sensitivity", "specificity")
 def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
     """Boolean mask of a BraTS region (``"WT"``, ``"TC"``, ``"ET"``)."""
     return np.isin(labels, REGIONS[region])
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two masks with NumPy, ``2 |a & b| / (|a| + |b|)``; 1 when both are empty
+    (the convention above). The benchmarks' one plain Dice: agreement of two results (engine vs
+    engine, a region written vs the expert's), where :func:`binary_metrics` (MONAI's, with HD95,
+    sensitivity and specificity) measures a result against the expert labels."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else float(2.0 * np.count_nonzero(a & b) / total)
 
 
 def _as_tensor(mask: np.ndarray) -> torch.Tensor:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.missing_sequences import HELD_OUT_CASES, SELECTION_CASES
+from benchmarks.reporting import pyplot, save_figure
 from engines.model.brats_cases import load_case
 from engines.model.cascade import Preprocessed, box_slices, preprocess
 from engines.model.missing.fills import fill_image
@@ -123,11 +124,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def figure(cases_dir: Path, case: str, subset: str, channel: int, models: FillModels, path: Path) -> None:
     """One axial slice through the tumour's centre: the real channel, each fill, the label, all
     on the case's whole grid (the subset's brain box may differ from the all-four one)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     references, synthesiser = models
     vols, seg, _ = load_case(cases_dir / case)
     full = preprocess(vols, (True,) * 4, seed=0)
@@ -149,9 +146,7 @@ def figure(cases_dir: Path, case: str, subset: str, channel: int, models: FillMo
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"{case}, axial slice {z} of the brain box: z-scores, display -2..4", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

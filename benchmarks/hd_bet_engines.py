@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from benchmarks.reporting import write_result
+from benchmarks.evaluation import dice
+from benchmarks.reporting import markdown_header, markdown_row, write_result
 from engines.brain.hd_bet_engines import HdBetEngine, OpenVinoHdBet, TorchHdBet
 from engines.brain.hd_bet_network import HD_BET_ONNX, hd_bet_weight_files, load_hd_bet_network
 from engines.runtimes.cpu_host import cpu_identity, flush_denormals, fp32_peak_gflops
@@ -73,10 +74,6 @@ def volumes(shared: Path, n_cases: int) -> list[tuple[str, sitk.Image, np.ndarra
     return out
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b)))
-
-
 def run(models: Path, shared: Path, engines: Sequence[str], n_cases: int) -> dict[str, Any]:
     flush_denormals()
     made = {name: make_engine(name, models) for name in engines}
@@ -117,19 +114,17 @@ def run(models: Path, shared: Path, engines: Sequence[str], n_cases: int) -> dic
 def markdown(result: dict[str, Any]) -> str:
     engines = result["engines"]
     peak = result["fp32_peak"]
+    columns = ["volume", *(f"{e} s (GFLOP/s)" for e in engines), *(f"{e} Dice vs torch" for e in engines if e != "torch"),
+               "tumour kept"]
     lines = [f"# HD-BET engines on {result['cpu']['model']} ({', '.join(result['cpu']['flags'])})", "",
              f"FP32 peak assumed: {peak['gflops']} GFLOP/s = {peak['how']}.", "",
              f"Command: `{result['command']}`", "",
-             "| volume | " + " | ".join(f"{e} s (GFLOP/s)" for e in engines) + " | "
-             + " | ".join(f"{e} Dice vs torch" for e in engines if e != "torch") + " | tumour kept |",
-             "|" + " --- |" * (2 + 2 * len(engines) - 1)]
+             *markdown_header(columns, "l" * len(columns))]
     for row in result["rows"]:
         ev = row["engines"]
         kept = " / ".join(f"{ev[e]['tumour_kept']:.4f}" for e in engines if "tumour_kept" in ev[e]) or "-"
-        lines.append(f"| {row['volume']} | " + " | ".join(f"{ev[e]['network_s']:.1f} ({ev[e]['gflops_per_s']:.0f})"
-                                                         for e in engines)
-                     + " | " + " | ".join(f"{ev[e]['dice_vs_torch_fp32']:.4f}" for e in engines if e != "torch")
-                     + f" | {kept} |")
+        lines.append(markdown_row([row["volume"], *(f"{ev[e]['network_s']:.1f} ({ev[e]['gflops_per_s']:.0f})" for e in engines),
+                                   *(f"{ev[e]['dice_vs_torch_fp32']:.4f}" for e in engines if e != "torch"), kept]))
     return "\n".join(lines) + "\n"
 
 

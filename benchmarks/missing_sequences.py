@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.evaluation import brats_metrics
+from benchmarks.reporting import markdown_header, markdown_row, pyplot, save_figure
 from engines.model.brats_cases import load_case
 from engines.model.cascade import (
     CascadePredictor,
@@ -355,30 +356,26 @@ def summarise(runs: Runs, choices: dict[str, Any]) -> dict[str, Any]:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """Held-out mean Dice (HD95 mm) per region, zero fill vs the chosen fills, per subset."""
-    lines = ["| sequences | fills (WT / TC+EN) | zero fill: Dice WT / TC / ET | chosen: Dice WT / TC / ET "
-             "| chosen: HD95 WT / TC / ET (mm) |", "| --- | --- | --- | --- | --- |"]
+    lines = markdown_header(["sequences", "fills (WT / TC+EN)", "zero fill: Dice WT / TC / ET", "chosen: Dice WT / TC / ET",
+                             "chosen: HD95 WT / TC / ET (mm)"], "lllll")
 
-    def dice(m: dict[str, Any] | None) -> str:
+    def dice_cell(m: dict[str, Any] | None) -> str:
         return " / ".join(f"{m[r]['dice']:.3f}" for r in REGIONS) if m else "not measured"
 
-    def hd(m: dict[str, Any] | None) -> str:
+    def hd95_cell(m: dict[str, Any] | None) -> str:
         return " / ".join("-" if m[r]["hd95"] is None else f"{m[r]['hd95']:.1f}" for r in REGIONS) if m else "-"
 
     for s, e in summary.items():
         fills = f"{e['fills']['wt']} / {e['fills']['core']}" if e["fills"] else "not chosen yet"
         fills += " (core kept)" if e["keep_core_outside_whole"] else ""
         chosen = e["chosen_held_out"]
-        lines.append(f"| {s} | {fills} | {dice(e['zero_held_out'])} | {dice(chosen)} | {hd(chosen)} |")
+        lines.append(markdown_row([s, fills, dice_cell(e["zero_held_out"]), dice_cell(chosen), hd95_cell(chosen)]))
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
     """Held-out mean Dice per subset and region: zero fill (light) vs chosen (dark)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [s for s, e in summary.items() if e["chosen_held_out"] and e["zero_held_out"]]
     if not names:
         return
@@ -395,9 +392,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
     axes[-1].legend(loc="lower right")  # the ET panel: its lowest bars (no contrast, single sequences) are short
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def write_strategy_table(summary: dict[str, Any], path: Path, engine_name: str, command: str) -> None:
