@@ -57,17 +57,16 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import (
+from benchmarks.measurement import (
     REFERENCE_SHAPE,
     SCENARIOS,
-    _save_figure,
     crop_to_tumour,
     hardware_facts,
-    load_case,
-    percentiles,
     runtime_versions,
     time_network,
 )
+from benchmarks.reporting import percentiles, save_figure
+from engines.model.brats_cases import load_case
 
 log = logging.getLogger("benchmarks.gpu_check")
 
@@ -689,7 +688,7 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylabel("p50 latency (ms)")
     ax.set_title(f"Model only, batch {doc['protocol']['reference_shape']}")
     ax.legend(fontsize=7)
-    _save_figure(fig, out / "latency.png", files)
+    save_figure(fig, out / "latency.png", files)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     names = list(runs)
@@ -703,7 +702,7 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylabel("GPU memory (MiB)" if doc["hardware"].get("gpu") else "GPU memory (none: CPU run)")
     ax.set_title("Peak GPU memory, reference batch")
     ax.legend(fontsize=8)
-    _save_figure(fig, out / "memory.png", files)
+    save_figure(fig, out / "memory.png", files)
 
     q = doc.get("quality", {})
     scen = doc["protocol"]["scenarios"]
@@ -718,7 +717,7 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
         ax.set_title(f"Dice {reg}")
         ax.set_ylim(0, 1)
     np.atleast_1d(axes)[0].legend(fontsize=7)
-    _save_figure(fig, out / "quality.png", files)
+    save_figure(fig, out / "quality.png", files)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     rows = [(n, r["case"]["all"]) for n, r in runs.items() if "wall_s" in (r.get("case") or {}).get("all", {})]
@@ -738,7 +737,7 @@ def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
     ax.set_title("One case, all four sequences: where the time goes")
     ax.legend(fontsize=7)
     plt.setp(ax.get_xticklabels(), rotation=20, fontsize=8)
-    _save_figure(fig, out / "stages.png", files)
+    save_figure(fig, out / "stages.png", files)
     return files
 
 

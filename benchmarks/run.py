@@ -23,10 +23,12 @@ reference labels for the quality delta.
 Outputs in ``--out``: ``results.json``, ``deployment_manifest.json`` (hardware, runtimes,
 precision, input protocol, latency protocol, quality delta), ``tables.md``,
 ``latency.png``, ``memory.png``, ``end_to_end.png``, ``workers/<engine>.json|.log`` and
-``labels/<engine>/<case>__<scenario>.npy``.
+``labels/<engine>/<case>__<scenario>.npy``. The tables, figures and manifest are
+:mod:`benchmarks.run_report`'s; the protocol shared with the GPU check (reference batch,
+scenarios, timing) is :mod:`benchmarks.measurement`.
 
-``--triton`` adds the remote engine (:mod:`engines.runtimes.triton_engine`), measured in the main
-process against a real Triton server: twice, the Python-backend repository with and without
+``--triton`` adds the remote engine (:mod:`engines.runtimes.triton_engine`; :mod:`benchmarks.run_triton`),
+measured in the main process against a real Triton server: twice, the Python-backend repository with and without
 ``dynamic_batching`` (:mod:`engines.serving.triton_repository`), each served by a local
 ``tritonserver`` from ``.venv-triton`` (``bash scripts/bootstrap_triton.sh``); or once against
 ``--triton-url`` (e.g. the NGC container on a GPU server, repository as generated there).
@@ -43,7 +45,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -53,8 +54,20 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.measurement import (
+    PROTOCOL_SHAPES,
+    REFERENCE_SHAPE,
+    REGIONS,
+    SCENARIOS,
+    crop_to_tumour,
+    hardware_facts,
+    runtime_versions,
+    time_network,
+)
+from benchmarks.reporting import jsonable
+from benchmarks.run_report import deployment_manifest, write_plots, write_tables
+from benchmarks.run_triton import triton_section
 from engines.model.brats_cases import load_case
-from engines.model.cascade import protocol_shape
 from engines.model.weights import NETWORKS
 
 log = logging.getLogger("benchmarks.run")
@@ -69,43 +82,9 @@ ENGINE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # engines of their own: openvino-folded, openvino-folded-bf16).
     "onnxruntime-arena": ("onnxruntime", {"cpu_mem_arena": True}),
 }
-SCENARIOS: dict[str, tuple[bool, bool, bool, bool]] = {
-    "all": (True, True, True, True),
-    "FLAIR+T1ce+T2": (True, False, True, True),
-    "T1ce+T2": (False, False, True, True),
-    "T2": (False, False, False, True),
-}
-REFERENCE_SHAPE = (5, 4, 19, 144, 144)  # issue 9's WT reference batch (NCDHW)
-#: Protocol batch per network (engines.model.cascade: batch 5, 19 slices, base in-plane patch).
-PROTOCOL_SHAPES: dict[str, tuple[int, int, int, int, int]] = {n: protocol_shape(n) for n in NETWORKS}
-REGIONS = ("WT", "TC", "ET")
-STAGE_KEYS = ("load", "preprocess", "infer", "postprocess")
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def time_network(engine: Any, network: str, shape: Sequence[int], warmup: int, runs: int) -> dict[str, Any]:
-    """Model-only latency of ``engine.run(network, batch)`` on :func:`reference_batch` ``(shape)``.
-
-    ``warmup`` untimed-for-the-statistics runs first (their times are kept in ``warmup_s``),
-    then ``runs`` timed runs (wall clock, seconds) summarised by :func:`percentiles`.
-    """
-    x = reference_batch(tuple(shape))
-    warm, samples = [], []
-    for times, count in ((warm, warmup), (samples, runs)):
-        for _ in range(count):
-            t = time.perf_counter()
-            engine.run(network, x)
-            times.append(time.perf_counter() - t)
-    return {"network": network, "shape": list(shape), "warmup_s": warm, "samples_s": samples, **percentiles(samples)}
-
-
-def percentiles(samples: Sequence[float]) -> dict[str, float]:
-    """``p50``, ``p95``, ``max``, ``mean``, ``n`` of latency samples (seconds)."""
-    a = np.asarray(samples, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "max": float(a.max()), "mean": float(a.mean()), "n": int(a.size)}
 
 
 def peak_rss_mb() -> float:
@@ -115,76 +94,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def reference_batch(shape: Sequence[int], seed: int = 0) -> np.ndarray:
-    """Deterministic z-scored-like input (N(0, 1)) of ``shape``, float32."""
-    return np.random.default_rng([seed, *shape]).standard_normal(tuple(shape), dtype=np.float32)
-
-
 def amdahl_bound(infer_fraction: float) -> float:
     """Largest end-to-end speed-up from an infinitely fast ``infer``: ``1 / (1 - f)``."""
     return float("inf") if infer_fraction >= 1 else 1.0 / (1.0 - infer_fraction)
-
-
-def hardware_facts() -> dict[str, Any]:
-    """CPU model, cores, memory; GPU / driver / CUDA / cuDNN when present."""
-    facts: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                             "cpu_count": os.cpu_count(), "python": platform.python_version()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                facts["cpu_model"] = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                facts["cpu_isa"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                facts["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
-        facts["load_average_at_start"] = os.getloadavg()
-    except OSError:
-        pass
-    try:
-        import torch
-
-        facts["cuda_available"] = torch.cuda.is_available()
-        if torch.cuda.is_available():
-            facts["gpu"] = torch.cuda.get_device_name(0)
-            facts["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
-            facts["cuda"] = torch.version.cuda
-            facts["cudnn"] = torch.backends.cudnn.version()
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                     capture_output=True, text=True, timeout=20)
-                facts["driver"] = out.stdout.strip()
-            except (OSError, subprocess.SubprocessError):
-                facts["driver"] = "unknown (nvidia-smi not runnable)"
-    except ImportError:
-        facts["cuda_available"] = False
-    return facts
-
-
-def runtime_versions() -> dict[str, str]:
-    """Installed versions of the runtimes (``absent`` when not importable)."""
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "monai", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
-
-
-def crop_to_tumour(vols: np.ndarray, seg: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Crop ``(4, Z, Y, X)`` volumes and the seg to ``size`` voxels centred on the tumour (``--crop``)."""
-    centre = [int(np.mean(ix)) for ix in np.nonzero(seg > 0)] if seg.any() else [n // 2 for n in seg.shape]
-    sl = []
-    for c, s, n in zip(centre, size, seg.shape):
-        s = min(int(s), n)
-        a = min(max(c - s // 2, 0), n - s)
-        sl.append(slice(a, a + s))
-    return np.ascontiguousarray(vols[(slice(None), *sl)]), np.ascontiguousarray(seg[tuple(sl)])
 
 
 def make_engine(name: str, models: Path, threads: int | None) -> Any:
@@ -267,7 +179,7 @@ def worker(args: argparse.Namespace) -> int:
     else:
         res["e2e_note"] = "end-to-end not run for this engine (not in --e2e-engines)"
     res["e2e"] = e2e
-    res["describe"] = _jsonable(engine.describe())
+    res["describe"] = jsonable(engine.describe())
     res["peak_rss_mb"] = peak_rss_mb()
     if cuda:
         import torch
@@ -310,149 +222,6 @@ def _cuda_ok() -> bool:
         return bool(torch.cuda.is_available())
     except ImportError:
         return False
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-# ----------------------------------------------------------------------------- remote (Triton)
-
-
-def _process_tree_hwm_mb(pid: int) -> float:
-    """Sum of peak RSS (``VmHWM``) of ``pid`` and its descendants, MiB (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        todo += children.get(p, [])
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM"):
-                    total += int(line.split()[1]) / 1024.0
-        except OSError:
-            pass
-    return total
-
-
-def _triton_variant(url: str, args: argparse.Namespace, case: tuple[str, np.ndarray], server_pid: int | None) -> dict[str, Any]:
-    """Latency per call, per study and throughput at each concurrency against one server."""
-    import threading
-
-    from engines.model import cascade as C
-    from engines.runtimes.triton_engine import TritonEngine
-
-    out: dict[str, Any] = {"url": url}
-    engine = TritonEngine(args.models, url=url, timeout_s=args.triton_timeout)
-    engine.prepare(list(C.STAGES["wt"].networks.values()) + list(C.STAGES["tc"].networks.values())
-                   + list(C.STAGES["en"].networks.values()))
-    latency: dict[str, Any] = {}
-    for net in args.latency_networks:
-        shape = tuple(args.latency_shape) if args.latency_shape else PROTOCOL_SHAPES[net]
-        latency[f"{net}@{list(shape)}"] = time_network(engine, net, shape, args.warmup, args.runs)
-        log.info("triton %s %s: p50 %.3f s", url, net, latency[f"{net}@{list(shape)}"]["p50"])
-    out["latency"] = latency
-    out["describe"] = _jsonable(engine.describe())
-
-    case_name, vols = case
-    ref_labels: np.ndarray | None = None
-    local_path = args.out / "labels" / "onnxruntime" / f"{case_name}__all.npy"
-    local_labels = np.load(local_path) if local_path.is_file() else None
-    levels = []
-    for conc in args.triton_concurrency:
-        engines = [TritonEngine(args.models, url=url, timeout_s=args.triton_timeout) for _ in range(conc)]
-        results: list[Any] = [None] * conc
-        walls = [0.0] * conc
-        errors: list[str] = []
-
-        # Each study thread is joined before the loop moves on: the closure's loop variables
-        # (results, engines, errors, walls) are this iteration's.
-        def study(i: int) -> None:
-            t = time.perf_counter()
-            try:
-                results[i] = C.segment_brats_full(vols, SCENARIOS["all"], engines[i], seed=0)  # noqa: B023
-            except Exception as exc:  # noqa: BLE001 - recorded in the results
-                errors.append(f"{type(exc).__name__}: {exc}")  # noqa: B023
-            walls[i] = time.perf_counter() - t  # noqa: B023
-
-        before = engine.statistics()
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=study, args=(i,), name=f"study-{i}") for i in range(conc)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-        after = engine.statistics()
-        requests = sum(after[n]["requests"] - before[n]["requests"] for n in after)
-        executions = sum(after[n]["executions"] - before[n]["executions"] for n in after)
-        row: dict[str, Any] = {"concurrent_studies": conc, "wall_s": wall, "errors": errors,
-                               "study_latency_s": percentiles(walls), "studies_per_minute": 60.0 * conc / wall,
-                               "requests": requests, "executions": executions,
-                               "requests_per_execute": requests / executions if executions else None,
-                               "seconds_in_calls_mean": float(np.mean([e.seconds_in_calls for e in engines])),
-                               "calls_per_study": float(np.mean([e.calls for e in engines]))}
-        labels = [r.labels for r in results if r is not None]
-        if labels:
-            if ref_labels is None:
-                ref_labels = labels[0]
-            row["labels_identical_to_single_study"] = all(np.array_equal(lab, ref_labels) for lab in labels)
-            if local_labels is not None:
-                row["labels_identical_to_local_onnxruntime"] = all(np.array_equal(lab, local_labels) for lab in labels)
-        levels.append(row)
-        log.info("triton %s: %d concurrent studies in %.1f s (%.2f studies/min), %d requests in %d executes",
-                 url, conc, wall, row["studies_per_minute"], requests, executions)
-    base = levels[0]["studies_per_minute"] if levels else None
-    for row in levels:
-        row["throughput_vs_1"] = row["studies_per_minute"] / base if base else None
-    out["throughput"] = levels
-    if server_pid is not None:
-        # tritonserver + one Python-backend stub per model instance; the peaks need not coincide.
-        out["server_peak_rss_mb_sum_of_processes"] = _process_tree_hwm_mb(server_pid)
-    return out
-
-
-def triton_section(args: argparse.Namespace) -> dict[str, Any]:
-    """The remote-engine benchmark (see the module docstring)."""
-    from benchmarks.triton_server import find_triton, run_triton
-    from engines.serving.triton_repository import generate
-
-    case_dir = args.case_dirs[0]
-    vols, seg, _ = load_case(case_dir)
-    if args.crop:
-        vols, seg = crop_to_tumour(vols, seg, args.crop)
-    res: dict[str, Any] = {"case": case_dir.name, "scenario": "all", "crop": args.crop,
-                           "concurrency": args.triton_concurrency, "protocol": args.triton_protocol,
-                           "variants": {}}
-    case = (case_dir.name, vols)
-    if args.triton_url:
-        res["server"] = "external"
-        res["variants"]["as_configured"] = _triton_variant(args.triton_url, args, case, None)
-        return res
-    install = find_triton()
-    res["server"] = f"local tritonserver from nvidia-pytriton {install.version()} (.venv-triton), Python backend"
-    for variant, dyn in (("dynamic_batching", True), ("no_dynamic_batching", False)):
-        vdir = args.out / "triton" / variant
-        vdir.mkdir(parents=True, exist_ok=True)
-        generate(args.models, vdir / "repository", flavour="python", dynamic_batching=dyn)
-        with run_triton(vdir / "repository", log_path=vdir / "tritonserver.log") as server:
-            url = server.http_url if args.triton_protocol == "http" else server.grpc_url
-            r = _triton_variant(url, args, case, server.process.pid)
-            r["startup_s"] = server.startup_s
-        r["dynamic_batching"] = dyn
-        res["variants"][variant] = r
-    res["note"] = ("The networks normalise with batch statistics: the Python-backend model runs every request "
-                   "as its own batch, also when the dynamic batcher hands it several requests in one execute "
-                   "call (requests_per_execute > 1); dynamic batching therefore only changes queueing, never "
-                   "the arithmetic. onnxruntime_onnx / tensorrt_plan configs use max_batch_size 0 (no "
-                   "server-side batching).")
-    return res
 
 
 # ----------------------------------------------------------------------------- main
@@ -516,200 +285,6 @@ def speedups(results: dict[str, Any]) -> dict[str, dict[str, float]]:
             if key in base:
                 out.setdefault(name, {})[key] = base[key]["p50"] / v["p50"]
     return out
-
-
-def write_tables(doc: dict[str, Any], path: Path) -> None:
-    """MPA-style Markdown tables."""
-    res, lines = doc["engines"], []
-    lines += ["# Engine benchmark", "", f"Run: {doc['started']}, host {doc['hardware'].get('cpu_model', '?')}, "
-              f"{doc['hardware'].get('cpu_count')} CPUs; warm-up {doc['protocol']['warmup']}, "
-              f"runs {doc['protocol']['runs']}.", ""]
-    lines += ["## Latency (model only, seconds)", "", "| engine | batch | p50 | p95 | max | speed-up vs torch (p50) |",
-              "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for name, r in res.items():
-        if r.get("status") != "ok":
-            continue
-        for key, v in r.get("latency", {}).items():
-            sp = doc["speedup_vs_torch"].get(name, {}).get(key)
-            lines.append(f"| {name} | {key} | {v['p50']:.3f} | {v['p95']:.3f} | {v['max']:.3f} | "
-                         + (f"{sp:.2f}x" if sp else "-") + " |")
-    lines += ["", "## Skipped engines", "", "| engine | reason |", "| --- | --- |"]
-    for name, r in res.items():
-        if r.get("status") != "ok":
-            lines.append(f"| {name} | {r.get('reason', '?')} |")
-    lines += ["", "## Memory", "", "| engine | peak RSS MiB | GPU max allocated MiB | GPU max reserved MiB |",
-              "| --- | ---: | ---: | ---: |"]
-    for name, r in res.items():
-        if r.get("status") == "ok":
-            lines.append(f"| {name} | {r.get('peak_rss_mb', float('nan')):.0f} | "
-                         f"{r.get('gpu_max_memory_allocated_mb', '-')} | "
-                         f"{r.get('gpu_max_memory_reserved_mb', '-')} |")
-    lines += ["", "## End to end per case (seconds)", "",
-              "| engine | case | scenario | load | preprocess | infer | postprocess | total wall | total CPU | infer % "
-              "| Amdahl bound |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in res.items():
-        for row in r.get("e2e", []):
-            lines.append(f"| {name} | {row['case']} | {row['scenario']} | " + " | ".join(
-                f"{row[k]:.1f}" for k in (*STAGE_KEYS, "total_wall", "total_cpu"))
-                + f" | {100 * row['infer_fraction']:.0f} | {row['amdahl_bound']:.1f}x |")
-    q = doc["quality"]
-    for ref_kind, title in (("vs_ground_truth", "against ground truth"), ("vs_fp32_reference", "against the FP32 torch labels")):
-        lines += ["", f"## Quality {title}", "",
-                  "| engine | case | scenario | " + " | ".join(f"{r} Dice | {r} HD95 | {r} sens" for r in REGIONS) + " |",
-                  "| --- | --- | --- |" + " ---: |" * 9]
-        for name, rows in q["per_case"].items():
-            for i in rows:
-                m = i.get(ref_kind)
-                if m is None:
-                    continue
-                lines.append(f"| {name} | {i['case']} | {i['scenario']} | " + " | ".join(
-                    f"{m[r]['dice']:.3f} | {m[r]['hd95']:.1f} | {m[r]['sensitivity']:.3f}" for r in REGIONS) + " |")
-    lines += ["", "## ΔDice vs FP32 torch (engine minus torch, both against ground truth)", "",
-              "| engine | scenario | ΔWT | ΔTC | ΔET |", "| --- | --- | ---: | ---: | ---: |"]
-    for name, per_s in q["delta_dice_vs_fp32"].items():
-        for s, d in per_s.items():
-            lines.append(f"| {name} | {s} | " + " | ".join(f"{d.get(r, float('nan')):+.4f}" for r in REGIONS) + " |")
-    tri = doc.get("triton")
-    if tri:
-        lines += ["", "## Remote inference (Triton)", ""]
-        if "variants" not in tri:
-            lines.append(f"Failed: {tri.get('reason', '?')}")
-        else:
-            lines += [f"Server: {tri['server']}; protocol {tri['protocol']}; case {tri['case']} (scenario all, crop "
-                      f"{tri['crop']}); {tri.get('note', '')}", "",
-                      "| variant | network call | p50 | p95 | max |", "| --- | --- | ---: | ---: | ---: |"]
-            for v, r in tri["variants"].items():
-                for key, x in r.get("latency", {}).items():
-                    lines.append(f"| {v} | {key} | {x['p50']:.3f} | {x['p95']:.3f} | {x['max']:.3f} |")
-            lines += ["", "| variant | concurrent studies | wall s | study latency p50 s | studies/min | vs 1 study | "
-                      "requests / execute | labels = single study | labels = local onnxruntime |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-            for v, r in tri["variants"].items():
-                for row in r.get("throughput", []):
-                    rpe = row.get("requests_per_execute")
-                    lines.append(f"| {v} | {row['concurrent_studies']} | {row['wall_s']:.1f} | "
-                                 f"{row['study_latency_s']['p50']:.1f} | {row['studies_per_minute']:.2f} | "
-                                 f"{row['throughput_vs_1']:.2f}x | {'-' if rpe is None else f'{rpe:.2f}'} | "
-                                 f"{row.get('labels_identical_to_single_study', '-')} | "
-                                 f"{row.get('labels_identical_to_local_onnxruntime', '-')} |")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_plots(doc: dict[str, Any], out: Path) -> list[str]:
-    """latency.png, memory.png, end_to_end.png (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = {n: r for n, r in doc["engines"].items() if r.get("status") == "ok"}
-    files = []
-    keys = sorted({k for r in ok.values() for k in r.get("latency", {})})
-    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(keys) * max(1, len(ok)) / 2), 4))
-    width = 0.8 / max(1, len(ok))
-    for j, (name, r) in enumerate(ok.items()):
-        p50 = [r["latency"].get(k, {}).get("p50", np.nan) for k in keys]
-        p95 = [r["latency"].get(k, {}).get("p95", np.nan) for k in keys]
-        xs = np.arange(len(keys)) + j * width
-        ax.bar(xs, p50, width, label=name)
-        ax.errorbar(xs, p50, yerr=[np.zeros(len(keys)), np.subtract(p95, p50)], fmt="none", ecolor="k", capsize=2)
-    ax.set_xticks(np.arange(len(keys)) + width * (len(ok) - 1) / 2)
-    ax.set_xticklabels([k.split("[")[0] for k in keys], rotation=20, fontsize=8)
-    ax.set_ylabel("latency p50 (s), whisker p95")
-    ax.set_title("Model-only latency per engine")
-    ax.legend(fontsize=8)
-    _save_figure(fig, out / "latency.png", files)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = list(ok)
-    ax.bar(names, [ok[n].get("peak_rss_mb", 0) for n in names], label="peak RSS (MiB)")
-    if any("gpu_max_memory_reserved_mb" in ok[n] for n in names):
-        ax.bar(names, [ok[n].get("gpu_max_memory_reserved_mb", 0) for n in names], alpha=0.6, label="GPU reserved (MiB)")
-    ax.set_ylabel("MiB")
-    ax.set_title("Peak memory per engine")
-    ax.legend(fontsize=8)
-    plt.setp(ax.get_xticklabels(), rotation=20, fontsize=8)
-    _save_figure(fig, out / "memory.png", files)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    e2e_names = [n for n in names if ok[n].get("e2e")]
-    bottom = np.zeros(len(e2e_names))
-    for stage in STAGE_KEYS:
-        vals = np.array([np.mean([row[stage] for row in ok[n]["e2e"]]) for n in e2e_names]) if e2e_names else np.zeros(0)
-        ax.bar(e2e_names, vals, bottom=bottom, label=stage)
-        bottom = bottom + vals
-    ax.set_ylabel("seconds per case (mean)")
-    ax.set_title("End-to-end stage breakdown")
-    ax.legend(fontsize=8)
-    plt.setp(ax.get_xticklabels(), rotation=20, fontsize=8)
-    _save_figure(fig, out / "end_to_end.png", files)
-
-    tri = doc.get("triton") or {}
-    if tri.get("variants"):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for v, r in tri["variants"].items():
-            rows = r.get("throughput", [])
-            ax.plot([x["concurrent_studies"] for x in rows], [x["studies_per_minute"] for x in rows], marker="o", label=v)
-        ax.set_xlabel("concurrent studies against one server")
-        ax.set_ylabel("studies per minute")
-        ax.set_title("Triton remote inference: throughput")
-        ax.legend(fontsize=8)
-        _save_figure(fig, out / "throughput.png", files)
-    return files
-
-
-def _save_figure(fig: Any, path: Path, files: list[str]) -> None:
-    """Lay out, write ``path`` (PNG, 100 dpi), close, and list its name in ``files``."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    files.append(path.name)
-
-
-def deployment_manifest(doc: dict[str, Any]) -> dict[str, Any]:
-    """The six-part deployment manifest."""
-    res = doc["engines"]
-    return {
-        "hardware": doc["hardware"],
-        "runtime_versions": {"packages": doc["runtime_versions"],
-                             "engines": {n: r.get("describe") for n, r in res.items() if r.get("status") == "ok"}},
-        "precision": {n: (r.get("describe") or {}).get("precision") for n, r in res.items() if r.get("status") == "ok"},
-        "input_protocol": {
-            "layout": "NCDHW float32, channels FLAIR, T1, T1ce, T2, z-scored per modality over voxels > 0",
-            "batch": 5, "slab_depth_in": 19, "slab_depth_out": 11,
-            "patch_shapes": {n: list(s[2:]) for n, s in PROTOCOL_SHAPES.items()},
-            "reference_batch": doc["protocol"]["reference_batch"],
-            "normalisation": "batch statistics over (N, D, H, W): results depend on batch composition",
-        },
-        "latency_protocol": {
-            "warmup": doc["protocol"]["warmup"], "runs": doc["protocol"]["runs"],
-            "timer": "time.perf_counter, wall clock, one engine per subprocess, engines run sequentially",
-            "included": "engine.run(network, batch): host->device copy, inference, device->host copy, "
-                        "output conversion to float32 NumPy; excluded: engine creation, model loading, "
-                        "compilation / first-call warm-up (reported separately)",
-            "statistics": "p50, p95, max over the timed runs; speed-up = torch p50 / engine p50, same run",
-            "threads": doc["protocol"]["threads"],
-        },
-        "quality_delta": doc["quality"]["delta_dice_vs_fp32"],
-        **({"remote_inference": _remote_manifest(doc["triton"])} if "triton" in doc else {}),
-    }
-
-
-def _remote_manifest(tri: dict[str, Any]) -> dict[str, Any]:
-    """The remote engine's part of the deployment manifest (same format as the local engines')."""
-    if "variants" not in tri:
-        return tri
-    return {
-        "server": tri.get("server"), "protocol": tri.get("protocol"), "case": tri.get("case"), "crop": tri.get("crop"),
-        "engines": {v: r.get("describe") for v, r in tri["variants"].items()},
-        "latency_p50_s": {v: {k: x["p50"] for k, x in r.get("latency", {}).items()} for v, r in tri["variants"].items()},
-        "throughput_studies_per_minute": {v: {str(row["concurrent_studies"]): row["studies_per_minute"]
-                                              for row in r.get("throughput", [])} for v, r in tri["variants"].items()},
-        "batching": tri.get("note"),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -866,11 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc["speedup_vs_torch"] = speedups(doc["engines"])
     doc["quality"] = quality(doc["engines"], args)
     doc["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    (args.out / "results.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
-    (args.out / "deployment_manifest.json").write_text(json.dumps(_jsonable(deployment_manifest(doc)), indent=2) + "\n")
+    (args.out / "results.json").write_text(json.dumps(jsonable(doc), indent=2) + "\n")
+    (args.out / "deployment_manifest.json").write_text(json.dumps(jsonable(deployment_manifest(doc)), indent=2) + "\n")
     write_tables(doc, args.out / "tables.md")
     doc["plots"] = write_plots(doc, args.out)
-    (args.out / "results.json").write_text(json.dumps(_jsonable(doc), indent=2) + "\n")
+    (args.out / "results.json").write_text(json.dumps(jsonable(doc), indent=2) + "\n")
     print(f"benchmark written to {args.out}")
     return 0
 
