@@ -104,7 +104,7 @@ def count_network_flops(study: Path, models: Path) -> dict[str, Any]:
     import logging
     from collections import Counter
 
-    from benchmarks.gpu_check import count_flops
+    from benchmarks.gpu_check_measure import count_flops
     from benchmarks.hd_bet_engines import network_gflop
     from engines.model.cascade import segment_brats_full
     from engines.runtimes.registry import choose_engine
