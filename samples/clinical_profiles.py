@@ -58,7 +58,24 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
-from samples import make_study as ms
+from engines.model.modalities import MODALITIES
+from samples.dicom_writer import SeriesPlan, deterministic_uid, prepare_study_folder, sanitise, study_context, write_series
+from samples.make_study import resample_moving
+from samples.scanner_protocols import VENDORS, SequenceProtocol
+from samples.volumes import (
+    Grid,
+    RigidTransform,
+    StudyBuildError,
+    Volume,
+    case_file,
+    case_id_of,
+    crop_slab,
+    load_case,
+    load_volume,
+    validate_slab,
+    volume_center,
+    write_ground_truth,
+)
 
 __all__ = ["PROFILES", "make_clinical_study"]
 
@@ -68,7 +85,7 @@ class ClinicalSeries:
     """One series of a clinical exam: what it is, what it holds, when it was acquired."""
 
     key: str
-    protocol: ms.SequenceProtocol
+    protocol: SequenceProtocol
     source: str  # BraTS modality whose image it holds
     slice_mm: float = 1.0  # slice thickness of its grid (in-plane stays 1 mm)
     n_slices: int | None = None  # keep only this many slices around the centre (localiser)
@@ -80,8 +97,8 @@ class ClinicalSeries:
 
 
 def _p(desc: str, protocol: str, seq: tuple[str, ...], tr: float, te: float, ti: float | None,
-       image_type: tuple[str, ...], duration_s: int, name: str = "") -> ms.SequenceProtocol:
-    return ms.SequenceProtocol(desc, protocol, seq, (), (), name, tr, te, ti, 90.0, 1, image_type, duration_s)
+       image_type: tuple[str, ...], duration_s: int, name: str = "") -> SequenceProtocol:
+    return SequenceProtocol(desc, protocol, seq, (), (), name, tr, te, ti, 90.0, 1, image_type, duration_s)
 
 
 def _philips() -> dict[str, Any]:
@@ -153,7 +170,7 @@ def _ge() -> dict[str, Any]:
 
 #: Profile name -> vendor naming (``--clinical PROFILE``).
 PROFILES = {"philips": _philips, "siemens": _siemens, "ge": _ge}
-_VENDOR_INDEX = {"siemens": 0, "ge": 1, "philips": 2}  # make_study's VENDORS order
+_VENDOR_INDEX = {"siemens": 0, "ge": 1, "philips": 2}  # samples.scanner_protocols.VENDORS' order
 
 
 def _exam(names: Mapping[str, Any], contrast_evidence: bool) -> list[tuple[ClinicalSeries, float]]:
@@ -188,7 +205,7 @@ def _exam(names: Mapping[str, Any], contrast_evidence: bool) -> list[tuple[Clini
     return series
 
 
-def _fat_suppressed_look(vol: ms.Volume, t1: ms.Volume) -> ms.Volume:
+def _fat_suppressed_look(vol: Volume, t1: Volume) -> Volume:
     """A fat-suppressed T1's look, as far as a skull-stripped brain can show it: the tissue that is
     brightest on the plain pre-contrast T1 (``t1`` above its 97th percentile inside the head, the
     place of fat on a real head) is dark (0.3 x the median), in every series of this look, pre- or
@@ -202,10 +219,10 @@ def _fat_suppressed_look(vol: ms.Volume, t1: ms.Volume) -> ms.Volume:
     bright = ref > np.percentile(ref[inside], 97)
     data = vol.data.astype(np.float64)
     dark = 0.3 * float(np.median(data[data > 0])) if (data > 0).any() else 0.0
-    return ms.Volume(data=np.where(bright, np.rint(dark), data).astype(np.int16), affine_lps=vol.affine_lps)
+    return Volume(data=np.where(bright, np.rint(dark), data).astype(np.int16), affine_lps=vol.affine_lps)
 
 
-def _coronal(vol: ms.Volume) -> ms.Volume:
+def _coronal(vol: Volume) -> Volume:
     """The same voxels with coronal slices (slice axis = the original j axis; right-handed)."""
     n_j = vol.data.shape[1]
     a = vol.affine_lps
@@ -213,10 +230,10 @@ def _coronal(vol: ms.Volume) -> ms.Volume:
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = a[:3, 0], a[:3, 2], -a[:3, 1]
     affine[:3, 3] = a[:3, 3] + a[:3, 1] * (n_j - 1)
     data = np.ascontiguousarray(vol.data.transpose(0, 2, 1)[:, :, ::-1])
-    return ms.Volume(data=data, affine_lps=affine)
+    return Volume(data=data, affine_lps=affine)
 
 
-def _thick(vol: ms.Volume, slice_mm: float) -> ms.Volume:
+def _thick(vol: Volume, slice_mm: float) -> Volume:
     """The same field of view with thicker slices (in-plane unchanged), linear interpolation."""
     n_i, n_j, n_k = vol.data.shape
     sp = vol.spacing
@@ -224,22 +241,22 @@ def _thick(vol: ms.Volume, slice_mm: float) -> ms.Volume:
     size, spacing = (n_i, n_j, n_new), (sp[0], sp[1], slice_mm)
     d = vol.direction
     half = d @ ((np.asarray(size, dtype=float) - 1.0) / 2.0 * np.asarray(spacing))
-    grid = ms.Grid(size=size, spacing=spacing, origin=tuple(float(o) for o in ms.volume_center(vol) - half),
+    grid = Grid(size=size, spacing=spacing, origin=tuple(float(o) for o in volume_center(vol) - half),
                    direction=tuple(float(v) for v in d.ravel()))
-    identity = ms.RigidTransform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in ms.volume_center(vol)))
-    return ms.resample_moving(vol, identity, grid)
+    identity = RigidTransform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in volume_center(vol)))
+    return resample_moving(vol, identity, grid)
 
 
-def _centre_slices(vol: ms.Volume, n: int) -> ms.Volume:
+def _centre_slices(vol: Volume, n: int) -> Volume:
     k0 = max(vol.data.shape[2] // 2 - n // 2, 0)
-    return ms.crop_slab(vol, (k0, min(k0 + n, vol.data.shape[2])))
+    return crop_slab(vol, (k0, min(k0 + n, vol.data.shape[2])))
 
 
-def sliding_mip(vol: ms.Volume, slab: int = 10) -> ms.Volume:
+def sliding_mip(vol: Volume, slab: int = 10) -> Volume:
     """Sliding maximum-intensity projection over ``slab`` slices (a derived MIP series)."""
     data = np.stack([vol.data[:, :, max(k - slab // 2, 0):k + slab // 2 + 1].max(axis=2)
                      for k in range(vol.data.shape[2])], axis=2)
-    return ms.Volume(data=data, affine_lps=vol.affine_lps)
+    return Volume(data=data, affine_lps=vol.affine_lps)
 
 
 def _raw(ds: pydicom.Dataset, keyword: str, value: bytes) -> None:
@@ -278,21 +295,21 @@ def make_clinical_study(
         SeriesInstanceUID the app should pick (T1ce absent when ``contrast_evidence`` is False).
     """
     if profile not in PROFILES:
-        raise ms.StudyBuildError(f"unknown clinical profile {profile!r}; expected one of {', '.join(PROFILES)}")
+        raise StudyBuildError(f"unknown clinical profile {profile!r}; expected one of {', '.join(PROFILES)}")
     case_dir, out_dir = Path(case_dir), Path(out_dir)
     names = PROFILES[profile]()
-    case_id = ms.case_id_of(case_dir)
-    vols = ms.load_case(case_dir, ms.MODALITIES)
-    seg_path = ms.case_file(case_dir, "seg")
-    slab = ms._check_slab(slices, next(iter(vols.values())).data.shape[2])
+    case_id = case_id_of(case_dir)
+    vols = load_case(case_dir, MODALITIES)
+    seg_path = case_file(case_dir, "seg")
+    slab = validate_slab(slices, next(iter(vols.values())).data.shape[2])
     if slab is not None:
-        vols = {m: ms.crop_slab(v, slab) for m, v in vols.items()}
-    ctx = ms.study_context(case_id, seed, None, slab)
-    ctx = dataclasses.replace(ctx, vendor=ms.VENDORS[_VENDOR_INDEX[profile]](),
-                              study_uid=ms._uid(seed, ctx.uid_case, "clinical", profile, mask_series,
+        vols = {m: crop_slab(v, slab) for m, v in vols.items()}
+    ctx = study_context(case_id, seed, None, slab)
+    ctx = dataclasses.replace(ctx, vendor=VENDORS[_VENDOR_INDEX[profile]](),
+                              study_uid=deterministic_uid(seed, ctx.uid_case, "clinical", profile, mask_series,
                                                 contrast_evidence, "study"))
-    staging = ms._prepare_out_dir(out_dir, overwrite)
-    frame_of_reference = ms._uid(seed, ctx.uid_case, "clinical", profile, "frame-of-reference")
+    staging = prepare_study_folder(out_dir, overwrite)
+    frame_of_reference = deterministic_uid(seed, ctx.uid_case, "clinical", profile, "frame-of-reference")
     written: list[dict[str, Any]] = []
     expected: dict[str, str] = {}
     exam = _exam(names, contrast_evidence)
@@ -303,9 +320,9 @@ def make_clinical_study(
     try:
         for number, (spec, minute) in enumerate(exam, start=1):
             if spec.source == "mask":
-                truth = ms.load_volume(seg_path)
-                truth = ms.crop_slab(truth, slab) if slab is not None else truth
-                vol = ms.Volume(data=(truth.data > 0).astype(np.int16), affine_lps=truth.affine_lps)
+                truth = load_volume(seg_path)
+                truth = crop_slab(truth, slab) if slab is not None else truth
+                vol = Volume(data=(truth.data > 0).astype(np.int16), affine_lps=truth.affine_lps)
                 series_number = 9001
             else:
                 vol = vols[spec.source]
@@ -321,14 +338,14 @@ def make_clinical_study(
             if spec.n_slices:
                 vol = _centre_slices(vol, spec.n_slices)
             start = ctx.study_start + timedelta(minutes=minute)
-            plan = ms.SeriesPlan(
+            plan = SeriesPlan(
                 modality=f"clinical-{profile}-{spec.key}-{contrast_evidence}", protocol=spec.protocol,
                 series_number=series_number,
-                series_uid=ms._uid(seed, ctx.uid_case, "clinical", profile, spec.key, contrast_evidence, "series"),
+                series_uid=deterministic_uid(seed, ctx.uid_case, "clinical", profile, spec.key, contrast_evidence, "series"),
                 frame_of_reference_uid=frame_of_reference, start=start,
-                folder_name=f"{series_number}_{ms.sanitise(spec.protocol.series_description)}", misaligned=False,
+                folder_name=f"{series_number}_{sanitise(spec.protocol.series_description)}", misaligned=False,
             )
-            folder = ms.write_series(ctx, plan, vol, staging, seed, None)
+            folder = write_series(ctx, plan, vol, staging, seed, None)
             _finish_files(folder, spec, names["faults"] if faults else {})
             written.append({"key": spec.key, "series_number": series_number, "series_instance_uid": plan.series_uid,
                             "series_description": spec.protocol.series_description, "source": spec.source,
@@ -346,13 +363,7 @@ def make_clinical_study(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     staging.rename(out_dir / "dicom")
-    if slab is None:
-        shutil.copyfile(seg_path, out_dir / "ground_truth.nii.gz")
-    else:
-        import nibabel as nib
-
-        truth_img = nib.load(str(seg_path))
-        nib.save(truth_img.slicer[:, :, slab[0]:slab[1]], str(out_dir / "ground_truth.nii.gz"))
+    write_ground_truth(seg_path, out_dir / "ground_truth.nii.gz", slab)
     doc = {
         "generator": "samples.clinical_profiles 1.0", "case_id": case_id, "seed": seed,
         "slices": list(slab) if slab else None, "study_instance_uid": ctx.study_uid,

@@ -14,10 +14,10 @@ matrix, and all series share one FrameOfReferenceUID (one scanner session).
 Output layout: the same as :mod:`samples.make_study` (``<out>/dicom/<series folder>/IM_0001.dcm``
 ..., ``<out>/study.json``), without ``ground_truth.nii.gz`` (there are no labels) and without
 ``misalignment.json``. The DICOM headers, series plan and writer are
-:mod:`samples.make_study`'s own functions (vendor style from ``--seed``).
+:mod:`samples.make_study`'s and :mod:`samples.dicom_writer`'s own functions (vendor style from ``--seed``).
 
 GEOMETRY: NIfTI is RAS, DICOM is LPS (``A_lps = diag(-1, -1, 1, 1) @ A_ras``, see
-:func:`samples.make_study.nifti_lps_affine`). A stored left-handed affine (e.g. LAS: rows run
+:func:`samples.volumes.nifti_lps_affine`). A stored left-handed affine (e.g. LAS: rows run
 anterior) would make DICOM readers sort slices in reverse, so such a volume gets its ``j``
 (row) axis reversed here -- the same voxels at the same LPS positions, rows running the
 other way; the slice order and the slice positions are unchanged.
@@ -36,7 +36,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from samples import make_study as ms
+from engines.model.modalities import MODALITIES
+from operators.spatial.grid import choose_reference
+from samples.dicom_writer import decimal_strings, prepare_study_folder, study_context, write_series
+from samples.make_study import OneLineArgumentParser, plan_series
+from samples.scanner_protocols import ACQUISITION_ORDER
+from samples.study_manifest import SeriesManifest
+from samples.volumes import StudyBuildError, Volume, as_int16, nifti_lps_affine
 
 __all__ = ["NATIVE_FILES", "load_native_volume", "make_native_study", "main"]
 
@@ -52,7 +58,7 @@ NATIVE_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_native_volume(path: Path) -> ms.Volume:
+def load_native_volume(path: Path) -> Volume:
     """One sequence as int16 with its LPS affine, made right-handed if needed.
 
     Parameters
@@ -62,31 +68,31 @@ def load_native_volume(path: Path) -> ms.Volume:
 
     Returns
     -------
-    samples.make_study.Volume
+    samples.volumes.Volume
         ``data`` ``(I, J, K)`` int16 and ``affine_lps``; when the stored affine is
         left-handed, ``data[:, ::-1, :]`` with column ``j`` of the affine negated and the
         origin moved to the former last row (same physical voxel positions).
 
     Raises
     ------
-    samples.make_study.StudyBuildError
+    samples.volumes.StudyBuildError
         Unreadable, not 3-D, non-integer values or a non-orthogonal affine.
     """
     if not path.is_file():
-        raise ms.StudyBuildError(f"missing file: {path}")
+        raise StudyBuildError(f"missing file: {path}")
     try:
         img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001 -- any read failure is bad input
-        raise ms.StudyBuildError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
+        raise StudyBuildError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
     if arr.ndim != 3:
-        raise ms.StudyBuildError(f"{path}: expected a 3-D image, got shape {arr.shape}")
-    data = ms._as_int16(np.asarray(arr), path)
-    a = ms.nifti_lps_affine(img)
+        raise StudyBuildError(f"{path}: expected a 3-D image, got shape {arr.shape}")
+    data = as_int16(np.asarray(arr), path)
+    a = nifti_lps_affine(img)
     unit = a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0)
     handed = float(np.dot(np.cross(unit[:, 0], unit[:, 1]), unit[:, 2]))
     if abs(abs(handed) - 1.0) > 1e-3:
-        raise ms.StudyBuildError(f"{path}: affine is not orthogonal; not supported")
+        raise StudyBuildError(f"{path}: affine is not orthogonal; not supported")
     if handed < 0:  # left-handed (e.g. LAS): reverse the row (j) axis
         n_j = data.shape[1]
         data = np.ascontiguousarray(data[:, ::-1, :])
@@ -94,7 +100,7 @@ def load_native_volume(path: Path) -> ms.Volume:
         flipped[:3, 1] = -a[:3, 1]
         flipped[:3, 3] = a[:3, 3] + a[:3, 1] * (n_j - 1)
         a = flipped
-    return ms.Volume(data=data, affine_lps=a)
+    return Volume(data=data, affine_lps=a)
 
 
 def _find(folder: Path) -> dict[str, Path]:
@@ -132,28 +138,28 @@ def make_native_study(
     t0 = time.perf_counter()
     folder, out_dir = Path(folder), Path(out_dir)
     if not folder.is_dir():
-        raise ms.StudyBuildError(f"folder not found: {folder}")
+        raise StudyBuildError(f"folder not found: {folder}")
     files = _find(folder)
     if not files:
-        raise ms.StudyBuildError(f"{folder}: no t1/t1c/t2/flair NIfTI found")
-    present = [m for m in ms.MODALITIES if m in files]
-    reference = ms.choose_reference(present)
+        raise StudyBuildError(f"{folder}: no t1/t1c/t2/flair NIfTI found")
+    present = [m for m in MODALITIES if m in files]
+    reference = choose_reference(dict.fromkeys(present))  # the app's rule; only the keys count
     case_id = folder.resolve().name
     vols = {m: load_native_volume(files[m]) for m in present}
 
-    ctx = ms.study_context(case_id, seed, None)
-    plans = ms.plan_series(ctx, present, seed, None, reference)
-    staging = ms._prepare_out_dir(out_dir, overwrite)
+    ctx = study_context(case_id, seed, None)
+    plans = plan_series(ctx, present, seed, None, reference)
+    staging = prepare_study_folder(out_dir, overwrite)
     dicom_dir = out_dir / "dicom"
-    series: dict[str, ms.SeriesManifest] = {}
+    series: dict[str, SeriesManifest] = {}
     try:
-        for m in ms.ACQUISITION_ORDER:
+        for m in ACQUISITION_ORDER:
             if m not in plans:
                 continue
-            written = ms.write_series(ctx, plans[m], vols[m], staging, seed, None)
-            series[m] = ms._series_manifest(plans[m], vols[m], dicom_dir / written.name)
+            written = write_series(ctx, plans[m], vols[m], staging, seed, None)
+            series[m] = SeriesManifest.from_plan(plans[m], vols[m], dicom_dir / written.name)
             LOG.info("%-5s <- %s -> dicom/%s: %s voxels, %s mm", m, files[m].name, written.name,
-                     "x".join(map(str, vols[m].data.shape)), "x".join(ms._ds_list(vols[m].spacing)))
+                     "x".join(map(str, vols[m].data.shape)), "x".join(decimal_strings(vols[m].spacing)))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -177,7 +183,7 @@ def make_native_study(
         "dropped": [],
         "ground_truth": None,
         "dicom_dir": "dicom",
-        "series": [series[m].as_dict(out_dir) for m in ms.ACQUISITION_ORDER if m in series],
+        "series": [series[m].as_dict(out_dir) for m in ACQUISITION_ORDER if m in series],
     }
     (out_dir / "study.json").write_text(json.dumps(doc, indent=2) + "\n")
     LOG.info("native study %s: %d series in %s (%.2f s)", case_id, len(series), out_dir,
@@ -187,7 +193,7 @@ def make_native_study(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0 ok, 2 bad input)."""
-    p = ms._OneLineParser(prog="python -m samples.make_native_study",
+    p = OneLineArgumentParser(prog="python -m samples.make_native_study",
                           description=__doc__.split("\n")[0])
     p.add_argument("folder", type=Path, help="folder of per-sequence NIfTI files")
     p.add_argument("out_dir", type=Path, help="output folder")
@@ -199,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="[make_native_study] %(message)s")
     try:
         make_native_study(args.folder, args.out_dir, seed=args.seed, overwrite=args.overwrite)
-    except ms.StudyBuildError as exc:
+    except StudyBuildError as exc:
         sys.stderr.write(f"make_native_study: error: {exc}\n")
         return 2
     return 0

@@ -35,8 +35,22 @@ import numpy as np
 import pydicom
 from pydicom.uid import ImplicitVRLittleEndian
 
-import samples.make_study as ms
 from samples.clinical_profiles import sliding_mip
+from samples.dicom_writer import SeriesPlan, deterministic_uid, prepare_study_folder, sanitise, study_context, write_series
+from samples.make_study import resample_moving
+from samples.scanner_protocols import SequenceProtocol
+from samples.volumes import (
+    Grid,
+    RigidTransform,
+    Volume,
+    case_file,
+    case_id_of,
+    crop_slab,
+    load_case,
+    load_volume,
+    validate_slab,
+    volume_center,
+)
 
 __all__ = ["FAR_OFF_MM", "TILTS_DEG", "make_reformat_study"]
 
@@ -47,22 +61,22 @@ TILTS_DEG = {"t1ce": 21.0, "t2": 28.0}
 
 _REFORMAT = ("ORIGINAL", "PRIMARY", "MPR")
 _PROTOCOLS = {
-    "t1ce": ms.SequenceProtocol("T1 MPRAGE post KM 1mm ax MPR", "t1_mprage_sag_p2_iso", ("GR", "IR"), ("SP", "MP"),
+    "t1ce": SequenceProtocol("T1 MPRAGE post KM 1mm ax MPR", "t1_mprage_sag_p2_iso", ("GR", "IR"), ("SP", "MP"),
                                 ("IR",), "*tfl3d1_16ns", 0.0, 0.0, None, 8.0, 1, _REFORMAT, 300),
-    "t2": ms.SequenceProtocol("T2 SPACE 1mm ax MPR", "t2_space_sag_p2_iso", ("SE",), ("SK", "SP"), (),
+    "t2": SequenceProtocol("T2 SPACE 1mm ax MPR", "t2_space_sag_p2_iso", ("SE",), ("SK", "SP"), (),
                               "*spc_314ns", 0.0, 0.0, None, 120.0, 1, _REFORMAT, 330),
-    "mip": ms.SequenceProtocol("T1 post KM MIP ax", "t1_mprage_sag_p2_iso", ("GR", "IR"), ("SP", "MP"), ("IR",),
+    "mip": SequenceProtocol("T1 post KM MIP ax", "t1_mprage_sag_p2_iso", ("GR", "IR"), ("SP", "MP"), ("IR",),
                                "*tfl3d1_16ns", 0.0, 0.0, None, 8.0, 1, ("DERIVED", "SECONDARY", "REFORMATTED"), 0),
 }
 
 
-def _far_off(vol: ms.Volume) -> ms.Volume:
+def _far_off(vol: Volume) -> Volume:
     affine = vol.affine_lps.copy()
     affine[2, 3] += FAR_OFF_MM
-    return ms.Volume(data=vol.data, affine_lps=affine)
+    return Volume(data=vol.data, affine_lps=affine)
 
 
-def _tilted_grid(vol: ms.Volume, tilt_deg: float, spacing_mm: float = 1.0) -> ms.Grid:
+def _tilted_grid(vol: Volume, tilt_deg: float, spacing_mm: float = 1.0) -> Grid:
     """A grid of ``spacing_mm`` voxels whose axes are ``vol``'s rotated by ``tilt_deg`` about LPS x,
     centred on ``vol``'s centre and covering its extent."""
     t = math.radians(tilt_deg)
@@ -70,22 +84,22 @@ def _tilted_grid(vol: ms.Volume, tilt_deg: float, spacing_mm: float = 1.0) -> ms
     direction = rot @ vol.direction
     idx = np.array([vol.affine_lps @ np.array([i * (n - 1) for i, n in zip(c, vol.data.shape)] + [1.0])
                     for c in np.ndindex(2, 2, 2)])[:, :3]
-    centre = ms.volume_center(vol)
+    centre = volume_center(vol)
     local = (idx - centre) @ direction  # extent along the new axes
     half = np.abs(local).max(axis=0)
     size = tuple(int(np.ceil(2 * h / spacing_mm)) + 1 for h in half)
     origin = centre - direction @ ((np.asarray(size, dtype=float) - 1.0) / 2.0 * spacing_mm)
-    return ms.Grid(size=size, spacing=(spacing_mm,) * 3, origin=tuple(float(o) for o in origin),
+    return Grid(size=size, spacing=(spacing_mm,) * 3, origin=tuple(float(o) for o in origin),
                    direction=tuple(float(v) for v in direction.ravel()))
 
 
-def _reformat_on(vol: ms.Volume, grid: ms.Grid) -> ms.Volume:
+def _reformat_on(vol: Volume, grid: Grid) -> Volume:
     """``vol`` resampled (linear) onto ``grid``, the patient unmoved."""
-    identity = ms.RigidTransform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in ms.volume_center(vol)))
-    return ms.resample_moving(vol, identity, grid)
+    identity = RigidTransform((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), tuple(float(c) for c in volume_center(vol)))
+    return resample_moving(vol, identity, grid)
 
 
-def _reformat(vol: ms.Volume, tilt_deg: float) -> ms.Volume:
+def _reformat(vol: Volume, tilt_deg: float) -> Volume:
     return _reformat_on(vol, _tilted_grid(vol, tilt_deg))
 
 
@@ -100,14 +114,14 @@ def _finish_series(folder: Path) -> None:
         ds.save_as(path, enforce_file_format=True)
 
 
-def _manual_seg(folder: Path, truth: ms.Volume, tilt_deg: float, out: Path) -> None:
+def _manual_seg(folder: Path, truth: Volume, tilt_deg: float, out: Path) -> None:
     """The expert labels on the T1 post reformat's grid as a DICOM-SEG (a reader's manual SEG)."""
     from operators.dicom.seg import build_segmentation
 
     grid = _tilted_grid(truth, tilt_deg)
     labels = None
     for value in (2, 1, 4):  # each class resampled as a 0 / 1000 image, inner classes last
-        indicator = ms.Volume(data=(truth.data == value).astype(np.int16) * 1000, affine_lps=truth.affine_lps)
+        indicator = Volume(data=(truth.data == value).astype(np.int16) * 1000, affine_lps=truth.affine_lps)
         inside = _reformat_on(indicator, grid).data > 500
         labels = np.zeros(inside.shape, np.uint8) if labels is None else labels
         labels[inside] = value
@@ -129,19 +143,19 @@ def make_reformat_study(case_dir: str | Path, out_dir: str | Path, *, seed: int 
         The content of ``study.json``; ``clinical.expected``: modality -> SeriesInstanceUID.
     """
     case_dir, out_dir = Path(case_dir), Path(out_dir)
-    case_id = ms.case_id_of(case_dir)
-    vols = ms.load_case(case_dir, ("t1ce", "t2"))
-    truth = ms.load_volume(ms.case_file(case_dir, "seg"))
-    slab = ms._check_slab(slices, vols["t1ce"].data.shape[2])
+    case_id = case_id_of(case_dir)
+    vols = load_case(case_dir, ("t1ce", "t2"))
+    truth = load_volume(case_file(case_dir, "seg"))
+    slab = validate_slab(slices, vols["t1ce"].data.shape[2])
     if slab is not None:
-        vols = {m: ms.crop_slab(v, slab) for m, v in vols.items()}
-        truth = ms.crop_slab(truth, slab)
+        vols = {m: crop_slab(v, slab) for m, v in vols.items()}
+        truth = crop_slab(truth, slab)
     vols = {m: _far_off(v) for m, v in vols.items()}
     truth = _far_off(truth)
-    ctx = ms.study_context(case_id, seed, None, slab)
-    ctx = dataclasses.replace(ctx, study_uid=ms._uid(seed, ctx.uid_case, "reformats", "study"))
-    staging = ms._prepare_out_dir(out_dir, overwrite)
-    frame_of_reference = ms._uid(seed, ctx.uid_case, "reformats", "frame-of-reference")
+    ctx = study_context(case_id, seed, None, slab)
+    ctx = dataclasses.replace(ctx, study_uid=deterministic_uid(seed, ctx.uid_case, "reformats", "study"))
+    staging = prepare_study_folder(out_dir, overwrite)
+    frame_of_reference = deterministic_uid(seed, ctx.uid_case, "reformats", "frame-of-reference")
     expected: dict[str, str] = {}
     written: list[dict[str, Any]] = []
     try:
@@ -150,13 +164,13 @@ def make_reformat_study(case_dir: str | Path, out_dir: str | Path, *, seed: int 
                   ("t1ce", 701, t1_post, 20.0),
                   ("mip", 702, sliding_mip(t1_post), 20.0)]
         for key, number, vol, minute in series:
-            plan = ms.SeriesPlan(modality=f"reformats-{key}", protocol=_PROTOCOLS[key], series_number=number,
-                                 series_uid=ms._uid(seed, ctx.uid_case, "reformats", key, "series"),
+            plan = SeriesPlan(modality=f"reformats-{key}", protocol=_PROTOCOLS[key], series_number=number,
+                                 series_uid=deterministic_uid(seed, ctx.uid_case, "reformats", key, "series"),
                                  frame_of_reference_uid=frame_of_reference,
                                  start=ctx.study_start + timedelta(minutes=minute),
-                                 folder_name=f"{number}_{ms.sanitise(_PROTOCOLS[key].series_description)}",
+                                 folder_name=f"{number}_{sanitise(_PROTOCOLS[key].series_description)}",
                                  misaligned=False)
-            folder = ms.write_series(ctx, plan, vol, staging, seed, None)
+            folder = write_series(ctx, plan, vol, staging, seed, None)
             _finish_series(folder)
             if key in ("t1ce", "t2"):
                 expected[key] = plan.series_uid

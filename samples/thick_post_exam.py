@@ -32,7 +32,18 @@ import numpy as np
 import pydicom
 from scipy.ndimage import uniform_filter1d
 
-import samples.make_study as ms
+from samples.dicom_writer import SeriesPlan, deterministic_uid, prepare_study_folder, sanitise, study_context, write_series
+from samples.scanner_protocols import SequenceProtocol
+from samples.volumes import (
+    StudyBuildError,
+    Volume,
+    case_file,
+    case_id_of,
+    crop_slab,
+    load_case,
+    validate_slab,
+    write_ground_truth,
+)
 
 __all__ = ["SLICE_SPACING_MM", "SLICE_THICKNESS_MM", "make_thick_post_study", "thick_gapped"]
 
@@ -43,15 +54,15 @@ SLICE_SPACING_MM = 6.5
 
 _SE = ("ORIGINAL", "PRIMARY", "M", "NORM", "DIS2D")
 _PROTOCOLS = {
-    "localiser": ms.SequenceProtocol("localizer", "localizer", ("GR",), ("SP",), (), "*fl2d1", 8.6, 4.0, None,
+    "localiser": SequenceProtocol("localizer", "localizer", ("GR",), ("SP",), (), "*fl2d1", 8.6, 4.0, None,
                                      20.0, 1, _SE, 20),
-    "t1ce": ms.SequenceProtocol("t1_se_tra_KM", "t1_se_tra_KM", ("SE",), ("SK", "SP"), (), "se2d1", 550.0, 10.0,
+    "t1ce": SequenceProtocol("t1_se_tra_KM", "t1_se_tra_KM", ("SE",), ("SK", "SP"), (), "se2d1", 550.0, 10.0,
                                 None, 90.0, 1, _SE, 182, contrast=True),
 }
 
 
-def thick_gapped(vol: ms.Volume, thickness_mm: float = SLICE_THICKNESS_MM,
-                 spacing_mm: float = SLICE_SPACING_MM) -> ms.Volume:
+def thick_gapped(vol: Volume, thickness_mm: float = SLICE_THICKNESS_MM,
+                 spacing_mm: float = SLICE_SPACING_MM) -> Volume:
     """Slices of ``thickness_mm`` every ``spacing_mm`` from a volume of thin slices.
 
     Each new slice is the mean of the original slices within its slab (a thick slice integrates
@@ -68,10 +79,10 @@ def thick_gapped(vol: ms.Volume, thickness_mm: float = SLICE_THICKNESS_MM,
     dz = float(vol.spacing[2])
     width = int(round(thickness_mm / dz))
     if width < 1 or width % 2 == 0 or not np.isclose(width * dz, thickness_mm):
-        raise ms.StudyBuildError(f"{thickness_mm} mm is not an odd number of {dz} mm slices")
+        raise StudyBuildError(f"{thickness_mm} mm is not an odd number of {dz} mm slices")
     n_k = vol.data.shape[2]
     if n_k < width:
-        raise ms.StudyBuildError(f"{n_k} slices are thinner than one {thickness_mm} mm slab")
+        raise StudyBuildError(f"{n_k} slices are thinner than one {thickness_mm} mm slab")
     averaged = uniform_filter1d(vol.data.astype(np.float64), size=width, axis=2, mode="nearest")
     half = width // 2
     centres = np.arange(half, n_k - half, spacing_mm / dz)  # fractional slice indices
@@ -82,7 +93,7 @@ def thick_gapped(vol: ms.Volume, thickness_mm: float = SLICE_THICKNESS_MM,
     affine = vol.affine_lps.copy()
     affine[:3, 3] = (vol.affine_lps @ np.array([0.0, 0.0, float(half), 1.0]))[:3]
     affine[:3, 2] = vol.affine_lps[:3, 2] * (spacing_mm / dz)
-    return ms.Volume(data=data, affine_lps=affine)
+    return Volume(data=data, affine_lps=affine)
 
 
 def _set_thickness(folder: Path, thickness_mm: float) -> None:
@@ -109,31 +120,31 @@ def make_thick_post_study(case_dir: str | Path, out_dir: str | Path, *, seed: in
         The content of ``study.json``; ``clinical.expected``: ``{"t1ce": SeriesInstanceUID}``.
     """
     case_dir, out_dir = Path(case_dir), Path(out_dir)
-    case_id = ms.case_id_of(case_dir)
-    vols = ms.load_case(case_dir, ("t1", "t1ce"))
-    seg_path = ms.case_file(case_dir, "seg")
-    slab = ms._check_slab(slices, vols["t1ce"].data.shape[2])
+    case_id = case_id_of(case_dir)
+    vols = load_case(case_dir, ("t1", "t1ce"))
+    seg_path = case_file(case_dir, "seg")
+    slab = validate_slab(slices, vols["t1ce"].data.shape[2])
     if slab is not None:
-        vols = {m: ms.crop_slab(v, slab) for m, v in vols.items()}
-    ctx = ms.study_context(case_id, seed, None, slab)
-    ctx = dataclasses.replace(ctx, study_uid=ms._uid(seed, ctx.uid_case, "thick-post", "study"))
-    staging = ms._prepare_out_dir(out_dir, overwrite)
-    frame_of_reference = ms._uid(seed, ctx.uid_case, "thick-post", "frame-of-reference")
+        vols = {m: crop_slab(v, slab) for m, v in vols.items()}
+    ctx = study_context(case_id, seed, None, slab)
+    ctx = dataclasses.replace(ctx, study_uid=deterministic_uid(seed, ctx.uid_case, "thick-post", "study"))
+    staging = prepare_study_folder(out_dir, overwrite)
+    frame_of_reference = deterministic_uid(seed, ctx.uid_case, "thick-post", "frame-of-reference")
     n_k = vols["t1"].data.shape[2]
-    localiser = ms.crop_slab(vols["t1"], (n_k // 2 - 1, n_k // 2 + 2))
+    localiser = crop_slab(vols["t1"], (n_k // 2 - 1, n_k // 2 + 2))
     written: list[dict[str, Any]] = []
     expected: dict[str, str] = {}
     try:
         for key, number, vol, minute in (("localiser", 1, localiser, 0.0),
                                          ("t1ce", 2, thick_gapped(vols["t1ce"]), 6.0)):
             protocol = _PROTOCOLS[key]
-            plan = ms.SeriesPlan(modality=f"thick-post-{key}", protocol=protocol, series_number=number,
-                                 series_uid=ms._uid(seed, ctx.uid_case, "thick-post", key, "series"),
+            plan = SeriesPlan(modality=f"thick-post-{key}", protocol=protocol, series_number=number,
+                                 series_uid=deterministic_uid(seed, ctx.uid_case, "thick-post", key, "series"),
                                  frame_of_reference_uid=frame_of_reference,
                                  start=ctx.study_start + timedelta(minutes=minute),
-                                 folder_name=f"{number}_{ms.sanitise(protocol.series_description)}",
+                                 folder_name=f"{number}_{sanitise(protocol.series_description)}",
                                  misaligned=False)
-            folder = ms.write_series(ctx, plan, vol, staging, seed, None)
+            folder = write_series(ctx, plan, vol, staging, seed, None)
             if key == "t1ce":
                 _set_thickness(folder, SLICE_THICKNESS_MM)
                 expected[key] = plan.series_uid
@@ -144,12 +155,7 @@ def make_thick_post_study(case_dir: str | Path, out_dir: str | Path, *, seed: in
         shutil.rmtree(staging, ignore_errors=True)
         raise
     staging.rename(out_dir / "dicom")
-    if slab is None:
-        shutil.copyfile(seg_path, out_dir / "ground_truth.nii.gz")
-    else:
-        import nibabel as nib
-
-        nib.save(nib.load(str(seg_path)).slicer[:, :, slab[0]:slab[1]], str(out_dir / "ground_truth.nii.gz"))
+    write_ground_truth(seg_path, out_dir / "ground_truth.nii.gz", slab)
     doc = {
         "generator": "samples.thick_post_exam 1.0", "case_id": case_id, "seed": seed,
         "slices": list(slab) if slab else None, "study_instance_uid": ctx.study_uid, "patient_id": ctx.case_id,

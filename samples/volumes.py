@@ -1,12 +1,13 @@
 """BraTS case volumes and the ``make_study --misalign`` draws, with NumPy and nibabel only.
 
-The part of :mod:`samples.make_study` that needs neither SimpleITK nor pydicom (moved here from
-it; ``make_study`` imports every name back, so ``samples.make_study.Volume`` etc. still work):
-reading a case (:func:`load_case`: int16 ``data[i, j, k]`` in nibabel axis order with its **LPS**
-affine), the known rigid transform and acquisition grid of a ``--misalign`` series
-(:func:`draw_transform`, :func:`draw_grid`), and :func:`resample_moving_numpy`, the moved series
-made with SciPy instead of ``sitk.Resample``. ``benchmarks/gpu_check.py`` builds its registration
-pair with it on the GPU machine, whose image has no SimpleITK.
+The part of the sample builders that needs neither SimpleITK nor pydicom: reading a case
+(:func:`load_case`: int16 ``data[i, j, k]`` in nibabel axis order with its **LPS** affine), a slab
+of its slices (:func:`validate_slab`, :func:`crop_slab`) and the ground truth of a study
+(:func:`write_ground_truth`), the known rigid transform and acquisition grid of a ``--misalign``
+series (:func:`draw_transform`, :func:`draw_grid`), and :func:`resample_moving_numpy`, the moved
+series made with SciPy instead of ``sitk.Resample`` (:func:`samples.make_study.resample_moving`).
+``benchmarks/gpu_check.py`` builds its registration pair with it on the GPU machine, whose image
+has no SimpleITK.
 
 GEOMETRY (same as make_study's, read there in full)
 ===================================================
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
 
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_INT16_MIN, _INT16_MAX = -32768, 32767
+#: The value range of the int16 voxels every sample series holds.
+INT16_MIN, INT16_MAX = -32768, 32767
 _GEOM_TOL = 1e-4  # mm (and unitless for direction cosines)
 
 # Misalignment ranges: |angle| in [1, 5] degrees and |translation| in [1, 5] mm per axis
@@ -53,7 +56,7 @@ class StudyBuildError(Exception):
     """Bad input or a refused request (message is one line, fit for the CLI)."""
 
 
-def _rng(*parts: object) -> np.random.Generator:
+def seeded_rng(*parts: object) -> np.random.Generator:
     """NumPy generator seeded from a stable hash of ``parts`` (not Python's salted ``hash``)."""
     digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:16], "little"))
@@ -130,13 +133,13 @@ def case_file(case_dir: Path, modality: str) -> Path:
     return case_dir / f"{case_id_of(case_dir)}_{modality}.nii.gz"
 
 
-def _as_int16(arr: np.ndarray, path: Path) -> np.ndarray:
+def as_int16(arr: np.ndarray, path: Path) -> np.ndarray:
     """Check that ``arr`` holds integers in the int16 range and return it as int16."""
     if arr.dtype == np.int16:
         return arr
     if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
         raise StudyBuildError(f"{path}: image values are not integers")
-    if arr.min() < _INT16_MIN or arr.max() > _INT16_MAX:
+    if arr.min() < INT16_MIN or arr.max() > INT16_MAX:
         raise StudyBuildError(f"{path}: image values outside the int16 range")
     return arr.astype(np.int16)
 
@@ -158,7 +161,7 @@ def load_volume(path: Path) -> Volume:
         raise StudyBuildError(f"cannot read {path}: {exc}".replace("\n", " ")) from exc
     if arr.ndim != 3:
         raise StudyBuildError(f"{path}: expected a 3-D image, got shape {arr.shape}")
-    vol = Volume(data=_as_int16(arr, path), affine_lps=nifti_lps_affine(img))
+    vol = Volume(data=as_int16(arr, path), affine_lps=nifti_lps_affine(img))
     d = vol.direction
     if np.dot(np.cross(d[:, 0], d[:, 1]), d[:, 2]) < 1.0 - 1e-3:
         raise StudyBuildError(f"{path}: affine is not right-handed / orthonormal; not supported")
@@ -185,6 +188,40 @@ def load_case(case_dir: Path, modalities: Sequence[str]) -> dict[str, Volume]:
                 f"{case_file(case_dir, m)}: grid differs from the other sequences"
             )
     return vols
+
+
+def validate_slab(slices: tuple[int, int] | None, depth: int) -> tuple[int, int] | None:
+    """``slices`` (``(start, end)``, a ``--slices START:END``) checked against ``depth`` slices;
+    None when it keeps them all (no slab: the study is the whole case)."""
+    if slices is None:
+        return None
+    try:
+        start, end = (int(v) for v in slices)
+    except (TypeError, ValueError) as exc:
+        raise StudyBuildError(f"slices must be (start, end), got {slices!r}") from exc
+    if not 0 <= start < end <= depth:
+        raise StudyBuildError(f"slices {start}:{end} outside 0:{depth} or empty")
+    if (start, end) == (0, depth):
+        return None
+    return start, end
+
+
+def crop_slab(vol: Volume, slab: tuple[int, int]) -> Volume:
+    """Slices ``slab[0] <= k < slab[1]`` of ``vol``; voxel (0, 0, 0) of the result is voxel
+    (0, 0, start) of ``vol`` (same position in patient space)."""
+    start, end = slab
+    affine = vol.affine_lps.copy()
+    affine[:3, 3] = (vol.affine_lps @ np.array([0.0, 0.0, float(start), 1.0]))[:3]
+    return Volume(data=np.ascontiguousarray(vol.data[:, :, start:end]), affine_lps=affine)
+
+
+def write_ground_truth(seg_path: Path, out_path: Path, slab: tuple[int, int] | None) -> None:
+    """The case's label map as a study's ``ground_truth.nii.gz``: copied byte for byte, or its
+    ``slab`` of slices (same position in patient space)."""
+    if slab is None:
+        shutil.copyfile(seg_path, out_path)
+    else:
+        nib.save(nib.load(str(seg_path)).slicer[:, :, slab[0]:slab[1]], str(out_path))
 
 
 # ============================================================================================
@@ -269,6 +306,14 @@ class Grid:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]  # 9 values, row-major, columns = axis directions
 
+    @property
+    def affine_lps(self) -> np.ndarray:
+        """``(4, 4)`` voxel -> LPS mm of the grid (the affine of a volume resampled onto it)."""
+        affine = np.eye(4)
+        affine[:3, :3] = np.asarray(self.direction, dtype=np.float64).reshape(3, 3) * np.asarray(self.spacing, dtype=np.float64)
+        affine[:3, 3] = self.origin
+        return affine
+
 
 def volume_center(vol: Volume) -> np.ndarray:
     """Physical LPS centre (mm) of the voxel-centre bounding box: ``A @ ((n - 1) / 2)``."""
@@ -278,7 +323,7 @@ def volume_center(vol: Volume) -> np.ndarray:
 
 def draw_transform(misalign_seed: int, modality: str, center: np.ndarray) -> RigidTransform:
     """Random rigid transform: ``|angle|`` in [1, 5] deg, ``|shift|`` in [1, 5] mm per axis."""
-    rng = _rng("misalign", misalign_seed, modality, "transform")
+    rng = seeded_rng("misalign", misalign_seed, modality, "transform")
     sign = rng.choice([-1.0, 1.0], size=6)
     angles = sign[:3] * np.radians(rng.uniform(_MIN_ANGLE_DEG, _MAX_ANGLE_DEG, size=3))
     shifts = sign[3:] * rng.uniform(_MIN_SHIFT_MM, _MAX_SHIFT_MM, size=3)
@@ -295,7 +340,7 @@ def draw_grid(misalign_seed: int, modality: str, reference: Volume) -> Grid:
     In-plane matrix / pixel spacing from :data:`_INPLANE_GRIDS`, slice thickness from
     :data:`_SLICE_THICKNESSES`; same orientation and centre as the reference volume.
     """
-    rng = _rng("misalign", misalign_seed, modality, "grid")
+    rng = seeded_rng("misalign", misalign_seed, modality, "grid")
     n_inplane, pixel = _INPLANE_GRIDS[int(rng.integers(len(_INPLANE_GRIDS)))]
     thickness = _SLICE_THICKNESSES[int(rng.integers(len(_SLICE_THICKNESSES)))]
     fov_k = reference.data.shape[2] * reference.spacing[2]
@@ -334,7 +379,8 @@ def resample_moving_numpy(original: Volume, transform: RigidTransform, grid: Gri
     src_origin = original.affine_lps[:3, 3]
     r = transform.matrix4x4_numpy()  # reference -> moving, (4, 4)
     inv_r, inv_o = r[:3, :3].T, -(r[:3, :3].T @ r[:3, 3])  # moving -> reference
-    grid_m = np.asarray(grid.direction, dtype=np.float64).reshape(3, 3) * np.asarray(grid.spacing, dtype=np.float64)
+    grid_affine = grid.affine_lps
+    grid_m = grid_affine[:3, :3].copy()  # moving index -> LPS offset from the grid's origin
     size = np.asarray(src.shape, dtype=np.float64)
     out = np.zeros(grid.size, dtype=np.int16)
     for k0 in range(0, grid.size[2], chunk_slices):
@@ -348,12 +394,9 @@ def resample_moving_numpy(original: Volume, transform: RigidTransform, grid: Gri
         values = ndimage.map_coordinates(src, cidx, order=1, mode="nearest").astype(np.float32)
         nearest = np.clip(np.floor(cidx + 0.5).astype(np.int64), 0, np.asarray(src.shape)[:, None] - 1)
         keep = inside & src_nonzero[nearest[0], nearest[1], nearest[2]]
-        data = np.where(keep, np.clip(np.rint(values), _INT16_MIN, _INT16_MAX), 0).astype(np.int16)
+        data = np.where(keep, np.clip(np.rint(values), INT16_MIN, INT16_MAX), 0).astype(np.int16)
         out[:, :, k0:k1] = data.reshape(grid.size[0], grid.size[1], k1 - k0)
-    affine = np.eye(4)
-    affine[:3, :3] = grid_m
-    affine[:3, 3] = grid.origin
-    return Volume(data=out, affine_lps=affine)
+    return Volume(data=out, affine_lps=grid_affine)
 
 
 def nonzero_box_corners(vol: Volume) -> np.ndarray:
