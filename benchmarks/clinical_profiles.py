@@ -107,6 +107,16 @@ def _comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _holoscan_stack() -> None:
+    """The 32 MB stack Holoscan asks for (as run.sh's ``ulimit -s 32768``), where the hard limit allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = 32 * 1024 * 1024
+    if hard == resource.RLIM_INFINITY or hard >= want:
+        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+
+
 def run_profile(name: str, case_dir: Path, models: Path, work: Path,
                 slices: str | None = None) -> dict[str, Any]:
     """Build one profile's study, run the app on it, and read back what it did."""
@@ -116,7 +126,8 @@ def run_profile(name: str, case_dir: Path, models: Path, work: Path,
     subprocess.run(make, cwd=REPO_ROOT, check=True)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "app", "-i", str(study / "dicom"), "-o", str(out), "-m", str(models)],
-                          cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
+                          cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+                          preexec_fn=_holoscan_stack)
     wall = time.perf_counter() - t0
     report = json.loads((out / "report.json").read_text())
     expected = json.loads((study / "study.json").read_text())["clinical"]["expected"]
