@@ -25,6 +25,7 @@ from typing import Any
 from engines.model.modalities import DISPLAY as MODALITY_DISPLAY
 from engines.model.modalities import MODALITIES
 from engines.model.vocabulary import Modality, Term
+from operators.spatial.methods import RegistrationBackend
 
 __all__ = ["MODALITIES", "MODALITY_DISPLAY", "Modality"]  # the one vocabulary, re-exported for the operators
 
@@ -174,7 +175,7 @@ class RegistrationRecord:
     reference_modality
         The reference series' modality.
     backend, backend_reason
-        Who ran the registrations (:class:`operators.spatial.methods.RegistrationBackend`) and why.
+        Who ran the registrations and why.
     moving
         Per moving modality (channel order): its registration record (JSON-able).
     brain_extraction
@@ -185,7 +186,7 @@ class RegistrationRecord:
     """
 
     reference_modality: Modality
-    backend: Any
+    backend: RegistrationBackend
     backend_reason: str
     moving: dict[Modality, dict[str, Any]]
     brain_extraction: dict[str, Any]
