@@ -1,7 +1,10 @@
 """The MONAI Deploy application: the operator graph.
 
 DICOM study -> StudyLoader -> ModalitySelector -> (registration / normalisation ->
-segmentation -> DICOM-SEG writer) -> ReportWriter.
+segmentation -> DICOM-SEG writer) -> ReportWriter, each operator taking what it needs on named
+ports (see each operator's docstring): the SEG writer, for one, takes the selection, the
+reference series and brain mask from the registration, and the labels and the missing-sequence
+plan from the segmentation.
 
 Inputs and outputs follow the MAP contract: ``-i/-o/-m/-w`` on the command line, else
 ``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT_PATH``, ``HOLOSCAN_MODEL_PATH``,
@@ -19,6 +22,7 @@ from monai.deploy.core import AppContext, Application
 
 from app import __version__
 from app.settings import AppSettings
+from engines.model.missing.strategies import SubsetPlan
 from operators.dicom_seg_writer_operator import DicomSegWriterOperator
 from operators.errors import InputError
 from operators.modality_selector_operator import ModalitySelectorOperator
@@ -28,7 +32,13 @@ from operators.registration_operator import RegistrationOperator
 from operators.report_writer_operator import ReportWriterOperator
 from operators.segmentation_operator import SegmentationOperator
 from operators.study_loader_operator import StudyLoaderOperator
-from operators.study_model import ModalitySelection, PipelineResult
+from operators.study_model import (
+    ModalitySelection,
+    RegistrationRecord,
+    SegmentationRecord,
+    Timings,
+    WrittenOutputs,
+)
 
 APP_NAME = "brats-seg-map"
 
@@ -78,7 +88,7 @@ class BrainTumorSegApp(Application):
             triton_server=settings.triton_server, triton_timeout_s=settings.triton_timeout_s,
             rules=settings.post_processing, cache_dir=settings.engine_cache_dir,
             write_unreliable_regions=settings.write_unreliable_regions, name="segmentation",
-        )  # fmt: skip
+        )
         seg_writer = DicomSegWriterOperator(
             self, staging=self.staging, algorithm_version=__version__, name="dicom_seg_writer"
         )
@@ -89,23 +99,30 @@ class BrainTumorSegApp(Application):
             self, staging=self.staging, name="report_writer",
             build_report=functools.partial(build_report, earlier_outputs=self.earlier_outputs),
         )
-        # Data flows one way: study -> selection -> model input -> labels -> SEG -> report.
-        self.add_flow(loader, selector, {("study", "study")})
-        self.add_flow(selector, registration, {("selection", "selection")})
-        self.add_flow(registration, segmentation, {("model_input", "model_input")})
-        self.add_flow(segmentation, seg_writer, {("segmentation", "segmentation")})
-        self.add_flow(seg_writer, reporter, {("result", "result")})
+        # Data flows one way; each operator takes what it needs on named ports. One Timings value
+        # follows the chain loader -> selector -> registration -> segmentation -> SEG writer -> report.
+        self.add_flow(loader, selector, {("study", "study"), ("timings", "timings")})
+        self.add_flow(selector, registration, {("selection", "selection"), ("timings", "timings")})
+        self.add_flow(selector, segmentation, {("selection", "selection")})
+        self.add_flow(registration, segmentation, {("model_input", "model_input"), ("timings", "timings")})
+        self.add_flow(selector, seg_writer, {("selection", "selection")})
+        self.add_flow(registration, seg_writer, {("reference", "reference"), ("brain_mask", "brain_mask")})
+        self.add_flow(segmentation, seg_writer, {("labels", "labels"), ("plan", "plan"), ("timings", "timings")})
+        self.add_flow(selector, reporter, {("selection", "selection")})
+        self.add_flow(registration, reporter, {("registration", "registration")})
+        self.add_flow(segmentation, reporter, {("segmentation", "segmentation"), ("plan", "plan")})
+        self.add_flow(seg_writer, reporter, {("outputs", "outputs"), ("timings", "timings")})
 
 
-def build_report(result: Any, earlier_outputs: Path | None = None) -> dict:
-    """The report of a finished graph: the input section from the selection and, for the full
-    graph's result, the pipeline sections; ``earlier_outputs``: where an earlier run's outputs
-    were moved (:func:`operators.outputs.staging.set_aside_earlier_outputs`)."""
+def build_report(*, selection: ModalitySelection, registration: RegistrationRecord, segmentation: SegmentationRecord,
+                 plan: SubsetPlan | None, outputs: WrittenOutputs, timings: Timings,
+                 earlier_outputs: Path | None = None) -> dict:
+    """The report of a finished graph: the input section from the selection, then the pipeline
+    sections (:func:`operators.outputs.report.pipeline_sections`); ``earlier_outputs``: where an
+    earlier run's outputs were moved (:func:`operators.outputs.staging.set_aside_earlier_outputs`)."""
     report = base_report(APP_NAME, __version__)
     if earlier_outputs is not None:
         report["earlier_outputs_moved_to"] = earlier_outputs.name
-    selection = result if isinstance(result, ModalitySelection) else result.selection
     report["input"] = selection_section(selection)
-    if isinstance(result, PipelineResult):
-        report.update(pipeline_sections(result))
+    report.update(pipeline_sections(selection, registration, segmentation, plan, outputs, timings))
     return report

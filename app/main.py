@@ -4,8 +4,10 @@ Exit codes: 0 success; 2 bad input (one line in the log and in ``report.json``);
 folder not writable; 4 model folder invalid; 5 remote inference failed (Triton server down,
 timed out, or serving other weights; ``-t``); 6 the results were written but could not be
 sent to the PACS (``BRATS_SEND_DIMSE``: the outputs stay); 1 unexpected error (traceback in
-the log); 143 terminated by SIGTERM. On any other failure nothing but ``report.json``
-(``status: failed``) is left in the output folder.
+the log); 143 terminated by SIGTERM. Codes 2 to 5 are the kinds of
+:class:`operators.errors.AppError` (:class:`operators.errors.ErrorKind` maps each kind to its
+code). On any other failure nothing but ``report.json`` (``status: failed``) is left in the
+output folder.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from app import __version__, termination
 from app.memory import limit_malloc_arenas
 from app.termination import Terminated
 from engines.runtimes.cpu_host import flush_denormals
-from operators.errors import InputError
+from operators.errors import AppError
 from operators.outputs.report import base_report
 from operators.outputs.staging import REPORT_NAME, write_json_atomically
 
@@ -129,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             check_writable(output_dir)
-        except InputError as exc:
+        except AppError as exc:
             if not logging.getLogger().handlers:
                 logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] (%(name)s) - %(message)s")
             logger.error("%s", exc.one_line())
@@ -156,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "error" in outcome:
             raise outcome["error"]
         exit_code = send_results(app)
-    except InputError as exc:
+    except AppError as exc:  # one line; the exit code of its kind (operators.errors.ErrorKind)
         exit_code = _fail(app, exc.code, exc.one_line(), exc.exit_code, exc.report_sections)
     except (Terminated, KeyboardInterrupt) as exc:
         exit_code = _fail(app, "terminated", f"terminated: {exc or 'interrupted'}", termination.EXIT_CODE)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.model.cascade import PostProcessing
+from operators.spatial.methods import AUTO, BrainExtraction, RegistrationBackend
 
 APP_DIR = Path(__file__).resolve().parent
 
@@ -82,10 +83,10 @@ ENV_OVERRIDES: dict[str, tuple[str, str | None]] = {
     "BRATS_SEND_TIMEOUT_S": ("send", "timeout_s"),
 }
 
-REGISTRATION_BACKENDS = ("auto", "simpleitk", "torch-cuda", "torch-cpu")
+REGISTRATION_BACKENDS: tuple[str, ...] = (AUTO, *RegistrationBackend)
 """Values of ``brats.registration`` / ``BRATS_REGISTRATION``."""
 
-BRAIN_EXTRACTION_METHODS = ("hd-bet", "template")
+BRAIN_EXTRACTION_METHODS: tuple[BrainExtraction, ...] = tuple(BrainExtraction)
 """Values of ``brats.brain_extraction`` / ``BRATS_BRAIN_EXTRACTION``."""
 
 ENGINE_CACHE_DIRNAME = "engine-cache"
@@ -234,7 +235,7 @@ def behaviour_settings(fragment: Any = None) -> dict[str, Any]:
         "triton_timeout_s": _as_int(merged["triton_timeout_s"], "triton_timeout_s", minimum=1),
         "wt_component_voxels": _as_int(thresholds["wt_component_voxels"], "thresholds.wt_component_voxels"),
         "min_enhancing_voxels": _as_int(thresholds["min_enhancing_voxels"], "thresholds.min_enhancing_voxels"),
-        "brain_extraction": brain_extraction,
+        "brain_extraction": BrainExtraction(brain_extraction),
         "registration": registration,
         "send_dimse": send_dimse,
         "send_timeout_s": _as_int(send["timeout_s"], "send.timeout_s", minimum=1),
@@ -258,7 +259,7 @@ class AppSettings:
     min_enhancing_voxels: int = DEFAULTS["thresholds"]["min_enhancing_voxels"]
     send_dimse: str = ""
     send_timeout_s: int = DEFAULTS["send"]["timeout_s"]
-    brain_extraction: str = DEFAULTS["brain_extraction"]
+    brain_extraction: BrainExtraction = BrainExtraction(DEFAULTS["brain_extraction"])
     registration: str = DEFAULTS["registration"]
     write_unreliable_regions: bool = DEFAULTS["missing"]["write_unreliable_regions"]
     config_path: Path | None = None

@@ -109,14 +109,15 @@ def count_network_flops(study: Path, models: Path) -> dict[str, Any]:
     from engines.model.cascade import segment_brats_full
     from engines.runtimes.registry import choose_engine
     from operators.dicom.study_loader import load_study
-    from operators.registration_operator import build_model_input
+    from operators.registration_operator import register_and_resample
     from operators.segmentation_operator import missing_sequence_plan
     from operators.selection.modality_selector import SelectionRules, select_modalities
 
     log = logging.getLogger("app_e2e.flops")
     with tempfile.TemporaryDirectory() as cache:
         selection = select_modalities(load_study(study), SelectionRules.load())
-        model_input = build_model_input(selection, 0, log, "hd-bet", "auto", models, Path(cache))
+        registered = register_and_resample(selection, 0, log, "hd-bet", "auto", models, Path(cache))
+        model_input = registered.model_input
         engine, _ = choose_engine("auto", models, cache_dir=Path(cache))
         recorder = ShapeRecordingEngine(engine)
         _, fill = missing_sequence_plan(model_input.available, log)
@@ -124,7 +125,7 @@ def count_network_flops(study: Path, models: Path) -> dict[str, Any]:
     calls = Counter(recorder.calls)
     flops = count_flops(sorted({n for n, _ in calls}), sorted({s for _, s in calls}))
     cascade = sum(k * flops[n]["x".join(map(str, s))] for (n, s), k in calls.items())
-    brain = model_input.registrations[model_input.reference_modality].get("brain_extraction", {})
+    brain = registered.record.brain_extraction
     hd_shape = (brain.get("hd_bet") or {}).get("network_input_shape")
     return {"cascade_gflop": round(cascade, 1), "cascade_calls": sum(calls.values()),
             "hd_bet_gflop": round(network_gflop(tuple(hd_shape)), 1) if hd_shape else None,

@@ -5,7 +5,8 @@
     (:mod:`.model.msnet_folded`), the original weights (:mod:`.model.weights`), the test-time
     protocol on NumPy volumes (:mod:`.model.cascade`: tiling, views, cascade, post-processing),
     what absent sequences are fed (:mod:`.model.missing`: fills, the synthesis network, the
-    measured strategy table).
+    measured strategy table), and the model's vocabulary as types (:mod:`.model.vocabulary`:
+    sequences, regions, fills, stage groups).
 ``runtimes/``
     Every inference engine behind one interface (:mod:`.runtimes.base`), their registry and the
     policy that picks one (:mod:`.runtimes.registry`), the on-disk engine cache.

@@ -6,9 +6,15 @@ flowing one way::
     StudyLoaderOperator -> ModalitySelectorOperator -> RegistrationOperator
         -> SegmentationOperator -> DicomSegWriterOperator -> ReportWriterOperator
 
-:mod:`operators.study_model` holds the types that flow between them (study, selection, model
-input, segmentation outcome, pipeline result); :mod:`operators.errors` the typed input errors
-(each with its exit code). The work itself lives in sub-packages by concern:
+Each operator takes what it needs on named ports (its docstring lists them, its ``setup()``
+declares them), from whichever operator upstream makes it: the SEG writer, for one, takes the
+selection, the reference series, the brain mask, the labels and the missing-sequence plan. One
+:class:`~operators.study_model.Timings` follows the chain, each operator adding its stages.
+
+:mod:`operators.study_model` holds the values that flow between them (study, selection, model
+input, reference series, the registration and segmentation records, what was written, the
+timings); :mod:`operators.errors` the typed errors, by kind (input, output folder, model folder,
+inference server), each kind with its exit code. The work itself lives in sub-packages by concern:
 
 ``dicom/``
     DICOM in and out: the study loader, series -> volume, the DICOM-SEG builder and reader.

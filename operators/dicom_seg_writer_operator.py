@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from engines.model.missing.strategies import UNRELIABLE_DICE
+from engines.model.missing.strategies import REGIONS, UNRELIABLE_DICE, SubsetPlan
+from engines.model.vocabulary import Fill, Region, StageGroup
 from operators.dicom.seg import BRATS_SEGMENTS, SegmentSpec, build_segmentation, segments_for_regions
 from operators.dicom.source_attributes import AttributeFix, fixes_text
 from operators.dicom.sr_builder import build_volume_report
@@ -17,11 +17,19 @@ from operators.outputs.qa_image import render_overlay_png
 from operators.outputs.report import modalities_line
 from operators.outputs.staging import OVERLAY_FILE, SEG_FILE, SR_FILE, OutputStaging
 from operators.spatial.grid import labels_to_reference
-from operators.study_model import MODALITIES, MODALITY_DISPLAY, PipelineResult, SegmentationOutcome
+from operators.study_model import (
+    MODALITIES,
+    MODALITY_DISPLAY,
+    ModalitySelection,
+    ReferenceSeries,
+    Stage,
+    Timings,
+    WrittenOutputs,
+)
 
 BRATS_REGIONS = {"whole_tumor": (1, 2, 4), "tumor_core": (1, 4), "enhancing_tumor": (4,)}
 #: report.json's name of each region, and of each segment kind (by its ``short`` name).
-REGION_KEYS = {"WT": "whole_tumor", "TC": "tumor_core", "ET": "enhancing_tumor"}
+REGION_KEYS = {Region.WT: "whole_tumor", Region.TC: "tumor_core", Region.ET: "enhancing_tumor"}
 SEGMENT_KEYS = {"NCR/NET": "necrotic_non_enhancing_core", "ED": "edema", "ET": "enhancing_tumor",
                 "TC": "tumor_core", "WT": "whole_tumor", "NET+ED": "non_enhancing_tumor_and_edema"}
 
@@ -32,7 +40,7 @@ def class_volumes_ml(labels: np.ndarray, voxel_volume_mm3: float) -> dict[int, f
     return {v: float(counts[v]) * voxel_volume_mm3 / 1000.0 for v in (1, 2, 4)}
 
 
-def tumour_volumes_ml(classes_ml: dict[int, float], regions: tuple[str, ...] = ("WT", "TC", "ET"),
+def tumour_volumes_ml(classes_ml: dict[int, float], regions: tuple[Region, ...] = REGIONS,
                       segments: tuple[SegmentSpec, ...] = BRATS_SEGMENTS) -> dict[str, float]:
     """Volumes (ml) of the written BraTS regions and of the SEG's segments, from the classes'
     volumes (:func:`class_volumes_ml`); a region that is not written has no volume here (its
@@ -48,12 +56,20 @@ def tumour_volumes_ml(classes_ml: dict[int, float], regions: tuple[str, ...] = (
 class DicomSegWriterOperator(Operator):
     """Writes the tumour segmentation as a DICOM-SEG referencing the reference series.
 
-    Named input:
-        segmentation: :class:`operators.study_model.SegmentationOutcome`.
+    Named inputs:
+        selection: :class:`operators.study_model.ModalitySelection` (the sequences used and
+        missing, the series that filled each slot, the contrast phase: SEG texts, QA title).
+        reference: :class:`operators.study_model.ReferenceSeries`, the series the SEG references.
+        brain_mask: the brain mask applied on the model grid, or ``None`` (QA outline).
+        labels: the BraTS labels on the model grid (``sitkUInt8``).
+        plan: :class:`engines.model.missing.strategies.SubsetPlan` with a sequence missing, else
+        ``None``.
+        timings: :class:`operators.study_model.Timings` so far.
 
-    Named output:
-        result: :class:`operators.study_model.PipelineResult` (file names, SEG UIDs,
+    Named outputs:
+        outputs: :class:`operators.study_model.WrittenOutputs` (file names, SEG and SR UIDs,
         tumour volumes in ml), for the report writer.
+        timings: the timings received, with ``write_seg`` and its parts added.
 
     The label map is resampled (nearest neighbour) from the model grid onto the reference
     series' own grid, slice ``k`` of which is the reference instance ``k``; one BINARY SEG
@@ -73,133 +89,145 @@ class DicomSegWriterOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("segmentation")
-        spec.output("result")
+        spec.input("selection")
+        spec.input("reference")
+        spec.input("brain_mask")
+        spec.input("labels")
+        spec.input("plan")
+        spec.input("timings")
+        spec.output("outputs")
+        spec.output("timings")
 
     def compute(self, op_input, op_output, context) -> None:
-        outcome: SegmentationOutcome = op_input.receive("segmentation")
-        op_output.emit(write_outputs(outcome, self.staging, self.algorithm_version, self._logger), "result")
+        selection: ModalitySelection = op_input.receive("selection")
+        reference: ReferenceSeries = op_input.receive("reference")
+        brain_mask = op_input.receive("brain_mask")
+        labels = op_input.receive("labels")
+        plan: SubsetPlan | None = op_input.receive("plan")
+        timings: Timings = op_input.receive("timings")
+        written, own = write_outputs(selection, reference, labels, plan, brain_mask, self.staging,
+                                     self.algorithm_version, self._logger)
+        op_output.emit(written, "outputs")
+        op_output.emit(timings.merged(own), "timings")
 
 
-def write_outputs(outcome: SegmentationOutcome, staging: OutputStaging, algorithm_version: str,
-                  logger: logging.Logger) -> PipelineResult:
-    """The work of :class:`DicomSegWriterOperator`, callable without Holoscan."""
-    timings: dict[str, float] = {}
+def write_outputs(selection: ModalitySelection, reference: ReferenceSeries, labels: sitk.Image,
+                  plan: SubsetPlan | None, brain_mask: sitk.Image | None, staging: OutputStaging,
+                  algorithm_version: str, logger: logging.Logger) -> tuple[WrittenOutputs, Timings]:
+    """The work of :class:`DicomSegWriterOperator`, callable without Holoscan: what it staged
+    and its timings (``write_seg`` and its parts)."""
+    clock = Timings()
     t0 = time.perf_counter()
-    model_input = outcome.model_input
-    reference = model_input.reference
-    labels_grid = sitk.GetImageFromArray(np.ascontiguousarray(outcome.labels, dtype=np.uint8))
-    labels_grid.CopyInformation(model_input.grid)
+    series = reference.image
     # Back to patient space: the reference series' own grid, slice k = reference instance k.
-    on_reference = labels_to_reference(labels_grid, reference.image)
+    on_reference = labels_to_reference(labels, series.image)
     labels_ref = sitk.GetArrayFromImage(on_reference).astype(np.uint8)  # (slices, rows, cols)
-    timings["to_reference_grid"] = time.perf_counter() - t0
+    clock.add(Stage.BACK_TO_REFERENCE, time.perf_counter() - t0)
 
-    available = dict(zip(MODALITIES, model_input.available))
+    available = selection.availability
     used = [MODALITY_DISPLAY[m] for m in MODALITIES if available[m]]
     missing = [MODALITY_DISPLAY[m] for m in MODALITIES if not available[m]]
-    regions = tuple((outcome.missing_sequences or {}).get("regions_written") or ("WT", "TC", "ET"))
+    regions = tuple(plan.regions_written) if plan is not None and plan.regions_written else REGIONS
     segments = segments_for_regions(regions)
     empty = not bool(np.isin(labels_ref, [v for s in segments for v in s.brats_labels]).any())
     t1 = time.perf_counter()
     source_fixes: list[AttributeFix] = []
     seg = build_segmentation(
         labels_ref,
-        reference.slice_datasets,
+        series.slice_datasets,
         used_modalities=used,
         missing_modalities=missing,
         algorithm_name="BraTS17 cascaded anisotropic CNN",
         algorithm_version=algorithm_version,
-        source_frames=reference.slice_frames,  # Enhanced MR reference: its frame numbers
+        source_frames=series.slice_frames,  # Enhanced MR reference: its frame numbers
         source_fixes=source_fixes,
-        fills=seg_fill_text(outcome.missing_sequences),
-        segment_notes=segment_notes(outcome.missing_sequences, segments),
+        fills=seg_fill_text(plan),
+        segment_notes=segment_notes(plan, segments),
         segments=segments,
     )
     seg_path = staging.path(SEG_FILE)
     seg.save_as(seg_path, enforce_file_format=True)
-    timings["seg_build_write"] = time.perf_counter() - t1
+    clock.add(Stage.SEG, time.perf_counter() - t1)
 
-    voxel_ml_grid = float(np.prod(model_input.grid.GetSpacing()))
-    class_ml = class_volumes_ml(outcome.labels, voxel_ml_grid)
+    voxel_ml_grid = float(np.prod(labels.GetSpacing()))
+    class_ml = class_volumes_ml(sitk.GetArrayViewFromImage(labels), voxel_ml_grid)
     volumes = tumour_volumes_ml(class_ml, regions, segments)
     t_sr = time.perf_counter()
-    sources = list({ds.SOPInstanceUID: ds for ds in reference.slice_datasets}.values())  # multi-frame: once
+    sources = list({ds.SOPInstanceUID: ds for ds in series.slice_datasets}.values())  # multi-frame: once
     sr = build_volume_report(seg, sources, class_ml, algorithm_version, segments)
     sr.save_as(staging.path(SR_FILE), enforce_file_format=True)
-    timings["sr_build_write"] = time.perf_counter() - t_sr
+    clock.add(Stage.SR, time.perf_counter() - t_sr)
 
     t2 = time.perf_counter()
-    reference_array = sitk.GetArrayFromImage(reference.image)
+    reference_array = sitk.GetArrayFromImage(series.image)
     brain_ref = None
-    if model_input.brain_mask is not None:  # the applied brain mask, back on the reference grid
-        brain_ref = sitk.GetArrayFromImage(labels_to_reference(model_input.brain_mask, reference.image)) > 0
+    if brain_mask is not None:  # the applied brain mask, back on the reference grid
+        brain_ref = sitk.GetArrayFromImage(labels_to_reference(brain_mask, series.image)) > 0
     render_overlay_png(
         reference_array,
         labels_ref,
         staging.path(OVERLAY_FILE),
         brain_mask=brain_ref,
         segments=segments,
-        title=f"{model_input.reference_modality.upper()} reference; {modalities_line(available)}"
-        + qa_series_text(model_input.selection)
-        + qa_missing_text(outcome.missing_sequences) + ("; NO TUMOUR FOUND" if empty else ""),
+        title=f"{reference.modality.upper()} reference; {modalities_line(available)}"
+        + qa_series_text(selection)
+        + qa_missing_text(plan) + ("; NO TUMOUR FOUND" if empty else ""),
     )
-    timings["overlay"] = time.perf_counter() - t2
-    timings["total"] = time.perf_counter() - t0
+    clock.add(Stage.OVERLAY, time.perf_counter() - t2)
+    total = time.perf_counter() - t0
+    clock.add(Stage.WRITE_SEG, total)
     logger.info(
         "SEG %s: %d frames, volumes (ml) %s%s (%.1f s)",
-        SEG_FILE, int(seg.NumberOfFrames), volumes, " [empty]" if empty else "", timings["total"],
+        SEG_FILE, int(seg.NumberOfFrames), volumes, " [empty]" if empty else "", total,
     )
-    return PipelineResult(
-        outcome=outcome,
+    written = WrittenOutputs(
         seg_file=SEG_FILE,
         overlay_file=OVERLAY_FILE,
         seg_series_instance_uid=str(seg.SeriesInstanceUID),
         seg_sop_instance_uid=str(seg.SOPInstanceUID),
         volumes_ml=volumes,
         empty=empty,
-        timings=timings,
         sr_file=SR_FILE,
         sr_sop_instance_uid=str(sr.SOPInstanceUID),
         source_attribute_fixes=fixes_text(source_fixes),
     )
+    return written, clock
 
 
 #: Short names of the fills in the SEG's LO texts (ContentDescription <= 64 characters).
-FILL_ABBREVIATIONS = {"zero": "zero", "copy": "copy", "matched": "qmap", "synthesis": "synth"}
+FILL_ABBREVIATIONS = {Fill.ZERO: "zero", Fill.COPY: "copy", Fill.MATCHED: "qmap", Fill.SYNTHESIS: "synth"}
 #: SEG segment kind (``short``) -> the region whose expected Dice describes it (NCR/NET: the
 #: tumour core, edema: the whole tumour, enhancing: ET; a region written whole: itself).
-SEGMENT_REGION = {"NCR/NET": "TC", "ED": "WT", "ET": "ET", "TC": "TC", "WT": "WT", "NET+ED": "WT"}
+SEGMENT_REGION = {"NCR/NET": Region.TC, "ED": Region.WT, "ET": Region.ET, "TC": Region.TC, "WT": Region.WT,
+                  "NET+ED": Region.WT}
 
 
-def seg_fill_text(missing_sequences: dict[str, Any] | None) -> str | None:
+def seg_fill_text(plan: SubsetPlan | None) -> str | None:
     """``"synth/copy"`` (WT stage / TC and EN stages) when a sequence was missing, else None."""
-    if not missing_sequences:
+    if plan is None:
         return None
-    fills = missing_sequences["fills"]
-    return f"{FILL_ABBREVIATIONS[fills['wt']]}/{FILL_ABBREVIATIONS[fills['core']]}"
+    return f"{FILL_ABBREVIATIONS[plan.fills[StageGroup.WT]]}/{FILL_ABBREVIATIONS[plan.fills[StageGroup.CORE]]}"
 
 
-def segment_notes(missing_sequences: dict[str, Any] | None,
-                  segments: tuple[SegmentSpec, ...] = BRATS_SEGMENTS) -> dict[str, str] | None:
+def segment_notes(plan: SubsetPlan | None, segments: tuple[SegmentSpec, ...] = BRATS_SEGMENTS) -> dict[str, str] | None:
     """SegmentDescription per segment with a sequence missing: the expected Dice of the segment's
     region on held-out cases with the sequences found (flagged UNRELIABLE below the bar, which
     only a research setting writes)."""
-    if not missing_sequences:
+    if plan is None:
         return None
-    subset, expected = missing_sequences["subset"], missing_sequences["expected_dice_held_out"]
     notes = {}
     for spec in segments:
         region = SEGMENT_REGION[spec.short]
-        if expected is None or expected.get(region) is None:
-            notes[spec.short] = f"{subset}: accuracy not measured; UNRELIABLE"
+        dice = plan.expected_dice(region)
+        if dice is None:
+            notes[spec.short] = f"{plan.subset}: accuracy not measured; UNRELIABLE"
         else:
-            flag = "; UNRELIABLE" if expected[region] < UNRELIABLE_DICE else ""
-            notes[spec.short] = f"{subset}: expected {region} Dice {expected[region]:.2f}{flag}"
+            flag = "; UNRELIABLE" if dice < UNRELIABLE_DICE else ""
+            notes[spec.short] = f"{plan.subset}: expected {region} Dice {dice:.2f}{flag}"
     return notes
 
 
-def qa_series_text(selection: Any) -> str:
+def qa_series_text(selection: ModalitySelection) -> str:
     """The QA title's part naming the series number that filled each slot, and the contrast phase
     when it was not read from the headers (undetermined: the earliest T1 / FLAIR were used)."""
     slots = " ".join(f"{MODALITY_DISPLAY[m]} {s.header.series_number}" for m, s in selection.selected.items())
@@ -209,21 +237,19 @@ def qa_series_text(selection: Any) -> str:
     return f"; series {slots}{phase}"
 
 
-def qa_missing_text(missing_sequences: dict[str, Any] | None) -> str:
+def qa_missing_text(plan: SubsetPlan | None) -> str:
     """The QA image title's part on missing sequences (empty when nothing was missing): the fills,
     the expected Dice per region on held-out cases, the regions not written (and the unreliable
     ones a research setting wrote)."""
-    if not missing_sequences:
+    if plan is None:
         return ""
-    expected = missing_sequences["expected_dice_held_out"]
-    regions = ("WT", "TC", "ET")
-    written = missing_sequences.get("regions_written") or list(regions)
-    omitted = [r for r in regions if r not in written]
-    unreliable = [r for r in written if expected is None or expected.get(r) is None
-                  or expected[r] < UNRELIABLE_DICE]  # fmt: skip
-    text = f"; fill {seg_fill_text(missing_sequences)}"
-    if expected is not None:
-        text += "; expected Dice " + " ".join(f"{r} {expected[r]:.2f}" for r in regions if expected.get(r) is not None)
+    written = plan.regions_written or REGIONS
+    omitted = [r for r in REGIONS if r not in written]
+    unreliable = [r for r in written if (dice := plan.expected_dice(r)) is None or dice < UNRELIABLE_DICE]
+    text = f"; fill {seg_fill_text(plan)}"
+    if plan.expected:
+        text += "; expected Dice " + " ".join(f"{r} {plan.expected_dice(r):.2f}" for r in REGIONS
+                                              if plan.expected_dice(r) is not None)
     if omitted:
         text += f"; NOT WRITTEN (expected Dice < {UNRELIABLE_DICE:.2f}): {', '.join(omitted)}"
     return text + (f"; UNRELIABLE: {', '.join(unreliable)}" if unreliable else "")

@@ -8,17 +8,20 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.errors import NoUsableSeriesError
 from operators.selection.modality_selector import SelectionRules, select_modalities
+from operators.study_model import Stage, Timings
 
 
 class ModalitySelectorOperator(Operator):
     """Finds the FLAIR, T1, T1ce and T2 series of a study and says which are missing.
 
-    Named input:
+    Named inputs:
         study: :class:`operators.study_model.LoadedStudy`.
+        timings: :class:`operators.study_model.Timings` so far.
 
-    Named output:
+    Named outputs:
         selection: :class:`operators.study_model.ModalitySelection` (one series per
         modality at most, availability map, per-series scores and reasons).
+        timings: the timings received, with ``select`` added.
 
     The rules come from a site-editable JSON file (``app/modality_rules.json`` by default).
     A study with no usable MR series raises :class:`operators.errors.NoUsableSeriesError`.
@@ -31,10 +34,13 @@ class ModalitySelectorOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("study")
+        spec.input("timings")
         spec.output("selection")
+        spec.output("timings")
 
     def compute(self, op_input, op_output, context) -> None:
         study = op_input.receive("study")
+        timings: Timings = op_input.receive("timings")
         selection = select_modalities(study, self.rules)
         if not selection.selected:
             described = "; ".join(
@@ -44,3 +50,4 @@ class ModalitySelectorOperator(Operator):
                 f"none of the {len(study.series)} series is a usable FLAIR/T1/T1ce/T2 MR series ({described})"
             )
         op_output.emit(selection, "selection")
+        op_output.emit(timings.merged(Timings({Stage.SELECT: selection.duration_s})), "timings")

@@ -1,11 +1,13 @@
-"""Holoscan operator: selected series -> all of them on the model grid."""
+"""Holoscan operator: selected series -> all of them on the model grid, and the reference series."""
 from __future__ import annotations
 
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -14,26 +16,42 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from operators.dicom.series_volume import series_to_image
 from operators.spatial.brain_masking import brain_mask_on_grid
 from operators.spatial.grid import choose_reference, model_grid, resample_to_grid
+from operators.spatial.methods import AUTO, BrainExtraction, RegistrationBackend
 from operators.spatial.registration import register_rigid
 from operators.spatial.registration_result import RegistrationResult
 from operators.spatial.registration_torch import register_rigid_torch, torch_registration_device
-from operators.study_model import MODALITIES, ModalitySelection, ModelInput
+from operators.study_model import (
+    MODALITIES,
+    Modality,
+    ModalitySelection,
+    ModelInput,
+    ReferenceSeries,
+    RegistrationRecord,
+    Stage,
+    Timings,
+)
 
 
 class RegistrationOperator(Operator):
     """Puts every selected series onto one grid, as the model was trained.
 
-    Named input:
+    Named inputs:
         selection: :class:`operators.study_model.ModalitySelection`.
+        timings: :class:`operators.study_model.Timings` so far.
+
+    Named outputs:
+        model_input: :class:`operators.study_model.ModelInput` (``(4, Z, Y, X)`` volumes on the
+        1 mm model grid, availability, the grid), for the segmentation.
+        reference: :class:`operators.study_model.ReferenceSeries`, the series the SEG references.
+        brain_mask: the brain mask applied to the volumes (``sitkUInt8`` on the model grid), or
+        ``None`` when the study was already skull-stripped (the QA image draws its outline).
+        registration: :class:`operators.study_model.RegistrationRecord` (the backend, one record
+        per moving series, the brain extraction's record, the grid), for the report.
+        timings: the timings received, with ``register_and_resample`` and its parts added.
 
     Parameters: ``model_dir`` (the model folder: HD-BET's exported graph), ``cache_dir`` (the
     engine cache: the CPU precision measured here), ``seed``, ``brain_extraction``,
     ``registration_backend``.
-
-    Named output:
-        model_input: :class:`operators.study_model.ModelInput` (``(4, Z, Y, X)`` volumes on
-        the 1 mm model grid, availability, the reference series, the transforms and the
-        registration records).
 
     The reference is T1ce when present, else T1, T2, FLAIR (``registration.REFERENCE_ORDER``).
     Every other series is rigidly registered to it (SimpleITK, Mattes mutual information,
@@ -46,14 +64,12 @@ class RegistrationOperator(Operator):
     When the study is not skull-stripped (decided from every series,
     :func:`operators.spatial.skull_stripped.assess_study`), a brain mask is computed on the
     model grid (HD-BET by default; :func:`operators.spatial.brain_masking.brain_mask_on_grid`)
-    and applied to every channel (background exactly 0, as the model expects); recorded
-    under ``registrations[<reference>]["brain_extraction"]``, the mask kept in
-    ``ModelInput.brain_mask`` (the QA image draws its outline).
+    and applied to every channel (background exactly 0, as the model expects).
     """
 
-    def __init__(self, fragment: Fragment, *args, seed: int = 0, brain_extraction: str = "hd-bet",
-                 registration_backend: str = "auto", model_dir: Path | None = None, cache_dir: Path | None = None,
-                 **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, seed: int = 0,
+                 brain_extraction: BrainExtraction | str = BrainExtraction.HD_BET, registration_backend: str = AUTO,
+                 model_dir: Path | None = None, cache_dir: Path | None = None, **kwargs) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.seed = seed
         self.model_dir = model_dir
@@ -64,32 +80,58 @@ class RegistrationOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("selection")
+        spec.input("timings")
         spec.output("model_input")
+        spec.output("reference")
+        spec.output("brain_mask")
+        spec.output("registration")
+        spec.output("timings")
 
     def compute(self, op_input, op_output, context) -> None:
         selection: ModalitySelection = op_input.receive("selection")
-        op_output.emit(build_model_input(selection, self.seed, self._logger, self.brain_extraction,
-                                         self.registration_backend, self.model_dir, self.cache_dir), "model_input")
+        timings: Timings = op_input.receive("timings")
+        done = register_and_resample(selection, self.seed, self._logger, self.brain_extraction,
+                                     self.registration_backend, self.model_dir, self.cache_dir)
+        op_output.emit(done.model_input, "model_input")
+        op_output.emit(done.reference, "reference")
+        op_output.emit(done.brain_mask, "brain_mask")
+        op_output.emit(done.record, "registration")
+        op_output.emit(timings.merged(done.timings), "timings")
 
 
-def choose_registration_backend(setting: str = "auto") -> tuple[str, str]:
-    """``(backend, reason)``: ``simpleitk``, ``torch-cuda`` or ``torch-cpu`` for the setting."""
-    if setting != "auto":
-        return setting, f"set by brats.registration / BRATS_REGISTRATION ({setting})"
+@dataclass(frozen=True)
+class Registered:
+    """What :func:`register_and_resample` gives: one field per output port of
+    :class:`RegistrationOperator`, and the transforms (reference points -> each series' points)."""
+
+    model_input: ModelInput
+    reference: ReferenceSeries
+    brain_mask: sitk.Image | None
+    record: RegistrationRecord
+    timings: Timings
+    transforms: dict[Modality, sitk.Transform]
+
+
+def choose_registration_backend(setting: str = AUTO) -> tuple[RegistrationBackend, str]:
+    """``(backend, reason)`` for the setting (``auto`` or a :class:`RegistrationBackend`)."""
+    if setting != AUTO:
+        return RegistrationBackend(setting), f"set by brats.registration / BRATS_REGISTRATION ({setting})"
     if torch_registration_device() == "cuda":
-        return "torch-cuda", "auto: a CUDA GPU is present (registration on the GPU, next to the network)"
-    return "simpleitk", "auto: no CUDA GPU (SimpleITK, one registration per core, is the faster CPU path)"
+        return RegistrationBackend.TORCH_CUDA, "auto: a CUDA GPU is present (registration on the GPU, next to the network)"
+    return RegistrationBackend.SIMPLEITK, "auto: no CUDA GPU (SimpleITK, one registration per core, is the faster CPU path)"
 
 
-def _register(backend: str, fixed: sitk.Image, moving: sitk.Image, seed: int) -> RegistrationResult:
-    if backend == "simpleitk":
+def register_one(backend: RegistrationBackend, fixed: sitk.Image, moving: sitk.Image, seed: int) -> RegistrationResult:
+    """One rigid registration of ``moving`` to ``fixed`` with ``backend``."""
+    if backend == RegistrationBackend.SIMPLEITK:
         return register_rigid(fixed, moving, seed=seed, initializer="identity")
-    return register_rigid_torch(fixed, moving, device=backend.removeprefix("torch-"), seed=seed)
+    return register_rigid_torch(fixed, moving, device=backend.torch_device, seed=seed)
 
 
-def build_model_input(selection: ModalitySelection, seed: int, logger: logging.Logger,
-                      brain_extraction: str = "hd-bet", registration_backend: str = "auto",
-                      model_dir: Path | None = None, cache_dir: Path | None = None) -> ModelInput:
+def register_and_resample(selection: ModalitySelection, seed: int, logger: logging.Logger,
+                          brain_extraction: BrainExtraction | str = BrainExtraction.HD_BET,
+                          registration_backend: str = AUTO, model_dir: Path | None = None,
+                          cache_dir: Path | None = None) -> Registered:
     """The work of :class:`RegistrationOperator`, callable without Holoscan.
 
     ``model_dir`` holds HD-BET's exported graph (run by the engine layer; PyTorch without it),
@@ -97,22 +139,25 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
 
     Returns
     -------
-    ModelInput
-        ``volumes`` ``(4, Z, Y, X)`` float32 on the model grid (LPS, identity direction);
-        ``registrations`` holds one record per moving series and, for the reference,
-        ``{"reference": True, "brain_extraction": {"decision", "evidence", "applied", ...}}``
-        (the skull-stripped decision with its evidence and, when applied, the method, the
-        series it ran on and its record); ``brain_mask`` the applied mask (or ``None``).
+    Registered
+        ``model_input.volumes`` ``(4, Z, Y, X)`` float32 on the model grid (LPS, identity
+        direction); ``record`` one registration record per moving series and the brain
+        extraction's (the skull-stripped decision with its evidence and, when applied, the
+        method, the series it ran on and its record); ``brain_mask`` the applied mask (or
+        ``None``); ``timings`` ``register_and_resample`` (its steps as its detail) and its parts.
     """
-    timings: dict[str, float] = {}
+    steps = Timings()  # this stage's own steps (report.json: registration.timings_s)
+    clock = Timings()  # its parts in the run's breakdown
     t0 = time.perf_counter()
     images = {}
     for modality, series in selection.selected.items():
         uid = series.header.series_instance_uid
         images[modality] = selection.images.get(uid) or series_to_image(series.datasets,
                                                                         series.header.series_description)
-    timings["series_to_volume"] = time.perf_counter() - t0
-    reference_key = choose_reference({m: s.image for m, s in images.items()})
+    dt = time.perf_counter() - t0
+    steps.add("series_to_volume", dt)
+    clock.add(Stage.SERIES_TO_VOLUME, dt)
+    reference_key = Modality(choose_reference({m: s.image for m, s in images.items()}))
     reference = images[reference_key]
     grid = model_grid(reference.image)
     logger.info(
@@ -123,31 +168,32 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
         grid.GetSize(),
     )
     backend, backend_reason = choose_registration_backend(registration_backend)
-    registrations: dict[str, dict] = {reference_key: {
-        "reference": True, "registration_backend": {"name": backend, "reason": backend_reason}}}
-    transforms: dict[str, sitk.Transform] = {reference_key: sitk.Euler3DTransform()}
+    moving_records: dict[Modality, dict[str, Any]] = {}
+    transforms: dict[Modality, sitk.Transform] = {reference_key: sitk.Euler3DTransform()}
     volumes = np.zeros((4, *sitk.GetArrayViewFromImage(grid).shape), dtype=np.float32)
     # Every moving series is registered to the reference at once, one thread each (SimpleITK
     # releases the GIL; each registration is single-threaded, hence deterministic), at most one
     # per core.
     moving_keys = [m for m in MODALITIES if m in images and m != reference_key]
     t1 = time.perf_counter()
-    workers = max(1, min(len(moving_keys), os.cpu_count() or 1)) if backend == "simpleitk" else 1
+    workers = max(1, min(len(moving_keys), os.cpu_count() or 1)) if backend == RegistrationBackend.SIMPLEITK else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = dict(zip(moving_keys, pool.map(
-            lambda m: _register(backend, reference.image, images[m].image, seed + 1), moving_keys)))  # fmt: skip
+            lambda m: register_one(backend, reference.image, images[m].image, seed + 1), moving_keys)))
     if moving_keys:
-        timings["register_all"] = time.perf_counter() - t1
+        dt = time.perf_counter() - t1
+        steps.add("register_all", dt)
+        clock.add(Stage.REGISTRATION, dt)
     for modality, result in results.items():
         transforms[modality] = result.transform
-        registrations[modality] = result.as_dict()
-        timings[f"register_{modality}"] = result.duration_s
+        moving_records[modality] = result.as_dict()
+        steps.add(f"register_{modality}", result.duration_s)
         logger.info(
             "Registered %s -> %s: angles %s deg, translation %s mm, MI %.4f -> %.4f%s (%.1f s)",
             modality,
             reference_key,
-            [round(a, 2) for a in registrations[modality]["angles_deg"]],
-            [round(t, 2) for t in registrations[modality]["translation_mm"]],
+            [round(a, 2) for a in moving_records[modality]["angles_deg"]],
+            [round(t, 2) for t in moving_records[modality]["translation_mm"]],
             result.metric_before,
             result.metric_after,
             " (kept identity)" if result.kept_identity else "",
@@ -160,7 +206,9 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
         t2 = time.perf_counter()
         on_grid = resample_to_grid(moving, grid, transforms[modality], sitk.sitkLinear, 0.0)
         volumes[MODALITIES.index(modality)] = sitk.GetArrayFromImage(on_grid).astype(np.float32)
-        timings[f"resample_{modality}"] = time.perf_counter() - t2
+        dt = time.perf_counter() - t2
+        steps.add(f"resample_{modality}", dt)
+        clock.add(Stage.RESAMPLING, dt)
     t3 = time.perf_counter()
 
     def on_grid(modality: str) -> sitk.Image:  # a series on the model grid, built when needed
@@ -173,19 +221,19 @@ def build_model_input(selection: ModalitySelection, seed: int, logger: logging.L
         method=brain_extraction, seed=seed + 1, logger=logger, model_dir=model_dir, cache_dir=cache_dir)
     if brain_mask is not None:
         volumes[:, sitk.GetArrayViewFromImage(brain_mask) == 0] = 0.0
-    timings["brain_extraction"] = time.perf_counter() - t3
-    registrations[reference_key]["brain_extraction"] = brain_record
-    timings["total"] = time.perf_counter() - t0
-    available = tuple(m in images for m in MODALITIES)
-    return ModelInput(
-        selection=selection,
-        volumes=volumes,
-        available=available,  # type: ignore[arg-type]
-        grid=grid,
-        reference_modality=reference_key,
-        reference=reference,
-        registrations=registrations,
-        transforms=transforms,
-        timings=timings,
+    dt = time.perf_counter() - t3
+    steps.add("brain_extraction", dt)
+    clock.add(Stage.BRAIN_EXTRACTION, dt)
+    total = time.perf_counter() - t0
+    steps.add("total", total)
+    clock.add(Stage.REGISTER_AND_RESAMPLE, total, detail=steps)
+    available: tuple[bool, bool, bool, bool] = tuple(m in images for m in MODALITIES)  # type: ignore[assignment]
+    return Registered(
+        model_input=ModelInput(volumes=volumes, available=available, grid=grid),
+        reference=ReferenceSeries(modality=reference_key, image=reference),
         brain_mask=brain_mask,
+        record=RegistrationRecord(reference_modality=reference_key, backend=backend, backend_reason=backend_reason,
+                                  moving=moving_records, brain_extraction=brain_record, grid=grid),
+        timings=clock,
+        transforms=transforms,
     )

@@ -9,17 +9,27 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators.outputs.staging import REPORT_NAME, OutputStaging, write_json_atomically
 
+#: The named inputs (:meth:`ReportWriterOperator.setup`), each handed to ``build_report`` as the
+#: keyword of its name.
+REPORT_INPUTS = ("selection", "registration", "segmentation", "plan", "outputs", "timings")
+
 
 class ReportWriterOperator(Operator):
     """Writes ``report.json`` and makes the run's outputs visible, atomically.
 
-    Named input:
-        result: the final result of the graph (anything ``build_sections`` understands:
-        a :class:`~operators.study_model.ModalitySelection` in the walking graph, the
-        SEG writer's result in the full graph).
+    Named inputs:
+        selection: :class:`operators.study_model.ModalitySelection` (the study, what was found
+        and picked).
+        registration: :class:`operators.study_model.RegistrationRecord`.
+        segmentation: :class:`operators.study_model.SegmentationRecord`.
+        plan: :class:`engines.model.missing.strategies.SubsetPlan` with a sequence missing, else
+        ``None``.
+        outputs: :class:`operators.study_model.WrittenOutputs` (what the SEG writer staged).
+        timings: :class:`operators.study_model.Timings` of every stage before this one.
 
-    No output port. Files staged by earlier operators are renamed into the output folder
-    first; ``report.json`` (``status: "ok"``) is written last.
+    No output port. ``build_report(**inputs)`` makes the report's content; files staged by
+    earlier operators are renamed into the output folder first; ``report.json``
+    (``status: "ok"``) is written last.
     """
 
     def __init__(
@@ -27,7 +37,7 @@ class ReportWriterOperator(Operator):
         fragment: Fragment,
         *args,
         staging: OutputStaging,
-        build_report: Callable[[Any], dict],
+        build_report: Callable[..., dict],
         **kwargs,
     ) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
@@ -36,12 +46,17 @@ class ReportWriterOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("result")
+        spec.input("selection")
+        spec.input("registration")
+        spec.input("segmentation")
+        spec.input("plan")
+        spec.input("outputs")
+        spec.input("timings")
 
     def compute(self, op_input, op_output, context) -> None:
         start = time.perf_counter()
-        result = op_input.receive("result")
-        report = self.build_report(result)
+        inputs: dict[str, Any] = {name: op_input.receive(name) for name in REPORT_INPUTS}
+        report = self.build_report(**inputs)
 
         def write_report(published) -> None:  # under the staging lock (see OutputStaging)
             report["status"] = "ok"

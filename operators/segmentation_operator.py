@@ -5,8 +5,11 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from engines.model.cascade import CascadePredictor, DegenerateInputError, PostProcessing, Preprocessed
@@ -18,6 +21,7 @@ from engines.model.missing.strategies import (
     load_table,
     plan_for,
 )
+from engines.model.vocabulary import Fill, StageGroup
 from engines.runtimes.registry import (
     EngineChoiceError,
     ModelFolderInvalid,
@@ -32,26 +36,42 @@ from operators.errors import (
     ModelFolderError,
 )
 from operators.outputs.report import selection_section
-from operators.study_model import MODALITIES, MODALITY_DISPLAY, ModelInput, SegmentationOutcome
+from operators.study_model import (
+    MODALITIES,
+    MODALITY_DISPLAY,
+    ModalitySelection,
+    ModelInput,
+    SegmentationRecord,
+    Stage,
+    Timings,
+)
 
 
 class SegmentationOperator(Operator):
     """Runs the BraTS 2017 cascade (WT -> TC -> EN, three views each) on the model grid.
 
-    Named input:
+    Named inputs:
         model_input: :class:`operators.study_model.ModelInput`.
+        selection: :class:`operators.study_model.ModalitySelection` (what a refusal's report
+        says was found and picked).
+        timings: :class:`operators.study_model.Timings` so far.
 
-    Named output:
-        segmentation: :class:`operators.study_model.SegmentationOutcome` (labels on the
-        model grid, the engine's description, which channels were imputed and how).
+    Named outputs:
+        labels: the BraTS labels {0, 1, 2, 4} on the model grid (``sitkUInt8``, the grid's
+        geometry).
+        plan: :class:`engines.model.missing.strategies.SubsetPlan` with a sequence missing (the
+        subset, the fills, the expected Dice per region, the regions the SEG may hold, the
+        warnings), else ``None``.
+        segmentation: :class:`operators.study_model.SegmentationRecord` (the engine's
+        description, which channels were imputed, notes), for the report.
+        timings: the timings received, with ``segment`` and its parts added.
 
     The engine comes from :func:`engines.runtimes.registry.choose_engine` (``auto``: the first
     that works here of TensorRT FP16 > PyTorch CUDA FP16 (compiled) > ONNX Runtime CUDA >
     PyTorch CUDA FP32 > OpenVINO folded BF16 > OpenVINO folded FP32 > OpenVINO > ONNX Runtime
     CPU > PyTorch CPU). Absent sequences are filled as the measured strategy table says for the
-    subset found (:mod:`engines.model.missing`); the subset, the fills, the expected Dice per
-    region, the regions the SEG may hold (expected Dice >= 0.70) and the warnings are in the
-    outcome. Sequences with which no region reaches that bar raise
+    subset found (:mod:`engines.model.missing`; the regions the SEG may hold: expected Dice >= 0.70).
+    Sequences with which no region reaches that bar raise
     :class:`operators.errors.InsufficientSequencesError` (exit code 2, no segmentation written);
     ``write_unreliable_regions`` (research) writes every region and refuses only below
     :data:`engines.model.missing.strategies.REFUSE_DICE` everywhere.
@@ -77,28 +97,54 @@ class SegmentationOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("model_input")
+        spec.input("selection")
+        spec.input("timings")
+        spec.output("labels")
+        spec.output("plan")
         spec.output("segmentation")
+        spec.output("timings")
 
     def compute(self, op_input, op_output, context) -> None:
         model_input: ModelInput = op_input.receive("model_input")
+        selection: ModalitySelection = op_input.receive("selection")
+        timings: Timings = op_input.receive("timings")
         outcome = segment(model_input, self.model_dir, self.engine_name, self.seed, self._logger,
                           triton_server=self.triton_server, triton_timeout_s=self.triton_timeout_s,
                           rules=self.rules, cache_dir=self.cache_dir,
-                          write_unreliable_regions=self.write_unreliable_regions)
-        op_output.emit(outcome, "segmentation")
+                          write_unreliable_regions=self.write_unreliable_regions, selection=selection)
+        labels = sitk.GetImageFromArray(np.ascontiguousarray(outcome.labels, dtype=np.uint8))
+        labels.CopyInformation(model_input.grid)
+        op_output.emit(labels, "labels")
+        op_output.emit(outcome.plan, "plan")
+        op_output.emit(outcome.record, "segmentation")
+        op_output.emit(timings.merged(outcome.timings), "timings")
+
+
+@dataclass(frozen=True)
+class SegmentationOutcome:
+    """What :func:`segment` gives, for the output ports of :class:`SegmentationOperator`."""
+
+    labels: np.ndarray
+    """uint8 ``(Z, Y, X)`` BraTS labels {0, 1, 2, 4} on the model grid."""
+    plan: SubsetPlan | None
+    record: SegmentationRecord
+    timings: Timings
+    """``segment`` (its steps as its detail: the cascade's and ``operator_total``) and its parts."""
 
 
 def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: int, logger: logging.Logger,
             triton_server: str = "", triton_timeout_s: float = 300.0, rules: PostProcessing = PostProcessing(),
-            cache_dir: Path | None = None, write_unreliable_regions: bool = False) -> SegmentationOutcome:
+            cache_dir: Path | None = None, write_unreliable_regions: bool = False,
+            selection: ModalitySelection | None = None) -> SegmentationOutcome:
     """The work of :class:`SegmentationOperator`, callable without Holoscan.
 
     ``rules``: the post-processing size rules (``brats.thresholds``); ``cache_dir``: where
-    engines that build or compile on the target GPU keep what they built (``engine_cache_dir``).
+    engines that build or compile on the target GPU keep what they built (``engine_cache_dir``);
+    ``selection``: what a refusal's report says was found and picked.
 
     ``triton_server`` set: the cascade's networks run on that Triton server (checked first:
     live, ready, same weights as ``model_dir``); any server problem raises
-    :class:`operators.errors.InferenceServerError` (one line, exit code 5). The outcome's
+    :class:`operators.errors.InferenceServerError` (one line, exit code 5). The record's
     engine description says ``"inference": "remote"`` or ``"local"``.
     """
     from engines.runtimes.triton_engine import TritonError
@@ -109,7 +155,9 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
         plan, fill = missing_sequence_plan(model_input.available, logger, write_unreliable_regions)
     except InsufficientSequencesError as exc:  # the failed report says what was found and picked
         found = dict(zip(MODALITIES, model_input.available))
-        exc.report_sections.update(input=selection_section(model_input.selection), modalities={
+        if selection is not None:
+            exc.report_sections.update(input=selection_section(selection))
+        exc.report_sections.update(modalities={
             "used": [MODALITY_DISPLAY[m] for m, a in found.items() if a],
             "missing": [MODALITY_DISPLAY[m] for m, a in found.items() if not a]})
         raise
@@ -138,24 +186,27 @@ def segment(model_input: ModelInput, model_dir: Path, engine_name: str, seed: in
         versions = ", ".join(f"{n} v{'/'.join(m['versions'])}" for n, m in desc["models"].items())
         notes.append(f"remote inference: Triton {desc['server_version']} at {desc['server']} ({versions})")
         logger.info("Segmentation: %s", notes[-1])
-    timings = {k: float(v) for k, v in result.timings.items()}
-    timings["operator_total"] = time.perf_counter() - t0
-    return SegmentationOutcome(
-        model_input=model_input,
-        labels=result.labels,
+    steps = Timings(result.timings)  # the cascade's steps, then this stage's total
+    network = float(result.timings.get("network", 0.0))  # inside engine.run only
+    total = time.perf_counter() - t0
+    steps.add("operator_total", total)
+    clock = Timings()
+    clock.add(Stage.NETWORK, network)
+    clock.add(Stage.CASCADE_OTHER, max(total - network, 0.0))
+    clock.add(Stage.SEGMENT, total, detail=steps)
+    record = SegmentationRecord(
         engine={"inference": "remote" if remote else "local", "engine": engine.registry_name,
                 "choice_reason": engine.choice_reason,
                 "precision_choice": getattr(engine, "precision_choice", None), **result.engine},
         imputed_channels=list(result.imputed_channels),
         notes=notes + list(result.notes),
-        timings=timings,
-        missing_sequences=plan.as_report() if plan is not None else None,
     )
+    return SegmentationOutcome(labels=result.labels, plan=plan, record=record, timings=clock)
 
 
 def missing_sequence_plan(
     available: tuple[bool, bool, bool, bool], logger: logging.Logger, write_unreliable_regions: bool = False
-) -> tuple[SubsetPlan | None, Callable[[Preprocessed], dict[str, StageInput]] | None]:
+) -> tuple[SubsetPlan | None, Callable[[Preprocessed], dict[StageGroup, StageInput]] | None]:
     """The strategy table's plan for the sequences found and the fill it needs (``None, None``
     with all four). A missing or malformed table is a broken installation: ModelFolderError.
     Sequences the table refuses (:attr:`SubsetPlan.refusal`): InsufficientSequencesError."""
@@ -167,17 +218,16 @@ def missing_sequence_plan(
         raise ModelFolderError(str(exc)) from exc
     if plan.refusal:
         raise InsufficientSequencesError(plan.refusal)
-    missing = [MODALITY_DISPLAY[m] for m, a in zip(MODALITIES, available) if not a]
-    logger.warning("Missing sequences %s: sequences %s, WT stage fed %s, TC / EN stages fed %s%s (%s)", missing,
-                   plan.subset, plan.fills["wt"], plan.fills["core"],
+    logger.warning("Missing sequences %s: sequences %s, WT stage fed %s, TC / EN stages fed %s%s (%s)", plan.missing,
+                   plan.subset, plan.fills[StageGroup.WT], plan.fills[StageGroup.CORE],
                    ", a core outside the whole tumour kept" if plan.keep_core_outside_whole else "",
                    "measured" if plan.measured else "not measured: zero fill")
     for line in plan.warnings:
         logger.warning("Missing sequences: %s", line)
     needs = set(plan.fills.values())
-    references, synthesiser = load_fill_models() if needs & {"matched", "synthesis"} else (None, None)
+    references, synthesiser = load_fill_models() if needs & {Fill.MATCHED, Fill.SYNTHESIS} else (None, None)
 
-    def fill(pre: Preprocessed) -> dict[str, StageInput]:
+    def fill(pre: Preprocessed) -> dict[StageGroup, StageInput]:
         return stage_inputs(pre.image, pre.brain_mask, pre.available, plan.fills, pre.seed, references, synthesiser)
 
     return plan, fill

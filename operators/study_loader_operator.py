@@ -7,6 +7,7 @@ from pathlib import Path
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
 from operators.dicom.study_loader import load_study
+from operators.study_model import Stage, Timings
 
 
 class StudyLoaderOperator(Operator):
@@ -15,9 +16,10 @@ class StudyLoaderOperator(Operator):
     Named input:
         input_folder: optional ``Path``; when absent, the folder given at construction is used.
 
-    Named output:
+    Named outputs:
         study: :class:`operators.study_model.LoadedStudy` (series with their pydicom datasets;
         ignored files with reasons).
+        timings: :class:`operators.study_model.Timings`, the run's first stage: ``load``.
 
     Non-DICOM, empty and non-image files (SEG, SR, PR, ...) and duplicated instances are
     ignored with a log line; more than one study in the folder is refused
@@ -32,6 +34,7 @@ class StudyLoaderOperator(Operator):
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("input_folder").condition(ConditionType.NONE)  # optional
         spec.output("study")
+        spec.output("timings")
 
     def compute(self, op_input, op_output, context) -> None:
         folder = None
@@ -40,4 +43,6 @@ class StudyLoaderOperator(Operator):
         except Exception:  # noqa: BLE001 - optional port with no upstream
             folder = None
         folder = Path(folder) if folder else self.input_folder
-        op_output.emit(load_study(folder), "study")
+        study = load_study(folder)
+        op_output.emit(study, "study")
+        op_output.emit(Timings({Stage.LOAD: study.duration_s}), "timings")

@@ -43,13 +43,13 @@ import sys
 import numpy as np
 import operators.segmentation_operator as so
 import operators.report_writer_operator as rw
-from operators.study_model import SegmentationOutcome
+from operators.study_model import SegmentationRecord, Timings
 
 def fast_segment(model_input, model_dir, engine_name, seed, logger, **remote):  # no inference: a blob
     labels = np.zeros(model_input.volumes.shape[1:], dtype=np.uint8)
     z, y, x = (n // 2 for n in labels.shape)
     labels[z - 2:z + 2, y - 10:y + 10, x - 10:x + 10] = 2
-    return SegmentationOutcome(model_input, labels, {"runtime": "fake"}, [], [], {"operator_total": 0.0})
+    return so.SegmentationOutcome(labels, None, SegmentationRecord({"runtime": "fake"}, [], []), Timings())
 
 def disk_full(*args, **kwargs):
     raise OSError(28, "No space left on device")

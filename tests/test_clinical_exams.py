@@ -80,7 +80,7 @@ def _uid_of(study: Path, key: str) -> str:
 
 
 def test_two_pre_contrast_t1s_of_different_kinds_the_same_protocol_pair_decides(
-        clinical_studies: dict[str, Path]) -> None:  # fmt: skip
+        clinical_studies: dict[str, Path]) -> None:
     """Philips: a 3-D FFE (not fat-suppressed) first, a 2-D SE FS 15 min later, then after contrast
     a 3-D FS iso and the 2-D SE FS again under one name. Against the earliest T1 the FS series
     look darker (the trap); against its own protocol the post SE FS enhances."""
@@ -277,11 +277,11 @@ def test_enhancement_is_measured_after_registration_across_frames_of_reference(b
 def test_the_registration_reuses_the_images_the_contrast_check_built(clinical_studies: dict[str, Path]) -> None:
     import logging
 
-    from operators.registration_operator import build_model_input
+    from operators.registration_operator import register_and_resample
 
     selection = _select(clinical_studies["ge"])
     t1ce_uid = selection.selected["t1ce"].header.series_instance_uid
     assert set(selection.images) == {selection.selected["t1"].header.series_instance_uid, t1ce_uid}
-    model_input = build_model_input(selection, 0, logging.getLogger("test"), "template")
-    assert model_input.reference_modality == "t1ce"
-    assert model_input.reference is selection.images[t1ce_uid]  # not built a second time
+    reference = register_and_resample(selection, 0, logging.getLogger("test"), "template").reference
+    assert reference.modality == "t1ce"
+    assert reference.image is selection.images[t1ce_uid]  # not built a second time

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from operators.registration_operator import build_model_input, choose_registration_backend
+from operators.registration_operator import choose_registration_backend, register_and_resample
 from operators.spatial.registration_torch import register_rigid_torch, torch_registration_device
 from tests.registration_checks import brain_box_corners, brain_mask_from_nonzero, transform_error
 
@@ -59,14 +59,13 @@ def test_the_operator_registers_with_the_torch_backend_when_asked(small_study: P
     from operators.selection.modality_selector import SelectionRules, select_modalities
 
     selection = select_modalities(load_study(small_study), SelectionRules.load())
-    model_input = build_model_input(selection, 0, logging.getLogger("test"), "template", "torch-cpu")
-    ref = model_input.reference_modality
-    assert model_input.registrations[ref]["registration_backend"]["name"] == "torch-cpu"
-    moving = [m for m in model_input.registrations if m != ref]
-    assert moving and all(model_input.registrations[m]["settings"]["backend"] == "torch-cpu" for m in moving)
+    done = register_and_resample(selection, 0, logging.getLogger("test"), "template", "torch-cpu")
+    assert done.record.backend == "torch-cpu"
+    moving = list(done.record.moving)
+    assert moving and all(done.record.moving[m]["settings"]["backend"] == "torch-cpu" for m in moving)
     # an aligned study stays aligned (within half a voxel of the 1 mm grid)
     for m in moving:
-        assert np.abs(np.asarray(model_input.transforms[m].GetTranslation())).max() < 0.5
+        assert np.abs(np.asarray(done.transforms[m].GetTranslation())).max() < 0.5
 
 
 def _oblique_image(seed: int) -> sitk.Image:

@@ -1,17 +1,30 @@
 """Build ``report.json``: what an orchestrator and a clinical engineer read after a run.
 
-The report is assembled from the one-way results of the graph; each stage contributes its
-own section. ``status`` is ``"ok"`` or ``"failed"``; a failed run has ``error`` (one line)
+The report is assembled from the values the operators emit (the report writer's named inputs);
+each stage contributes its own section. ``status`` is ``"ok"`` or ``"failed"``; a failed run has ``error`` (one line)
 and ``error_code``.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import platform
+from collections.abc import Mapping
 from typing import Any
 
+from engines.model.missing.strategies import SubsetPlan
 from engines.runtimes.cpu_host import cpu_identity, denormals_record
-from operators.study_model import MODALITIES, MODALITY_DISPLAY, ModalitySelection, PipelineResult
+from operators.study_model import (
+    BREAKDOWN,
+    MODALITIES,
+    MODALITY_DISPLAY,
+    OPERATOR_STAGES,
+    ModalitySelection,
+    RegistrationRecord,
+    SegmentationRecord,
+    Stage,
+    Timings,
+    WrittenOutputs,
+)
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -81,58 +94,50 @@ def selection_section(selection: ModalitySelection) -> dict[str, Any]:
     }
 
 
-def modalities_line(available: dict[str, bool]) -> str:
+def modalities_line(available: Mapping[str, bool]) -> str:
     used = ",".join(MODALITY_DISPLAY[m] for m in MODALITIES if available.get(m))
     missing = ",".join(MODALITY_DISPLAY[m] for m in MODALITIES if not available.get(m)) or "none"
     return f"used {used}; missing {missing}"
 
 
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(float(v), 3) for k, v in timings.items()}
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {str(k): round(float(v), 3) for k, v in seconds.items()}
 
 
-def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
-    """Registration, segmentation, outputs and per-stage timings of a successful run."""
-    outcome = result.outcome
-    model_input = outcome.model_input
-    available = dict(zip(MODALITIES, model_input.available))
-    grid = model_input.grid
-    study = model_input.selection.study
-    stage_timings = {
-        "load": study.duration_s,
-        "select": model_input.selection.duration_s,
-        "register_and_resample": model_input.timings.get("total", 0.0),
-        "segment": outcome.timings.get("operator_total", 0.0),
-        "write_seg": result.timings.get("total", 0.0),
-    }
-    reg, seg_t, out_t = model_input.timings, outcome.timings, result.timings
-    network = float(seg_t.get("network", 0.0))
-    breakdown = {
-        "load": study.duration_s,
-        "select": model_input.selection.duration_s,
-        "series_to_volume": reg.get("series_to_volume", 0.0),
-        "registration": reg.get("register_all", 0.0),
-        "resampling": sum(v for k, v in reg.items() if k.startswith("resample_")),
-        "brain_extraction": reg.get("brain_extraction", 0.0),
-        "network": network,
-        "cascade_other": max(seg_t.get("operator_total", 0.0) - network, 0.0),
-        "back_to_reference": out_t.get("to_reference_grid", 0.0),
-        "seg": out_t.get("seg_build_write", 0.0),
-        "sr": out_t.get("sr_build_write", 0.0),
-        "overlay": out_t.get("overlay", 0.0),
-    }
+def registration_series(record: RegistrationRecord) -> dict[str, Any]:
+    """Per series (display name): the reference's backend and brain extraction, each moving
+    series' registration record."""
+    reference = {"reference": True, "registration_backend": {"name": record.backend, "reason": record.backend_reason},
+                 "brain_extraction": record.brain_extraction}
+    series = {MODALITY_DISPLAY[record.reference_modality]: reference}
+    series.update({MODALITY_DISPLAY[m]: r for m, r in record.moving.items()})
+    return series
+
+
+def pipeline_sections(selection: ModalitySelection, registration: RegistrationRecord,
+                      segmentation: SegmentationRecord, plan: SubsetPlan | None, outputs: WrittenOutputs,
+                      timings: Timings) -> dict[str, Any]:
+    """Registration, segmentation, outputs and per-stage timings of a successful run.
+
+    ``plan``: the missing-sequence plan (None with all four sequences); ``timings``: the run's,
+    as the SEG writer emitted it (every stage but the report's own)."""
+    available = selection.availability
+    grid = registration.grid
+    stage_timings = {s: timings.get(s, 0.0) for s in OPERATOR_STAGES}
+    breakdown = {s: timings.get(s, 0.0) for s in BREAKDOWN}
+    network = breakdown[Stage.NETWORK]
     total = sum(stage_timings.values())
     return {
         "modalities": {
             "used": [MODALITY_DISPLAY[m] for m in MODALITIES if available[m]],
             "missing": [MODALITY_DISPLAY[m] for m in MODALITIES if not available[m]],
-            "imputed_for_network": outcome.imputed_channels,
+            "imputed_for_network": segmentation.imputed_channels,
             "summary": modalities_line(available),
         },
         "registration": {
-            "reference_modality": MODALITY_DISPLAY[model_input.reference_modality],
-            "reference_series_instance_uid": model_input.selection.selected[
-                model_input.reference_modality
+            "reference_modality": MODALITY_DISPLAY[registration.reference_modality],
+            "reference_series_instance_uid": selection.selected[
+                registration.reference_modality
             ].header.series_instance_uid,
             "model_grid": {
                 "size_xyz": list(grid.GetSize()),
@@ -140,36 +145,36 @@ def pipeline_sections(result: PipelineResult) -> dict[str, Any]:
                 "origin_lps_mm": [round(v, 3) for v in grid.GetOrigin()],
                 "direction": [round(v, 6) for v in grid.GetDirection()],
             },
-            "series": {MODALITY_DISPLAY[m]: r for m, r in model_input.registrations.items()},
-            "timings_s": _rounded(model_input.timings),
+            "series": registration_series(registration),
+            "timings_s": timings.detail(Stage.REGISTER_AND_RESAMPLE).rounded(),
         },
         "segmentation": {
-            "engine": outcome.engine,
+            "engine": segmentation.engine,
             # Subset found, fills used, expected Dice / HD95 per region on held-out cases, warnings.
-            "missing_sequences": outcome.missing_sequences,
-            "notes": outcome.notes,
-            "timings_s": _rounded(outcome.timings),
+            "missing_sequences": plan.as_report() if plan is not None else None,
+            "notes": segmentation.notes,
+            "timings_s": timings.detail(Stage.SEGMENT).rounded(),
         },
         "result": {
-            "seg_file": result.seg_file,
-            "overlay_file": result.overlay_file,
-            "seg_series_instance_uid": result.seg_series_instance_uid,
-            "seg_sop_instance_uid": result.seg_sop_instance_uid,
-            "sr_file": result.sr_file,
-            "sr_sop_instance_uid": result.sr_sop_instance_uid,
+            "seg_file": outputs.seg_file,
+            "overlay_file": outputs.overlay_file,
+            "seg_series_instance_uid": outputs.seg_series_instance_uid,
+            "seg_sop_instance_uid": outputs.seg_sop_instance_uid,
+            "sr_file": outputs.sr_file,
+            "sr_sop_instance_uid": outputs.sr_sop_instance_uid,
             # Source attribute values that did not fit their VR: repaired, emptied or removed.
-            "source_attribute_fixes": result.source_attribute_fixes,
-            "tumour_volumes_ml": result.volumes_ml,
-            "empty": result.empty,
-            "empty_note": "no tumour voxel found: the SEG holds empty segments" if result.empty else "",
+            "source_attribute_fixes": outputs.source_attribute_fixes,
+            "tumour_volumes_ml": outputs.volumes_ml,
+            "empty": outputs.empty,
+            "empty_note": "no tumour voxel found: the SEG holds empty segments" if outputs.empty else "",
         },
         # Plain sentences a reader must see before using the result (regions unreliable with the
         # sequences found); empty when nothing is missing.
-        "warnings": list((outcome.missing_sequences or {}).get("warnings", [])),
+        "warnings": list(plan.warnings) if plan is not None else [],
         "timings_s": _rounded(stage_timings),
         # The same run, finer (seconds and share of the stages' total); "network": inside
         # engine.run only; amdahl_bound: the end-to-end speed-up an infinitely fast network gives.
         "stage_breakdown_s": _rounded(breakdown),
-        "stage_share": {k: round(v / total, 4) if total > 0 else 0.0 for k, v in breakdown.items()},
+        "stage_share": {str(k): round(v / total, 4) if total > 0 else 0.0 for k, v in breakdown.items()},
         "amdahl_bound_zero_time_network": round(total / (total - network), 3) if total > network else None,
     }

@@ -36,6 +36,7 @@ from operators.study_model import (
     MODALITIES,
     LoadedSeries,
     LoadedStudy,
+    Modality,
     ModalitySelection,
     SeriesCandidate,
     SeriesHeader,
@@ -297,7 +298,7 @@ def _t1_weighted(series: Sequence[LoadedSeries], rules: SelectionRules) -> list[
             continue
         scores, _ = score_series(s.header, rules, post_contrast=None)
         best = max(scores, key=scores.get)
-        if best in ("t1", "t1ce") and scores[best] >= float(rules.raw.get("min_score", 0.0)):
+        if best in (Modality.T1, Modality.T1CE) and scores[best] >= float(rules.raw.get("min_score", 0.0)):
             found.append(s.header.series_instance_uid)
     return found
 
@@ -319,7 +320,7 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
     phases = decide_phases(
         usable_series, _t1_weighted(usable_series, rules), images,
         rules.raw.get("contrast_phase", {}), contrast_words(rules),
-    )  # fmt: skip
+    )
     if phases.status in ("undetermined", "inferred", "single_t1"):
         log = logger.warning if phases.status != "inferred" else logger.info
         log("Contrast phase: %s", phases.statement)
@@ -343,17 +344,17 @@ def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySele
             by_modality[candidate.modality].append(series)
 
     preference = rules.raw.get("preference", [])
-    selected: dict[str, LoadedSeries] = {}
-    reasons: dict[str, str] = {}
+    selected: dict[Modality, LoadedSeries] = {}
+    reasons: dict[Modality, str] = {}
     for modality in MODALITIES:
         options = by_modality[modality]
         if not options:
             reasons[modality] = "missing: no series classified as this modality"
-            if modality == "t1ce" and phases.status == "undetermined":
+            if modality == Modality.T1CE and phases.status == "undetermined":
                 reasons[modality] = f"missing: {phases.statement}"
             continue
         order = list(preference)
-        if phases.status == "undetermined" and modality in ("t1", "flair"):
+        if phases.status == "undetermined" and modality in (Modality.T1, Modality.FLAIR):
             # !! contrast phase unknown: pre-contrast sequences are acquired first, so the earliest
             # series fills the T1 / FLAIR slot (never one that may follow the injection)
             order = ["earliest_acquisition", *order]

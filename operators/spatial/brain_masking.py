@@ -1,6 +1,6 @@
 """Brain masking on the model grid: is the study stripped? if not, which method, which series.
 
-Called by :func:`operators.registration_operator.build_model_input` after every series is on
+Called by :func:`operators.registration_operator.register_and_resample` after every series is on
 the model grid (1 mm, identity direction in LPS).
 
 * Decision: :func:`operators.spatial.skull_stripped.assess_study` on every series' own grid
@@ -32,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from operators.errors import NoBrainFoundError
+from operators.spatial.methods import BrainExtraction
 from operators.spatial.skull_stripped import assess_study
 
 __all__ = ["HD_BET_SERIES_ORDER", "MIN_BRAIN_ML", "SAFETY_MARGIN_MM", "brain_mask_on_grid", "choose_hd_bet_series",
@@ -86,7 +87,7 @@ def brain_mask_on_grid(
     reference_key: str,
     grid: sitk.Image,
     *,
-    method: str = "hd-bet",
+    method: BrainExtraction | str = BrainExtraction.HD_BET,
     seed: int = 1,
     logger: logging.Logger | None = None,
     model_dir: Path | None = None,
@@ -130,7 +131,7 @@ def brain_mask_on_grid(
         record["method"] = "none (already skull-stripped)"
         return None, record
     mask = None
-    if method == "hd-bet":
+    if method == BrainExtraction.HD_BET:
         from operators.spatial.hd_bet import HdBetWeightsMissing
 
         key, why = choose_hd_bet_series(native)

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from engines.model.modalities import CHANNEL_NAMES
+from engines.model.vocabulary import Fill, StageGroup
 
-FILLS: tuple[str, ...] = ("zero", "copy", "matched", "synthesis")
+FILLS: tuple[Fill, ...] = tuple(Fill)
 """Fill names, in the order the measurement tries them."""
 
 #: Absent channel -> available channels to substitute, closest contrast first (channel order
@@ -66,7 +67,7 @@ class StageInput:
 
     image: np.ndarray
     noise_channels: tuple[bool, bool, bool, bool]
-    fill: str
+    fill: Fill
 
 
 def substitute_for(channel: int, available: Sequence[bool]) -> int:
@@ -120,7 +121,7 @@ def fill_image(
     image: np.ndarray,
     brain: np.ndarray,
     available: Sequence[bool],
-    fill: str,
+    fill: Fill | str,
     seed: int,
     references: Sequence[Sequence[float]] | None = None,
     synthesiser: Any = None,
@@ -154,21 +155,22 @@ def fill_image(
     absent = [c for c in range(4) if not avail[c]]
     if fill not in FILLS:
         raise ValueError(f"unknown fill {fill!r}; choose from {FILLS}")
-    if not absent or fill == "zero":
-        return StageInput(image, avail, "zero")  # type: ignore[arg-type]
+    fill = Fill(fill)
+    if not absent or fill == Fill.ZERO:
+        return StageInput(image, avail, Fill.ZERO)  # type: ignore[arg-type]
     out = image.copy()
-    if fill == "synthesis":
+    if fill == Fill.SYNTHESIS:
         if synthesiser is None:
             raise ValueError("the synthesis fill needs the synthesis network")
         predicted = synthesiser.predict(image, brain, avail)  # (4, z, y, x)
         for c in absent:
             out[c][brain] = _standardise(predicted[c][brain])
     else:
-        if fill == "matched" and references is None:
+        if fill == Fill.MATCHED and references is None:
             raise ValueError("the matched fill needs the intensity references")
         for c in absent:
             values = image[substitute_for(c, avail)][brain]
-            out[c][brain] = quantile_map(values, references[c]) if fill == "matched" else values  # type: ignore[index]
+            out[c][brain] = quantile_map(values, references[c]) if fill == Fill.MATCHED else values  # type: ignore[index]
     for c in absent:
         _outside_noise(out, brain, c, seed)
     return StageInput(out, (True,) * 4, fill)  # type: ignore[arg-type]
@@ -178,16 +180,16 @@ def stage_inputs(
     image: np.ndarray,
     brain: np.ndarray,
     available: Sequence[bool],
-    fills: Mapping[str, str],
+    fills: Mapping[StageGroup, Fill],
     seed: int,
     references: Sequence[Sequence[float]] | None = None,
     synthesiser: Any = None,
-) -> dict[str, StageInput]:
+) -> dict[StageGroup, StageInput]:
     """:func:`fill_image` per stage group: ``fills = {"wt": ..., "core": ...}`` (``core``: the TC
     and EN stages); one image when both groups use the same fill."""
-    made: dict[str, StageInput] = {}
-    out: dict[str, StageInput] = {}
-    for group in ("wt", "core"):
+    made: dict[Fill, StageInput] = {}
+    out: dict[StageGroup, StageInput] = {}
+    for group in StageGroup:
         name = fills[group]
         if name not in made:
             made[name] = fill_image(image, brain, available, name, seed, references, synthesiser)

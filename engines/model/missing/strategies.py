@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from engines.model.missing.fills import FILLS
-from engines.model.modalities import CHANNEL_NAMES
+from engines.model.modalities import CHANNEL_NAMES, MODALITIES
+from engines.model.vocabulary import Fill, Modality, Region, StageGroup
 
 DEFAULT_ASSETS = Path(__file__).resolve().parent / "assets"
 TABLE_NAME = "strategy_table.json"
 TABLE_VERSION = "1"
-REGIONS = ("WT", "TC", "ET")
+REGIONS: tuple[Region, ...] = tuple(Region)
 #: Below this expected held-out Dice a region is not written (listed in the report with why).
 UNRELIABLE_DICE = 0.70
 #: With ``write_unreliable_regions`` on, the app still refuses a study whose every region is
@@ -67,7 +68,7 @@ ALL_FOUR = subset_name((True,) * 4)
 SUBSETS: tuple[str, ...] = (
     ALL_FOUR, "T1ce+T2", "FLAIR+T1+T2", "T1+T1ce+T2", "FLAIR+T1ce+T2", "FLAIR+T1+T1ce",
     "T1+T1ce", "FLAIR+T1ce", "FLAIR+T2", "T1+T2", "FLAIR+T1", "T2", "T1ce", "FLAIR", "T1",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,10 @@ class SubsetPlan:
 
     Attributes
     ----------
-    subset
-        E.g. ``"T1ce+T2"``.
+    available
+        4 bools in channel order (FLAIR, T1, T1ce, T2): the sequences found.
     fills
-        ``{"wt": ..., "core": ...}``.
+        Stage group -> fill (``{"wt": ..., "core": ...}``).
     measured
         The choice comes from the measurement (else: zero fill, not measured).
     expected
@@ -104,33 +105,45 @@ class SubsetPlan:
         The research setting that writes every region (flagged) was on.
     """
 
-    subset: str
-    fills: dict[str, str]
+    available: tuple[bool, bool, bool, bool]
+    fills: dict[StageGroup, Fill]
     measured: bool
-    expected: dict[str, dict[str, float | None]] | None
-    zero_fill: dict[str, dict[str, float | None]] | None
+    expected: dict[Region, dict[str, float | None]] | None
+    zero_fill: dict[Region, dict[str, float | None]] | None
     warnings: list[str] = field(default_factory=list)
     table_version: str = TABLE_VERSION
     keep_core_outside_whole: bool = False
     refusal: str | None = None
-    regions_written: tuple[str, ...] = REGIONS
-    regions_omitted: dict[str, str] = field(default_factory=dict)
+    regions_written: tuple[Region, ...] = REGIONS
+    regions_omitted: dict[Region, str] = field(default_factory=dict)
     write_unreliable_regions: bool = False
 
     @property
+    def subset(self) -> str:
+        """The table's name of the sequences found, e.g. ``"T1ce+T2"``."""
+        return subset_name(self.available)
+
+    @property
     def missing(self) -> list[str]:
-        present = self.subset.split("+")
-        return [n for n in CHANNEL_NAMES if n not in present]
+        """The absent sequences' display names, in channel order."""
+        return [n for n, a in zip(CHANNEL_NAMES, self.available) if not a]
+
+    def expected_dice(self, region: Region) -> float | None:
+        """The mean Dice of ``region`` on the held-out cases with these fills (None: not measured)."""
+        return self.expected[region]["dice"] if self.expected else None
 
     def as_report(self) -> dict[str, Any]:
         """The ``segmentation.missing_sequences`` section of ``report.json``."""
-        return {"subset": self.subset, "missing": self.missing, "fills": dict(self.fills), "chosen_by_measurement": self.measured,
-                "keep_core_outside_whole": self.keep_core_outside_whole,
-                "expected_dice_held_out": {r: m["dice"] for r, m in self.expected.items()} if self.expected else None,
-                "expected_hd95_mm_held_out": {r: m["hd95"] for r, m in self.expected.items()} if self.expected else None,
-                "regions_written": list(self.regions_written), "regions_omitted": dict(self.regions_omitted),
-                "write_unreliable_regions": self.write_unreliable_regions,
-                "warnings": list(self.warnings), "table_version": self.table_version}  # fmt: skip
+        expected = self.expected
+        return {
+            "subset": self.subset, "missing": self.missing, "fills": dict(self.fills),
+            "chosen_by_measurement": self.measured, "keep_core_outside_whole": self.keep_core_outside_whole,
+            "expected_dice_held_out": {r: m["dice"] for r, m in expected.items()} if expected else None,
+            "expected_hd95_mm_held_out": {r: m["hd95"] for r, m in expected.items()} if expected else None,
+            "regions_written": list(self.regions_written), "regions_omitted": dict(self.regions_omitted),
+            "write_unreliable_regions": self.write_unreliable_regions,
+            "warnings": list(self.warnings), "table_version": self.table_version,
+        }
 
 
 class StrategyTableError(ValueError):
@@ -149,12 +162,12 @@ def load_table(path: Path | None = None) -> dict[str, Any]:
         raise StrategyTableError(f"strategy table {path}: covers {sorted(subsets)}, not the 15 subsets")
     for name, entry in subsets.items():
         fills = entry.get("fills", {})
-        if set(fills) != {"wt", "core"} or any(f not in FILLS for f in fills.values()):
+        if set(fills) != set(StageGroup) or any(f not in FILLS for f in fills.values()):
             raise StrategyTableError(f"strategy table {path}: {name}: bad fills {fills}")
         for key in ("expected_held_out", "zero_fill_held_out"):
             if entry.get(key) is not None and set(entry[key]) != set(REGIONS):
                 raise StrategyTableError(f"strategy table {path}: {name}: {key} must give {REGIONS}")
-    if subsets[ALL_FOUR]["fills"] != {"wt": "zero", "core": "zero"} or subsets[ALL_FOUR].get("keep_core_outside_whole"):
+    if subsets[ALL_FOUR]["fills"] != dict.fromkeys(StageGroup, Fill.ZERO) or subsets[ALL_FOUR].get("keep_core_outside_whole"):
         raise StrategyTableError(f"strategy table {path}: all four sequences must run the published method")
     return doc
 
@@ -165,13 +178,14 @@ def plan_for(available: Sequence[bool], table: dict[str, Any], write_unreliable_
     ``write_unreliable_regions``: write every region, flagged, as before the region policy
     (research only; see the module docstring).
     """
-    name = subset_name(available)
+    found: tuple[bool, bool, bool, bool] = tuple(bool(a) for a in available)  # type: ignore[assignment]
+    name = subset_name(found)
     entry = table["subsets"][name]
-    expected = entry.get("expected_held_out")
+    expected = _by_region(entry.get("expected_held_out"))
     warnings: list[str] = []
-    missing = [n for n, a in zip(CHANNEL_NAMES, available) if not a]
+    missing = [n for n, a in zip(CHANNEL_NAMES, found) if not a]
     without = "+".join(missing)
-    omitted: dict[str, str] = {}
+    omitted: dict[Region, str] = {}
     if missing and expected is None:
         for region in REGIONS:
             omitted[region] = f"accuracy without {without} not measured"
@@ -181,36 +195,50 @@ def plan_for(available: Sequence[bool], table: dict[str, Any], write_unreliable_
             if dice is None:
                 omitted[region] = f"accuracy without {without} not measured"
             elif dice < UNRELIABLE_DICE:
-                omitted[region] = (f"expected Dice {dice:.2f} on held-out cases without {without}, "
-                                   f"below {UNRELIABLE_DICE:.2f}")  # fmt: skip
+                omitted[region] = f"expected Dice {dice:.2f} on held-out cases without {without}, below {UNRELIABLE_DICE:.2f}"
     if write_unreliable_regions:
         written = REGIONS
         for region, why in omitted.items():
             warnings.append(f"{region} unreliable ({why}); written because write_unreliable_regions is on; "
-                            "review it against the images before any use")  # fmt: skip
+                            "review it against the images before any use")
         omitted = {}
     else:
         written = tuple(r for r in REGIONS if r not in omitted)
         for region, why in omitted.items():
             warnings.append(f"{region} not written: {why}")
-    if not available[2] and "ET" in written:
+    if not found[MODALITIES.index(Modality.T1CE)] and Region.ET in written:
         warnings.append("ET: without post-contrast T1 the enhancing tumour is inferred, not seen; review it")
     refusal = None
     dice_line = (" / ".join(f"{r} {expected[r]['dice']:.2f}" for r in REGIONS if expected[r]["dice"] is not None)
-                 if expected else "not measured")  # fmt: skip
+                 if expected else "not measured")
     if write_unreliable_regions:
         if expected and all(expected[r]["dice"] is not None and expected[r]["dice"] < REFUSE_DICE for r in REGIONS):
             refusal = (f"only {name} found ({without} missing): with these sequences the model's expected Dice "
                        f"on held-out cases is {dice_line}, below {REFUSE_DICE:.2f} in every region; "
-                       "no segmentation written")  # fmt: skip
+                       "no segmentation written")
     elif not written:
         refusal = (f"only {name} found ({without} missing): with these sequences the model's expected Dice on "
                    f"held-out cases is {dice_line}, below {UNRELIABLE_DICE:.2f} in every region; "
-                   "no segmentation written")  # fmt: skip
-    return SubsetPlan(name, dict(entry["fills"]), bool(entry.get("measured")), expected,
-                      entry.get("zero_fill_held_out"), warnings, str(table.get("version", "?")),
-                      bool(entry.get("keep_core_outside_whole", False)), refusal, written, omitted,
-                      bool(write_unreliable_regions))  # fmt: skip
+                   "no segmentation written")
+    return SubsetPlan(
+        available=found,
+        fills={StageGroup(group): Fill(fill) for group, fill in entry["fills"].items()},
+        measured=bool(entry.get("measured")),
+        expected=expected,
+        zero_fill=_by_region(entry.get("zero_fill_held_out")),
+        warnings=warnings,
+        table_version=str(table.get("version", "?")),
+        keep_core_outside_whole=bool(entry.get("keep_core_outside_whole", False)),
+        refusal=refusal,
+        regions_written=written,
+        regions_omitted=omitted,
+        write_unreliable_regions=bool(write_unreliable_regions),
+    )
+
+
+def _by_region(per_region: dict[str, Any] | None) -> dict[Region, Any] | None:
+    """A table entry's region -> measurement mapping with :class:`Region` keys (its order kept)."""
+    return None if per_region is None else {Region(r): m for r, m in per_region.items()}
 
 
 def load_fill_models(assets: Path = DEFAULT_ASSETS) -> tuple[list[list[float]] | None, Any]:
