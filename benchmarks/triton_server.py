@@ -247,12 +247,12 @@ def run_triton(
         "--strict-readiness=true", "--exit-on-error=true", "--disable-auto-complete-config",
         "--exit-timeout-secs=10",
         *(extra_args or []),
-    ]  # fmt: skip
+    ]
     log = open(log_path, "ab")  # noqa: SIM115 - closed right after the launch
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=install.environment(), start_new_session=True,
-                            cwd=log_path.parent)  # fmt: skip
+                            cwd=log_path.parent)
     log.close()
     server = TritonServer("127.0.0.1", http_port, grpc_port, Path(repository), Path(log_path), proc)
     try:
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     with run_triton(a.repository, a.http_port, a.grpc_port, log_path=Path("tritonserver.log").resolve()) as server:
         print(f"Triton ready in {server.startup_s:.1f} s: -t {server.http_url} (HTTP) or -t {server.grpc_url}; "
-              "log tritonserver.log; Ctrl-C stops it", flush=True)  # fmt: skip
+              "log tritonserver.log; Ctrl-C stops it", flush=True)
         try:
             while server.process.poll() is None:
                 time.sleep(1)

@@ -79,7 +79,7 @@ def export_onnx(net: MSNet, path: Path) -> str:
             torch.onnx.export(
                 net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes=dyn, opset_version=OPSET, do_constant_folding=True, dynamo=False,
-            )  # fmt: skip
+            )
         return "torchscript"
     except Exception as exc:  # pragma: no cover - depends on the torch version
         log.warning("TorchScript ONNX export failed (%s); trying dynamo", str(exc))
@@ -88,7 +88,7 @@ def export_onnx(net: MSNet, path: Path) -> str:
             net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes={"x": {0: n, 2: d, 3: h, 4: w}}, opset_version=OPSET, dynamo=True,
             external_data=False,
-        )  # fmt: skip
+        )
         return "dynamo"
 
 
@@ -176,9 +176,9 @@ def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS, br
             "constraints": {"D_min": 9, "H_W_multiple_of": net.spatial_multiple,
                             "normalisation": "batch statistics over (N, D, H, W)"},
             **facts,
-        }  # fmt: skip
+        }
         log.info("%s: exported (%s), ORT vs torch max|d| %.2e, %.1f s",
-                 name, exporter, facts["ort_vs_torch_max_abs"], time.perf_counter() - t0)  # fmt: skip
+                 name, exporter, facts["ort_vs_torch_max_abs"], time.perf_counter() - t0)
     if brain_extraction:
         from engines.brain.hd_bet_network import export_hd_bet_onnx
 
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
     p.add_argument("--weights", type=Path, default=None,
                    help="folder of msnet_*_20000.npz (default $BRATS_SHARED/models/brats17-cascade "
-                        "or <repo>/../shared/models/brats17-cascade)")  # fmt: skip
+                        "or <repo>/../shared/models/brats17-cascade)")
     p.add_argument("--networks", nargs="+", default=NETWORKS, choices=NETWORKS)
     p.add_argument("--brain-extraction", action=argparse.BooleanOptionalAction, default=True,
                    help="export HD-BET's network too (hd_bet.onnx; default: yes)")

@@ -53,7 +53,7 @@ class RegistrationOperator(Operator):
     engine cache: the CPU precision measured here), ``seed``, ``brain_extraction``,
     ``registration_backend``.
 
-    The reference is T1ce when present, else T1, T2, FLAIR (``registration.REFERENCE_ORDER``).
+    The reference is T1ce when present, else T1, T2, FLAIR (:data:`operators.spatial.grid.REFERENCE_ORDER`).
     Every other series is rigidly registered to it (SimpleITK, Mattes mutual information,
     multi-resolution, fixed seed, identity start = the scanner's patient coordinates, the
     thicker-sliced image as the metric domain; see :func:`operators.spatial.registration.register_rigid`),

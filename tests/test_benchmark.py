@@ -74,7 +74,7 @@ def test_benchmark_quick_smoke(one_case: Path, bench_models: Path, tmp_path: Pat
 
     out = tmp_path / "bench"
     rc = main(["--cases", str(one_case), "--engines", "openvino,tensorrt", "--out", str(out), "--models",
-               str(bench_models), "--quick", "--latency-shape", "5,4,19,32,32", "--e2e-engines", "openvino"])  # fmt: skip
+               str(bench_models), "--quick", "--latency-shape", "5,4,19,32,32", "--e2e-engines", "openvino"])
     assert rc == 0
     _check_outputs(out, ["torch", "openvino"], with_reference_quality=False)
 
@@ -86,7 +86,7 @@ def test_benchmark_quick_with_reference(one_case: Path, bench_models: Path, tmp_
 
     out = tmp_path / "bench"
     rc = main(["--cases", str(one_case), "--engines", "openvino,tensorrt", "--out", str(out), "--models",
-               str(bench_models), "--quick"])  # fmt: skip
+               str(bench_models), "--quick"])
     assert rc == 0
     res = _check_outputs(out, ["torch", "openvino"], with_reference_quality=True)
     assert res["protocol"]["reference_batch"] == [5, 4, 19, 144, 144]

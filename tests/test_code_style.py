@@ -18,7 +18,7 @@ def test_ruff_is_clean() -> None:
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed (requirements-dev.txt pins it; bash test.sh installs it)")
     proc = subprocess.run([ruff, "check", "--output-format", "concise", "."], cwd=REPO_ROOT,
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
@@ -37,10 +37,10 @@ def _imported_packages(path: Path) -> set[str]:
     ("engines", {"app", "operators", "benchmarks", "samples", "tests"}),
     ("operators", {"app", "benchmarks", "samples", "tests"}),
     ("app", {"benchmarks", "samples", "tests"}),
-])  # fmt: skip
+])
 def test_data_flows_one_way(package: str, forbidden: set[str]) -> None:
     offenders = {str(p.relative_to(REPO_ROOT)): sorted(_imported_packages(p) & forbidden)
-                 for p in (REPO_ROOT / package).rglob("*.py") if _imported_packages(p) & forbidden}  # fmt: skip
+                 for p in (REPO_ROOT / package).rglob("*.py") if _imported_packages(p) & forbidden}
     assert offenders == {}
 
 

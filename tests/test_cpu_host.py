@@ -110,7 +110,7 @@ def test_denormals_record_names_every_runtime() -> None:
     ("AuthenticAMD", ["avx2", "fma", "avx512f", "avx512_bf16"], 32),
     ("GenuineIntel", ["avx2", "fma"], 32),
     ("AuthenticAMD", [], 8),
-])  # fmt: skip
+])
 def test_fp32_peak_by_vendor_and_flags(vendor: str, flags: list[str], per_cycle: int) -> None:
     ident = {"model": "x", "vendor": vendor, "logical_cores": 2, "mhz": 2300.0, "flags": flags, "signature": "s"}
     peak = cpu_host.fp32_peak_gflops(ident)

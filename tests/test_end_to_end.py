@@ -99,7 +99,7 @@ def test_sr_passes_dciodvfy_and_reports_the_segment_volumes(aligned_run: AppRun)
     assert {n: v for n, (_, v) in got.items()} == pytest.approx(expected, abs=1e-3)
     assert sum(expected.values()) == pytest.approx(ml["whole_tumor"], abs=0.01) and ml["whole_tumor"] > 10
     evidence = {item.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
-                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}  # fmt: skip
+                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
     assert seg.SOPInstanceUID in evidence
 
 
@@ -187,7 +187,7 @@ def test_report_names_engine_registration_and_stage_timings(aligned_run: AppRun)
     # The finer breakdown adds up to the coarse stages it splits, and names the network's part.
     fine, coarse = report["stage_breakdown_s"], report["timings_s"]
     assert set(fine) == {"load", "select", "series_to_volume", "registration", "resampling", "brain_extraction",
-                         "network", "cascade_other", "back_to_reference", "seg", "sr", "overlay"}  # fmt: skip
+                         "network", "cascade_other", "back_to_reference", "seg", "sr", "overlay"}
     assert 0 < fine["network"] < coarse["segment"]
     assert fine["network"] + fine["cascade_other"] == pytest.approx(coarse["segment"], abs=0.01)
     assert fine["series_to_volume"] + fine["registration"] + fine["resampling"] <= coarse["register_and_resample"] + 0.01

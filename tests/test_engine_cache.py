@@ -17,7 +17,7 @@ from engines.runtimes import engine_cache as EC
 def _key(**over: str) -> EC.CacheKey:
     base = dict(network="wt32", model_sha256="a" * 64, gpu_name="NVIDIA H100 80GB HBM3",
                 compute_capability="9.0", trt_version="10.3.0", precision="fp16",
-                shape_profile="slabs:min=1x4x9x16x16,opt=5x4x19x180x160,max=5x4x19x240x240")  # fmt: skip
+                shape_profile="slabs:min=1x4x9x16x16,opt=5x4x19x180x160,max=5x4x19x240x240")
     base.update(over)
     return EC.CacheKey(**base)
 

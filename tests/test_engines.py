@@ -44,7 +44,7 @@ def real_batch(brats_dir: Path) -> np.ndarray:
     case = "Brats18_TCIA02_135_1"
     d = brats_dir / case
     vols = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case}_{m}.nii.gz")))
-                     for m in ("flair", "t1", "t1ce", "t2")])  # fmt: skip
+                     for m in ("flair", "t1", "t1ce", "t2")])
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case}_seg.nii.gz")))
     pre = C.preprocess(vols, (True,) * 4, seed=0)
     seg = seg[C.box_slices(pre.brain_box)]
@@ -85,12 +85,12 @@ CPU_FP32_ENGINES = [
     pytest.param("openvino-folded", {}, id="openvino-folded-f32"),
     pytest.param("torch-compile", {"device": "cpu"}, id="torch-compile",
                  marks=pytest.mark.slow),  # slow: Inductor compile warm-up is 1-3 min per network on 2 cores
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("name,opts", CPU_FP32_ENGINES)
 def test_cpu_engine_matches_torch_fp32(name: str, opts: dict[str, Any], models: Path, real_batch: np.ndarray,
-                                       reference: dict[str, np.ndarray]) -> None:  # fmt: skip
+                                       reference: dict[str, np.ndarray]) -> None:
     eng = _create(name, models, **opts)
     nets = ("en32",) if name == "torch-compile" else NETS
     for net in nets:
@@ -168,7 +168,7 @@ def test_openvino_folded_batch5_matches_torch(models: Path, real_batch: np.ndarr
 
 
 def test_openvino_folded_exports_other_batch_sizes(tmp_path: Path, models: Path, real_batch: np.ndarray,
-                                                   reference: dict[str, np.ndarray]) -> None:  # fmt: skip
+                                                   reference: dict[str, np.ndarray]) -> None:
     """N != 5 (and no folded file at all): the folded graph is exported from the .pt on use."""
     import shutil
 
@@ -195,7 +195,7 @@ def test_openvino_shape_cache_and_contract(models: Path) -> None:
 
 
 def test_openvino_converts_torch_when_no_onnx(tmp_path: Path, models: Path, reference: dict[str, np.ndarray],
-                                              real_batch: np.ndarray) -> None:  # fmt: skip
+                                              real_batch: np.ndarray) -> None:
     import shutil
 
     only_pt = tmp_path / "pt_only"

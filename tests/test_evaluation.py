@@ -66,7 +66,7 @@ def test_identical_masks() -> None:
     ref[3:7, 3:7, 3:7] = True
     m = binary_metrics(ref, ref.copy(), (1.0, 1.0, 1.0))
     assert m == {"dice": pytest.approx(1.0), "hd95": pytest.approx(0.0),
-                 "sensitivity": pytest.approx(1.0), "specificity": pytest.approx(1.0)}  # fmt: skip
+                 "sensitivity": pytest.approx(1.0), "specificity": pytest.approx(1.0)}
 
 
 def test_empty_conventions() -> None:

@@ -24,7 +24,7 @@ def test_gpu_check_quick_on_cpu(models_dir: Path, brats_dir: Path, tmp_path: Pat
     proc = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--out", str(out), "--device", "cpu", "--quick", "--models", str(models_dir)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "BRATS_SHARED": str(shared_root())},
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in OUTPUTS:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -66,11 +66,11 @@ def test_gpu_check_quick_on_cpu(models_dir: Path, brats_dir: Path, tmp_path: Pat
 
     goals = doc["summary"]["goals"]
     assert set(goals) == {"speedup_vs_eager", "speedup_vs_compile", "peak_allocated_ratio", "abs_delta_dice",
-                          "label_agreement", "end_to_end_s"}  # fmt: skip
+                          "label_agreement", "end_to_end_s"}
     assert goals["peak_allocated_ratio"]["measured"] is None  # no GPU memory on a CPU run
     md = (out / "results.md").read_text()
     for heading in ("## Model only (MPA table 2)", "## Quality on the case (MPA table 1)",
-                    "## The app end to end", "## Goals (FP16 engine)"):  # fmt: skip
+                    "## The app end to end", "## Goals (FP16 engine)"):
         assert heading in md
 
 
@@ -95,7 +95,7 @@ res["loaded"] = sorted(m for m in ("SimpleITK", "pydicom") if m in sys.modules)
 print(json.dumps(res))
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["status"] == "ok" and not res["loaded"], res

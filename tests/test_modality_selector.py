@@ -136,7 +136,7 @@ def test_real_scanner_series_are_loaded_and_classified(shared_dir: Path) -> None
 # reformats (MPR) are images; classification without TR / TE
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("image_type", [("ORIGINAL", "PRIMARY", "MPR"), ("DERIVED", "SECONDARY", "MPR"),
-                                        ("DERIVED", "SECONDARY", "REFORMATTED")])  # fmt: skip
+                                        ("DERIVED", "SECONDARY", "REFORMATTED")])
 def test_reformats_without_timing_are_classified(image_type: tuple[str, ...]) -> None:
     t2 = header("T2 SPACE 1mm ax MPR", image_type=image_type, seq=("SE",), thickness=1.0)
     t1 = header("T1 MPRAGE post KM ax MPR", image_type=image_type, seq=("GR", "IR"), thickness=1.0)

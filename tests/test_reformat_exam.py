@@ -58,12 +58,12 @@ def _labels_on_reference(out: Path, folder: Path) -> tuple[np.ndarray, sitk.Imag
     uids = [str(ds.SOPInstanceUID) for ds in series.slice_datasets]
     masks = {str(item.SegmentLabel): seg.get_pixels_by_source_instance(
         source_sop_instance_uids=uids, segment_numbers=[int(item.SegmentNumber)],
-        ignore_spatial_locations=True)[..., 0] > 0 for item in seg.SegmentSequence}  # fmt: skip
+        ignore_spatial_locations=True)[..., 0] > 0 for item in seg.SegmentSequence}
     return masks, series.image
 
 
 def test_the_app_uses_the_reformats_and_writes_what_t1ce_t2_support(
-        reformat_study: Path, models_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+        reformat_study: Path, models_dir: Path, tmp_path: Path) -> None:
     from operators.dicom.seg import REGION_LABELS, segments_for_regions
 
     doc = json.loads((reformat_study / "study.json").read_text())
@@ -71,7 +71,7 @@ def test_the_app_uses_the_reformats_and_writes_what_t1ce_t2_support(
     assert run.returncode == 0, run.log[-4000:]
     report = run.report
     chosen = {s["detected_modality"]: s["series_instance_uid"] for s in report["input"]["series"]
-              if s["series_instance_uid"] in {u for u in doc["clinical"]["expected"].values()}}  # fmt: skip
+              if s["series_instance_uid"] in {u for u in doc["clinical"]["expected"].values()}}
     assert chosen == doc["clinical"]["expected"]
     assert report["modalities"]["used"] == ["T1ce", "T2"]
     mip = next(s for s in report["input"]["series"] if s["series_number"] == 702)
@@ -87,7 +87,7 @@ def test_the_app_uses_the_reformats_and_writes_what_t1ce_t2_support(
     assert sorted(masks) == sorted(s.label for s in specs)
     # the expert labels, in the exam's far-off patient space, onto the tilted reference grid
     truth = sitk.Resample(sitk.ReadImage(str(reformat_study / "ground_truth.nii.gz")), ref, sitk.Transform(),
-                          sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)  # fmt: skip
+                          sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     truth = sitk.GetArrayFromImage(truth)
     dice = {}
     for region in written:

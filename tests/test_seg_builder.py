@@ -411,7 +411,7 @@ def test_seg_and_sr_of_a_region_subset_are_valid_and_hold_only_those_regions(
     specs = segments_for_regions(regions)
     seg = build_segmentation(labels, ge_series, used_modalities=["T1ce", "T2"], missing_modalities=["FLAIR", "T1"],
                              algorithm_name=ALGO[0], algorithm_version=ALGO[1], segments=specs,
-                             segment_notes={s.short: f"note {s.short}" for s in specs})  # fmt: skip
+                             segment_notes={s.short: f"note {s.short}" for s in specs})
     path = write_segmentation_atomically(seg, tmp_path, "seg.dcm")
     errors, _ = run_dciodvfy(path)
     assert errors == []

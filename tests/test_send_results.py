@@ -120,7 +120,7 @@ def test_app_send_failure_exits_6_and_keeps_the_outputs(small_study: Path, model
     from benchmarks.local_process import free_port
 
     run = run_app(small_study, tmp_path / "out", models_dir,
-                  env={"BRATS_SEND_DIMSE": f"PACS@127.0.0.1:{free_port()}", "BRATS_SEND_TIMEOUT_S": "5"})  # fmt: skip
+                  env={"BRATS_SEND_DIMSE": f"PACS@127.0.0.1:{free_port()}", "BRATS_SEND_TIMEOUT_S": "5"})
     assert run.returncode == 6, run.log[-3000:]
     assert run.files() == ["overlay.png", "report.json", "segmentation.dcm", "volumes_sr.dcm"]
     report = run.report

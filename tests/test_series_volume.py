@@ -131,7 +131,7 @@ def test_highdicom_iod_lookup_is_cached_with_the_same_answers(small_study: Path)
         ("PixelData", mr, ["IconImageSequence"]), ("NumberOfFrames", mr, None),
         ("NumberOfFrames", enhanced_mr, None), ("PerFrameFunctionalGroupsSequence", mr, None),
         ("SegmentSequence", seg, None), ("FloatPixelData", mr, ("IconImageSequence",)),
-    ]:  # fmt: skip
+    ]:
         assert lookup(attribute, pydicom.uid.UID(sop_class), exclude) == original(attribute, sop_class, exclude)
     assert lookup("NumberOfFrames", enhanced_mr) and not lookup("NumberOfFrames", mr)
     for _ in range(2):  # an unknown SOP class raises every time (errors are not cached)
@@ -154,7 +154,7 @@ def _tilted(ds: pydicom.Dataset) -> None:
     ("tilted_slice", InconsistentGeometryError, "regular volume"),
     ("other_pixel_spacing", InconsistentGeometryError, "regular volume"),
     ("cut_pixel_data", UnreadablePixelDataError, "instance"),
-])  # fmt: skip
+])
 def test_bad_series_still_raise(small_study: Path, change: str, error: type, match: str) -> None:
     datasets = [copy.deepcopy(d) for d in load_study(small_study).series[0].datasets]
     datasets.sort(key=lambda d: int(d.InstanceNumber))

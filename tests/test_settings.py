@@ -172,9 +172,9 @@ def _blob_input() -> Any:
     pytest.param({}, True, False, id="defaults"),
     pytest.param({"BRATS_MIN_ENHANCING_VOXELS": "1001"}, False, False, id="huge-min-enhancing"),
     pytest.param({"BRATS_WT_COMPONENT_VOXELS": "10"}, True, True, id="small-wt-components"),
-])  # fmt: skip
+])
 def test_threshold_settings_change_the_labels(env: dict[str, str], blob_kept: bool, small_kept: bool,
-                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """BRATS_* thresholds -> AppSettings -> the segmentation operator's work -> the cascade's
     post-processing: the enhancing label of the big blob, the small blob's whole tumour."""
     import logging
@@ -186,7 +186,7 @@ def test_threshold_settings_change_the_labels(env: dict[str, str], blob_kept: bo
     settings = AppSettings.from_context(context(tmp_path))
     monkeypatch.setattr(seg_op, "choose_engine", lambda *a, **k: (_BlobEngine(), []))
     outcome = seg_op.segment(_blob_input(), tmp_path, "auto", 0, logging.getLogger("test"),
-                             rules=settings.post_processing, cache_dir=settings.engine_cache_dir)  # fmt: skip
+                             rules=settings.post_processing, cache_dir=settings.engine_cache_dir)
     labels = outcome.labels
     assert (labels[10:20, 10:20, 10:20] == 4).all() == blob_kept
     assert (labels[10:20, 10:20, 10:20] > 0).all()  # the big blob is tumour either way
@@ -194,7 +194,7 @@ def test_threshold_settings_change_the_labels(env: dict[str, str], blob_kept: bo
 
 
 def test_the_app_hands_thresholds_and_engine_cache_to_the_segmentation(
-        models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+        models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The composed graph's segmentation operator gets the settings' rules and cache folder."""
     import sys
 
@@ -205,7 +205,7 @@ def test_the_app_hands_thresholds_and_engine_cache_to_the_segmentation(
     monkeypatch.setenv("BRATS_MIN_ENHANCING_VOXELS", "77")
     monkeypatch.setenv("BRATS_WT_COMPONENT_VOXELS", "555")
     monkeypatch.setattr(sys, "argv", ["app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
-                                      "-m", str(models_dir), "-w", str(tmp_path / "work")])  # fmt: skip
+                                      "-m", str(models_dir), "-w", str(tmp_path / "work")])
     monkeypatch.setenv("BRATS_ENGINE", "onnxruntime")
     monkeypatch.setenv("BRATS_SEED", "11")
     monkeypatch.setenv("BRATS_TRITON_TIMEOUT_S", "42")
@@ -267,11 +267,11 @@ def test_seed_setting_changes_the_noise_and_only_the_noise(tmp_path: Path, monke
 
 
 def test_create_engine_gives_the_cache_folder_to_engines_that_cache(tmp_path: Path,
-                                                                    cascade_weights_dir: Path) -> None:  # fmt: skip
+                                                                    cascade_weights_dir: Path) -> None:
     from engines.runtimes.registry import create_engine
 
     half = create_engine("torch-cuda-fp16", weights_dir=cascade_weights_dir, cache_dir=tmp_path / "cache",
-                         device="cpu", compile=False)  # fmt: skip
+                         device="cpu", compile=False)
     assert half.cache_dir == tmp_path / "cache"
     eager = create_engine("torch", weights_dir=cascade_weights_dir, cache_dir=tmp_path / "cache")  # no such option
     assert eager.describe()["runtime"] == "torch"

@@ -95,7 +95,7 @@ def test_no_operator_refers_to_the_app(models_dir: Path, tmp_path: Path, monkeyp
 
     (tmp_path / "in").mkdir()
     monkeypatch.setattr(sys, "argv", ["app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
-                                      "-m", str(models_dir)])  # fmt: skip
+                                      "-m", str(models_dir)])
     app = BrainTumorSegApp()
     app.compose()
 
@@ -115,7 +115,7 @@ def test_no_operator_refers_to_the_app(models_dir: Path, tmp_path: Path, monkeyp
 @pytest.mark.slow  # reason: 20 full app runs (registration + cascade) in one process
 def test_soak_in_one_process_rss_does_not_grow(soak_studies: list[Path], models_dir: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "tests.soak_driver", "--models", str(models_dir), "--out", str(tmp_path),
-           *map(str, soak_studies)]  # fmt: skip
+           *map(str, soak_studies)]
     with open(tmp_path / "log.txt", "w") as log:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=raise_stack_limit)
@@ -157,5 +157,5 @@ def test_malloc_arena_cap(env_value: str | None) -> None:
         env["MALLOC_ARENA_MAX"] = env_value
     code = "from app.memory import limit_malloc_arenas; print(limit_malloc_arenas())"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()  # fmt: skip
+                         check=True).stdout.strip()
     assert out == ("None" if env_value else str(max(2, len(os.sched_getaffinity(0)))))

@@ -117,7 +117,7 @@ def test_tensorrt_cache_hit_and_corrupt_rebuild(trt_models: Path, tmp_path: Path
 @pytest.mark.gpu
 def test_tensorrt_static_fallback_and_cuda_graphs(trt_models: Path, tmp_path: Path) -> None:
     eng = T.TensorRTEngine(model_dir=trt_models, precision="fp32", cache_dir=tmp_path / "c", cuda_graphs=True,
-                           max_hw=96)  # fmt: skip
+                           max_hw=96)
     x = np.random.default_rng(1).standard_normal((2, 4, 19, 100, 96), dtype=np.float32)  # 100 > max_hw
     a = eng.run("en32", x)
     b = eng.run("en32", x)  # replayed graph

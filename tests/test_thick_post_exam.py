@@ -72,7 +72,7 @@ def test_the_selector_takes_the_series_as_t1ce_from_its_contrast_agent(thick_stu
 
 
 def test_the_app_refuses_the_single_thick_post_contrast_series(
-        thick_study: Path, models_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+        thick_study: Path, models_dir: Path, tmp_path: Path) -> None:
     """Today's behaviour the issue reports: a SEG of 215 ml on every slice. Now: exit 2, one line
     naming the subset and the expected Dice, nothing else written."""
     run = run_app(thick_study / "dicom", tmp_path / "out", models_dir)

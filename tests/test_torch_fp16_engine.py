@@ -101,7 +101,7 @@ def test_buffers_are_shared_per_shape(cascade_weights_dir: Path, batch: np.ndarr
 
 
 def test_compile_failure_falls_back_to_eager(cascade_weights_dir: Path, batch: np.ndarray,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import engines.runtimes.torch_fp16_engine as m
 
     def broken_compile(model: Any, dynamic_hw: bool) -> Any:
@@ -121,7 +121,7 @@ def test_compile_failure_falls_back_to_eager(cascade_weights_dir: Path, batch: n
 
 
 def test_inductor_cache_goes_to_the_engine_cache(cascade_weights_dir: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "placeholder")  # restored after the test
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     eng = _engine(cascade_weights_dir, precision="fp32", compile=True, cache_dir=tmp_path)

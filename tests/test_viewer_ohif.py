@@ -111,7 +111,7 @@ def _build_study(brats_dir: Path, out: Path) -> ViewerStudy:
     seg = build_segmentation(
         labels, image.slice_datasets, used_modalities=["T1ce"], missing_modalities=["FLAIR", "T1", "T2"],
         algorithm_name="BraTS expert labels", algorithm_version="1", source_frames=image.slice_frames,
-    )  # fmt: skip
+    )
     seg_path = out / "seg.dcm"
     seg.save_as(seg_path, enforce_file_format=True)
     volumes = {spec.brats_label: float((labels == spec.brats_label).sum()) / 1000.0 for spec in BRATS_SEGMENTS}
@@ -133,7 +133,7 @@ def _build_study(brats_dir: Path, out: Path) -> ViewerStudy:
     return ViewerStudy(
         dicom_files=dicom_files, seg_path=seg_path, sr_path=sr_path,
         study_uid=str(written.StudyInstanceUID), labels=labels, mr=mr, segments=segments,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")

@@ -182,7 +182,7 @@ class OpenVinoHdBet(HdBetEngine):
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                                   "INFERENCE_NUM_THREADS": self.threads,
                                   "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                                  **OPENVINO_CPU_CONFIG}  # fmt: skip
+                                  **OPENVINO_CPU_CONFIG}
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             config["CACHE_DIR"] = str(self.cache_dir)

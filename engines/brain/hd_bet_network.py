@@ -185,7 +185,7 @@ def export_hd_bet_onnx(out_dir: Path, opset: int = 17, fold: int = 0) -> dict[st
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.zeros((1, 1, 32, 32, 32)),), str(path), input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                          opset_version=opset, do_constant_folding=True, dynamo=False)  # fmt: skip
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     x = np.random.default_rng(0).standard_normal(_VERIFY_SHAPE, dtype=np.float32)
     with torch.inference_mode():
@@ -209,4 +209,4 @@ def export_hd_bet_onnx(out_dir: Path, opset: int = 17, fold: int = 0) -> dict[st
                    "classes": ["background", "brain"], "activation": "softmax"},
         "verify_input_shape": list(_VERIFY_SHAPE),
         "ort_vs_torch_max_abs": err,
-    }  # fmt: skip
+    }

@@ -204,5 +204,5 @@ def export_folded_onnx(net: MSNet, path: Path | None = None, n: int = FOLDED_BAT
         torch.onnx.export(
             model, (example,), target, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False,
-        )  # fmt: skip
+        )
     return target.getvalue() if path is None else None

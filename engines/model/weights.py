@@ -29,7 +29,7 @@ NETWORKS: list[str] = [
     "wt32", "wt32sg", "wt32cr",
     "tc32", "tc32sg", "tc32cr",
     "en32", "en32sg", "en32cr",
-]  # fmt: skip
+]
 
 _IGNORED_SUFFIXES = ("moving_mean", "moving_variance", "biased", "local_step")
 

@@ -50,7 +50,7 @@ OPENVINO_CPU_CONFIG: dict[str, Any] = {"CPU_DENORMALS_OPTIMIZATION": True}
 ORT_SESSION_CONFIG: dict[str, str] = {"session.set_denormal_as_zero": "1"}
 #: The ``/proc/cpuinfo`` flags that decide which engine / precision is fastest here.
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni",
-                "amx_bf16", "amx_tile", "amx_int8")  # fmt: skip
+                "amx_bf16", "amx_tile", "amx_int8")
 
 _TORCH_FLUSHED: bool | None = None
 

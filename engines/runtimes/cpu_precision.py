@@ -96,7 +96,7 @@ def _time_precision(model_path: Path, shape: tuple[int, ...], precision: str, th
     model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(shape))})
     compiled = core.compile_model(model, "CPU", {
         "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": int(threads),
-        "INFERENCE_PRECISION_HINT": precision, **OPENVINO_CPU_CONFIG})  # fmt: skip
+        "INFERENCE_PRECISION_HINT": precision, **OPENVINO_CPU_CONFIG})
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     request.infer({0: x})  # warm-up: first-run allocations and kernel selection
@@ -136,7 +136,7 @@ def _cached(path: Path, role: str, key: dict[str, Any], source: str) -> Precisio
     for entry in _read(path)["choices"]:
         if entry.get("role") == role and entry.get("key") == key and entry.get("precision") in ("fp32", "bf16"):
             return PrecisionChoice(role, entry["precision"], str(entry.get("reason", "")),
-                                   dict(entry.get("seconds", {})), source, key)  # fmt: skip
+                                   dict(entry.get("seconds", {})), source, key)
     return None
 
 
@@ -161,10 +161,10 @@ def choose_cpu_precision(role: str, model_dir: Path, cache_dir: Path | None, thr
 
     if not cpu_supports_bf16():
         return PrecisionChoice(role, "fp32", "this CPU has no native bfloat16 (AVX512-BF16 / AMX): FP32",
-                               {}, "cpu flags", {"cpu_signature": cpu_identity()["signature"]})  # fmt: skip
+                               {}, "cpu flags", {"cpu_signature": cpu_identity()["signature"]})
     key = _key(threads)
     for path, source in ((Path(model_dir) / CACHE_FILE, "model folder"),
-                         ((Path(cache_dir) / CACHE_FILE) if cache_dir else None, "cache")):  # fmt: skip
+                         ((Path(cache_dir) / CACHE_FILE) if cache_dir else None, "cache")):
         if path is not None and path.is_file():
             hit = _cached(path, role, key, source)
             if hit is not None:

@@ -22,12 +22,12 @@ class TorchCudaEngine(TorchEngine):
     name = "torch-cuda"
 
     def __init__(self, model_dir: Path | None = None, weights_dir: Path | None = None,
-                 threads: int | None = None, device: str = "cuda") -> None:  # fmt: skip
+                 threads: int | None = None, device: str = "cuda") -> None:
         import torch
 
         if not torch.cuda.is_available():
             raise EngineUnavailable(f"torch-cuda: no CUDA device (torch {torch.__version__}, "
-                               f"built with CUDA {torch.version.cuda})")  # fmt: skip
+                               f"built with CUDA {torch.version.cuda})")
         super().__init__(model_dir=model_dir, weights_dir=weights_dir, threads=threads, device=device)
 
     def describe(self) -> dict[str, Any]:
@@ -35,7 +35,7 @@ class TorchCudaEngine(TorchEngine):
 
         d = super().describe()
         d.update({"runtime": "torch-cuda", "gpu": torch.cuda.get_device_name(self.device),
-                  "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()})  # fmt: skip
+                  "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()})
         return d
 
 
@@ -45,20 +45,20 @@ class OnnxRuntimeCudaEngine(OnnxRuntimeEngine):
     name = "onnxruntime-cuda"
 
     def __init__(self, model_dir: Path | None = None, weights_dir: Path | None = None,
-                 threads: int | None = None, providers: Sequence[str] | None = None) -> None:  # fmt: skip
+                 threads: int | None = None, providers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise EngineUnavailable(f"onnxruntime-cuda: CUDAExecutionProvider not in this onnxruntime build "
-                               f"({ort.__version__}: {ort.get_available_providers()})")  # fmt: skip
+                               f"({ort.__version__}: {ort.get_available_providers()})")
         super().__init__(model_dir=model_dir, weights_dir=weights_dir, threads=threads,
-                         providers=providers or ["CUDAExecutionProvider", "CPUExecutionProvider"])  # fmt: skip
+                         providers=providers or ["CUDAExecutionProvider", "CPUExecutionProvider"])
 
     def _session(self, network: str) -> Any:
         sess = super()._session(network)
         if "CUDAExecutionProvider" not in sess.get_providers():
             raise RuntimeError(f"onnxruntime-cuda: session for {network} did not get the CUDA provider "
-                               f"({sess.get_providers()})")  # fmt: skip
+                               f"({sess.get_providers()})")
         return sess
 
     def describe(self) -> dict[str, Any]:

@@ -114,7 +114,7 @@ def encode(key: CacheKey, payload: bytes) -> bytes:
         "key": asdict(key),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "payload_bytes": len(payload),
-    }, sort_keys=True).encode()  # fmt: skip
+    }, sort_keys=True).encode()
     return MAGIC + _LEN.pack(len(header)) + header + payload
 
 

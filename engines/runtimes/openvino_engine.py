@@ -211,7 +211,7 @@ class OpenVinoEngine(InferenceEngine):
         dt = time.perf_counter() - t0
         self.compile_seconds[f"{network}{list(shape)}"] = dt
         log.info("openvino engine: compiled %s for %s (%s, %d threads) in %.2f s",
-                 network, shape, self.precision, self.threads, dt)  # fmt: skip
+                 network, shape, self.precision, self.threads, dt)
         self._compiled[key] = (compiled, request)
         while len(self._compiled) > self.max_cached_shapes:
             self._compiled.popitem(last=False)

@@ -122,7 +122,7 @@ ENGINE_PREFERENCE = (
     "tensorrt", "torch-cuda-fp16", "onnxruntime-cuda", "torch-cuda",
     # CPU: BF16 needs native bfloat16 (AVX512-BF16 / AMX; refused elsewhere, then FP32).
     "openvino-folded-bf16", "openvino-folded", "openvino", "onnxruntime", "torch",
-)  # fmt: skip
+)
 """``auto`` picks the first of these that can run here (see :func:`choose_engine`)."""
 
 
@@ -159,7 +159,7 @@ def check_model_folder(model_dir: Path) -> dict:
 
 
 def choose_engine(requested: str, model_dir: Path, triton_server: str = "", triton_timeout_s: float = 300.0,
-                  cache_dir: Path | None = None) -> tuple[InferenceEngine, list[str]]:  # fmt: skip
+                  cache_dir: Path | None = None) -> tuple[InferenceEngine, list[str]]:
     """Create the engine the settings ask for; ``auto`` = the best that runs here, logged.
 
     With ``triton_server`` the engine is the remote one
@@ -208,7 +208,7 @@ def choose_engine(requested: str, model_dir: Path, triton_server: str = "", trit
             engine = create_engine(name, model_dir=model_dir, cache_dir=cache_dir)
             log.info("Engine: %s (auto)", name)
             engine.choice_reason = ("auto: first engine of the preference order that runs here"
-                                    + (f"; passed over {', '.join(passed_over)}" if passed_over else ""))  # fmt: skip
+                                    + (f"; passed over {', '.join(passed_over)}" if passed_over else ""))
             if precision is not None:  # a CPU engine (the GPU engines come before the BF16 one)
                 engine.precision_choice = precision
                 if name in BF16_ENGINES:

@@ -243,7 +243,7 @@ class TensorRTEngine(InferenceEngine):
             network=network, model_sha256=self._model_sha[network], gpu_name=self.gpu_name,
             compute_capability=self.compute_capability, trt_version=self.trt.__version__,
             precision=self.precision, shape_profile=profile.text(),
-        )  # fmt: skip
+        )
 
     def _network_flags(self) -> int:
         trt = self.trt
@@ -321,7 +321,7 @@ class TensorRTEngine(InferenceEngine):
                 "cache_file": str(outcome.path), "built": outcome.built, "reason": outcome.reason,
                 "seconds": round(outcome.seconds, 2),
                 "device_memory_bytes": int(getattr(outcome.engine, "device_memory_size", 0) or 0),
-            }  # fmt: skip
+            }
             self._plans[key] = _Plan(outcome.engine, self.trt, self.torch, self.stream, self.cuda_graphs)
         return self._plans[key]
 

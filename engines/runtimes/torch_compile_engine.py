@@ -137,5 +137,5 @@ class TorchCompileEngine(TorchEngine):
             "runtime": "torch-compile",
             "mode": f"torch.compile(mode={self.mode}, {'H, W symbolic' if self.dynamic_hw else 'dynamic=False'}), inference_mode",
             "compile_seconds": dict(self.compile_seconds),
-        })  # fmt: skip
+        })
         return d

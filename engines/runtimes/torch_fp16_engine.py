@@ -118,7 +118,7 @@ class _Runner:
     """
 
     def __init__(self, key: RunnerKey, body: Callable[[torch.Tensor], torch.Tensor], buffers: ShapeBuffers,
-                 device: torch.device, cuda_graphs: bool, pool: Any) -> None:  # fmt: skip
+                 device: torch.device, cuda_graphs: bool, pool: Any) -> None:
         self.key = key
         self.device = device
         self.body = body
@@ -244,12 +244,12 @@ class TorchHalfEngine(TorchEngine):
         if device.startswith("cuda"):
             if not torch.cuda.is_available():
                 raise EngineUnavailable(f"torch-cuda-fp16: no CUDA device (torch {torch.__version__}, "
-                                   f"built with CUDA {torch.version.cuda})")  # fmt: skip
+                                   f"built with CUDA {torch.version.cuda})")
         elif device == "cpu":
             if precision == "fp16":
                 precision = "bf16" if cpu_has_native_bf16() else "fp32"
                 self.notes.append(f"CPU: fp16 replaced by {precision} "
-                                  f"({'native BF16' if precision == 'bf16' else 'no native half precision'})")  # fmt: skip
+                                  f"({'native BF16' if precision == 'bf16' else 'no native half precision'})")
             cuda_graphs = False
         else:
             raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
@@ -329,7 +329,7 @@ class TorchHalfEngine(TorchEngine):
                     raise
                 self._eager_networks.add(network)
                 self.notes.append(f"{key.text()}: torch.compile failed ({type(exc).__name__}: "
-                                  f"{' '.join(str(exc).split())[:200]}); {network} runs uncompiled")  # fmt: skip
+                                  f"{' '.join(str(exc).split())[:200]}); {network} runs uncompiled")
                 log.warning("torch-cuda-fp16: %s", self.notes[-1])
                 runner = _Runner(key, self._body(network, False), buffers, self.device, self.cuda_graphs, self._pool)
             if runner.capture_error:
@@ -337,7 +337,7 @@ class TorchHalfEngine(TorchEngine):
                 log.warning("torch-cuda-fp16: %s", self.notes[-1])
             self.build_seconds[key.text()] = time.perf_counter() - t0
             log.info("torch-cuda-fp16: built %s in %.1f s (compile=%s, cuda_graphs=%s)", key.text(),
-                     self.build_seconds[key.text()], self.compile, runner.graph is not None)  # fmt: skip
+                     self.build_seconds[key.text()], self.compile, runner.graph is not None)
             self._runners[key] = runner
         return runner
 
@@ -374,7 +374,7 @@ class TorchHalfEngine(TorchEngine):
         }
         if self.device.type == "cuda":
             d.update({"gpu": torch.cuda.get_device_name(self.device), "cuda": torch.version.cuda,
-                      "cudnn": torch.backends.cudnn.version()})  # fmt: skip
+                      "cudnn": torch.backends.cudnn.version()})
         else:
             d["threads"] = self.threads
         return d

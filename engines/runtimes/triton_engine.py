@@ -133,7 +133,7 @@ class TritonEngine(InferenceEngine):
                 self._clients[key] = httpclient.InferenceServerClient(
                     self.netloc, connection_timeout=self.connect_timeout_s,
                     network_timeout=self.connect_timeout_s if control else self.timeout_s,
-                )  # fmt: skip
+                )
             else:
                 import tritonclient.grpc as grpcclient
 
@@ -197,7 +197,7 @@ class TritonEngine(InferenceEngine):
         meta = self._call_json("the server metadata", "get_server_metadata")
         self._server = {"name": meta.get("name", ""), "version": meta.get("version", "")}
         log.info("Triton server %s: %s %s, ready (%.2f s)", self.url, self._server["name"], self._server["version"],
-                 time.perf_counter() - t0)  # fmt: skip
+                 time.perf_counter() - t0)
         return self._server
 
     def _model_facts(self, network: str) -> dict[str, Any]:
@@ -235,7 +235,7 @@ class TritonEngine(InferenceEngine):
             self._models[n] = self._model_facts(n)
         if todo:
             log.info("Triton models ready at %s: %s (%.2f s)", self.url,
-                     {n: self._models[n]["versions"] for n in todo}, time.perf_counter() - t0)  # fmt: skip
+                     {n: self._models[n]["versions"] for n in todo}, time.perf_counter() - t0)
 
     def run(self, network: str, batch: np.ndarray) -> np.ndarray:
         batch = self.check_batch(batch)
@@ -257,7 +257,7 @@ class TritonEngine(InferenceEngine):
         inp.set_data_from_numpy(batch, **binary)
         outputs = [client_mod.InferRequestedOutput(OUTPUT_NAME, **binary)]
         result = self._call(f"an inference of {network} {list(batch.shape)}", "infer", network, [inp],
-                            outputs=outputs, timeout=self.timeout_s)  # fmt: skip
+                            outputs=outputs, timeout=self.timeout_s)
         y = result.as_numpy(OUTPUT_NAME)
         want = (batch.shape[0], 2, batch.shape[2] - 8, *batch.shape[3:])
         if y is None or tuple(y.shape) != want or y.dtype != np.float32:
@@ -293,7 +293,7 @@ class TritonEngine(InferenceEngine):
             "server_name": self._server.get("name", ""),
             "server_version": self._server.get("version", ""),
             "models": {n: {k: f[k] for k in ("versions", "platform", "onnx_sha256", "server_runtime", "dynamic_batching")}
-                       for n, f in sorted(self._models.items())},  # fmt: skip
+                       for n, f in sorted(self._models.items())},
             "device": "remote",
             "precision": "fp32",
             "timeout_s": self.timeout_s,

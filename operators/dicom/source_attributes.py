@@ -41,14 +41,14 @@ MAX_LENGTH: dict[str, int] = {
 _TYPE2 = frozenset({
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
     "ReferringPhysicianName", "StudyID", "AccessionNumber",
-})  # fmt: skip
+})
 #: Never changed here: the image's geometry and pixel description, and identifiers.
 _PROTECTED = frozenset({
     "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
     "SpacingBetweenSlices", "SliceLocation", "RescaleSlope", "RescaleIntercept",
     "NumberOfFrames", "InstanceNumber", "SeriesNumber", "AcquisitionNumber",
     "SpecificCharacterSet", "ImageType", "PhotometricInterpretation",
-})  # fmt: skip
+})
 #: Pixel Data, Float Pixel Data, Double Float Pixel Data: never copied into a metadata copy.
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")  # ESC (1b) kept: ISO 2022

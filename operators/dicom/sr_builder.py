@@ -73,7 +73,7 @@ def build_volume_report(
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=generate_uid(), name=ALGORITHM_NAME, model_name=algorithm_version,
         ),
-    )  # fmt: skip
+    )
     source_series = hd.sr.SourceSeriesForSegmentation(str(source_datasets[0].SeriesInstanceUID))
     groups = []
     for spec in segments:
@@ -90,7 +90,7 @@ def build_volume_report(
                 name=codes.SCT.Volume, value=round(volume, 3),
                 unit=MILLILITER, algorithm_id=algorithm,
             )],
-        ))  # fmt: skip
+        ))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=PROCEDURE,

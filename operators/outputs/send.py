@@ -49,7 +49,7 @@ def parse_destination(text: str) -> Destination:
 
 
 def send_c_store(files: Sequence[Path], destination: Destination, timeout_s: float = 30.0,
-                 calling_aet: str = DEFAULT_CALLING_AET) -> list[int]:  # fmt: skip
+                 calling_aet: str = DEFAULT_CALLING_AET) -> list[int]:
     """C-STORE ``files`` to ``destination`` over one association.
 
     One presentation context per SOP class in ``files`` (Explicit and Implicit VR Little
@@ -75,7 +75,7 @@ def send_c_store(files: Sequence[Path], destination: Destination, timeout_s: flo
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.called_aet)
     if not assoc.is_established:
         why = ("association rejected (called AE title or calling AE not accepted)" if assoc.is_rejected else
-               f"no association (connection refused, aborted, or no answer within {timeout_s:g} s)")  # fmt: skip
+               f"no association (connection refused, aborted, or no answer within {timeout_s:g} s)")
         raise ResultsNotSentError(f"results not sent to {where}: {why}")
     statuses: list[int] = []
     try:

@@ -305,7 +305,7 @@ def _infer_from_images(decision: ContrastDecision, series: Sequence[LoadedSeries
             image = "inconclusive"
         gap = (times[later] - times[earlier]) if times[later] is not None and times[earlier] is not None else None
         gap_text = (f"{gap / 60:.1f} min after series {e.series_number}" if gap is not None
-                    else "acquisition time unknown")  # fmt: skip
+                    else "acquisition time unknown")
         decision.enhancement[later] = {**m, "against_series": e.series_number, "like_for_like": like,
                                        "image": image, "gap_min": round(gap / 60, 2) if gap is not None else None}
         text = (f"enhancement index {m['index']:+.2f} (tails {m['up']:.2f} / {m['down']:.2f}) vs series "
@@ -377,7 +377,7 @@ def _infer_from_images(decision: ContrastDecision, series: Sequence[LoadedSeries
     decision.comparisons = [{"series": number[u], "against_series": m["against_series"], "index": m["index"],
                              "like_for_like": m["like_for_like"], "image": m["image"],
                              "decision": decision.phases[u].phase}
-                            for u, m in decision.enhancement.items()]  # fmt: skip
+                            for u, m in decision.enhancement.items()]
     if post:
         decision.status = "inferred"
         nums = ", ".join(str(number[u]) for u in sorted(post, key=order_key))
@@ -402,7 +402,7 @@ def _infer_from_images(decision: ContrastDecision, series: Sequence[LoadedSeries
     decision.statement = ("contrast phase undetermined: " + ("; ".join(conflicts) or "no series enhances against an "
                           "earlier one of its kind") + f". The earliest T1-weighted series (series {number[first]}) is "
                           "used as T1 (pre-contrast sequences come first): T1ce missing, enhancing tumour not "
-                          "assessed from contrast")  # fmt: skip
+                          "assessed from contrast")
     decision.phases[first] = SeriesPhase("pre", "earliest", (decision.statement,))
     for u in ordered[1:]:
         if decision.phases[u].phase != "pre" or decision.phases[u].basis != "like_for_like":

@@ -32,7 +32,7 @@ class SynthesisNet(nn.Module):
     """Fully convolutional 3-D network; see the module docstring for shapes."""
 
     def __init__(self, features: int = FEATURES, dilations: Sequence[int] = DILATIONS,
-                 mixing_layers: int = MIXING_LAYERS) -> None:  # fmt: skip
+                 mixing_layers: int = MIXING_LAYERS) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = IN_CHANNELS
@@ -92,7 +92,7 @@ class Synthesiser:
     SLAB = 48
 
     def __init__(self, weights: Path, threads: int | None = None, features: int = FEATURES,
-                 dilations: Sequence[int] = DILATIONS) -> None:  # fmt: skip
+                 dilations: Sequence[int] = DILATIONS) -> None:
         self.weights = Path(weights)
         self.dilations = tuple(int(d) for d in dilations)
         self.net = SynthesisNet(features, self.dilations)

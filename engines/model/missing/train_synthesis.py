@@ -121,7 +121,7 @@ def train(
             spent = time.perf_counter() - t0
             recent = float(np.mean(losses[-max(iterations // 20, 1):]))
             log.info("iteration %d/%d: loss %.4f, %.0f s, about %.0f s left", it + 1, iterations, recent, spent,
-                     spent / (it + 1) * (iterations - it - 1))  # fmt: skip
+                     spent / (it + 1) * (iterations - it - 1))
     return net, losses
 
 
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--features", type=int, default=FEATURES, help="feature channels (architecture)")
     p.add_argument("--dilations", default=",".join(map(str, DILATIONS)),
                    help="dilations of the 3x3x3 convolutions, comma-separated (architecture; receptive field "
-                        "1 + 2 x their sum voxels)")  # fmt: skip
+                        "1 + 2 x their sum voxels)")
     p.add_argument("--quick", action="store_true", help="8 iterations of 16-cubed patches (tests only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     refs_path = write_references(cases, [c.name for c in args.cases], args.out)  # before training: no wait for them
     dilations = [int(d) for d in args.dilations.split(",")]
     net, losses = train(cases, args.iterations, args.patch, args.batch, args.seed, features=args.features,
-                        dilations=dilations)  # fmt: skip
+                        dilations=dilations)
     seconds = time.perf_counter() - t0
 
     weights = args.out / "synthesis.pt"
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              for i in range(0, len(losses), every)],
         "seconds": round(seconds, 1),
         "files": {weights.name: file_sha256(weights), refs_path.name: file_sha256(refs_path)},
-    }  # fmt: skip
+    }
     write_bytes_atomically(args.out / "synthesis_manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     log.info("wrote %s (%d bytes), %s; %.0f s", weights, len(buffer), refs_path.name, seconds)
     return 0
@@ -194,7 +194,7 @@ def write_references(
         "levels": [float(v) for v in QUANTILE_LEVELS],
         "quantiles": dict(zip(("FLAIR", "T1", "T1ce", "T2"), refs)),
         "cases": list(names),
-    }, indent=1) + "\n").encode())  # fmt: skip
+    }, indent=1) + "\n").encode())
     return path
 
 
