@@ -31,7 +31,7 @@ def test_summary_percentiles_shares_and_amdahl_bound() -> None:
 @pytest.mark.slow  # one app run on a 12-slice study: ~40 s on 2 cores
 def test_app_e2e_benchmark_runs_the_app(small_study: Path, models_dir: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--study", str(small_study / "dicom"), "--models", str(models_dir), "--out", str(tmp_path),
+    assert main(["--study", str(small_study), "--models", str(models_dir), "--out", str(tmp_path),
                  "--runs", "1", "--warmup", "0"]) == 0
     doc = json.loads((tmp_path / "app_e2e.json").read_text())
     assert doc["runs"] == 1 and doc["stages_s"]["network"]["p50"] > 0

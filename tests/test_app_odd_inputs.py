@@ -151,19 +151,20 @@ def test_app_healthy_slab_gives_a_valid_seg_consistent_with_the_report(
     print(f"\nhealthy slab: whole tumour {run.report['result']['tumour_volumes_ml']['whole_tumor']} ml")
 
 
-@pytest.mark.slow  # reason: a full inference run on a real scanner's 3D T1
-def test_app_enhanced_mr_study_end_to_end(shared_dir: Path, models_dir: Path, tmp_path: Path) -> None:
-    from tests.dicom_validation import run_dciodvfy
-
+@pytest.mark.slow  # reason: registration and HD-BET on a real scanner's 3D T1
+def test_app_enhanced_mr_study_is_read_and_refused_as_t1_alone(shared_dir: Path, models_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """A real Enhanced MR (multi-frame) 3D T1, alone: read frame by frame and taken as T1, then
+    refused (T1 alone supports no region); the SEG of a multi-frame source and its frame
+    references are checked in tests/test_seg_writer.py."""
     study = tmp_path / "in"
     shutil.copytree(shared_dir / "data/real-mr-dicom/siemens-xa30-enhanced-t1", study)
     run = run_app(study, tmp_path / "out", models_dir)
-    assert run.returncode == 0, run.log[-4000:]
-    errs, _ = run_dciodvfy(run.output_dir / "segmentation.dcm")
-    assert errs == []
-    seg = pydicom.dcmread(run.output_dir / "segmentation.dcm")
-    ref = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
-    assert "ReferencedFrameNumber" in ref
+    assert run.returncode == 2, run.log[-4000:]
+    assert run.files() == ["report.json"]
+    assert run.report["error_code"] == "insufficient_sequences" and "only T1 found" in run.report["error"]
+    (series,) = run.report["input"]["series"]
+    assert series["frames"] > 1 and series["instances"] == 1 and series["detected_modality"] == "t1"
     assert run.report["modalities"]["used"] == ["T1"]
 
 
