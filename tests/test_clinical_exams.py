@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from highdicom.spatial import sort_datasets  # slices ascending along the normal (R x D)
 
-from operators.dicom.seg import build_segmentation, sort_datasets_along_normal
+from operators.dicom.seg import build_segmentation
 from operators.dicom.source_attributes import sanitised_copy
 from operators.dicom.study_loader import load_study
 from operators.selection.modality_selector import SelectionRules, select_modalities
@@ -209,7 +210,8 @@ def test_seg_from_faulty_sources_passes_dciodvfy(clinical_studies: dict[str, Pat
                                                  tmp_path: Path) -> None:
     study = clinical_studies[profile]
     t1 = next(s for s in json.loads((study / "study.json").read_text())["series"] if s["key"] == "t1")
-    sources = sort_datasets_along_normal([pydicom.dcmread(p) for p in sorted((study / t1["folder"]).glob("*.dcm"))])
+    files = sorted((study / t1["folder"]).glob("*.dcm"))
+    sources = sort_datasets(index_convention="RD", datasets=[pydicom.dcmread(p) for p in files])
     labels = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns)), dtype=np.uint8)
     labels[4:9, 100:130, 90:120] = 2
     labels[5:8, 110:120, 100:110] = 4

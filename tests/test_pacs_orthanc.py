@@ -16,8 +16,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from highdicom.spatial import sort_datasets  # slices ascending along the normal (R x D)
 
-from operators.dicom.seg import build_segmentation, sort_datasets_along_normal, write_segmentation_atomically
+from operators.dicom.seg import build_segmentation, write_segmentation_atomically
 from tests.orthanc import OrthancServer, c_store, orthanc_fixture
 from tests.seg_readback import read_segment_masks
 from tests.test_seg_builder import nested_spheres
@@ -38,8 +39,8 @@ def stored(orthanc: OrthancServer, shared_dir: Path,
     files = sorted(p for p in ge_dir.iterdir() if p.is_file())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        series = sort_datasets_along_normal(
-            [pydicom.dcmread(f, stop_before_pixels=True) for f in files])
+        series = sort_datasets(index_convention="RD",
+                               datasets=[pydicom.dcmread(f, stop_before_pixels=True) for f in files])
         labels = nested_spheres((len(series), int(series[0].Rows), int(series[0].Columns)))
         seg = build_segmentation(
             labels, series, used_modalities=["FLAIR", "T1", "T1ce", "T2"],

@@ -16,6 +16,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from highdicom.spatial import sort_datasets  # slices ascending along the normal (R x D)
 from pydicom.sr.codedict import codes
 
 from operators.dicom.seg import (
@@ -23,7 +24,6 @@ from operators.dicom.seg import (
     build_segmentation,
     content_description_for,
     content_label_for,
-    sort_datasets_along_normal,
     write_segmentation_atomically,
 )
 from operators.outputs.qa_image import render_overlay_png
@@ -52,7 +52,7 @@ def ge_series(ge_dir: Path) -> list[pydicom.Dataset]:
     """The 130 GE instances, read in shuffled file order, then sorted along the normal."""
     files = sorted(p for p in ge_dir.iterdir() if p.is_file())
     random.Random(0).shuffle(files)
-    return sort_datasets_along_normal([pydicom.dcmread(f) for f in files])
+    return sort_datasets(index_convention="RD", datasets=[pydicom.dcmread(f) for f in files])
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from operators.dicom.seg.content import (
     segments_for_regions,
 )
 from operators.dicom.seg.sop import build_segmentation, write_segmentation_atomically
-from operators.dicom.seg.sources import sort_datasets_along_normal
 
 __all__ = [
     "BRATS_SEGMENTS",
@@ -42,6 +41,5 @@ __all__ = [
     "content_description_for",
     "content_label_for",
     "segments_for_regions",
-    "sort_datasets_along_normal",
     "write_segmentation_atomically",
 ]

@@ -8,7 +8,7 @@ re-sorts anything: the label map must be aligned slice-for-slice (and row/column
 row/column) with the reference series *in the order the datasets are passed*. If the caller
 sorted its volume along the slice normal (the usual way to build a volume), it must pass the
 datasets in that same sorted order
-(:func:`operators.dicom.seg.sources.sort_datasets_along_normal`). The SEG itself references the
+(``highdicom.spatial.sort_datasets(datasets, index_convention="RD")``). The SEG itself references the
 source instance of every frame by SOP Instance UID (Derivation Image / Source Image sequence
 of each per-frame functional group), so a consumer never relies on frame order; highdicom
 orders the frames spatially on its own.

@@ -3,9 +3,9 @@ volume matching the label map, and the metadata-only copies handed to highdicom.
 
 Contract: slice ``k`` of the label map belongs to ``source_datasets[k]`` (row r / column c of
 the slice is pixel (r, c) of that instance); nothing here re-sorts the sources for the
-builder. :func:`sort_datasets_along_normal` gives single-frame images the order of a volume
-stacked along the slice normal, for callers that build the volume and the source list
-themselves.
+builder (callers that build the volume themselves sort single-frame images with
+``highdicom.spatial.sort_datasets(datasets, index_convention="RD")``: ascending along the slice
+normal, the order of a volume stacked from their pixel arrays).
 
 highdicom needs only the sources' metadata, and demands of it more than scanners deliver:
 exactly equal ImageOrientationPatient in every instance, pixel measures and plane orientation
@@ -25,47 +25,7 @@ import pydicom
 
 from operators.dicom.source_attributes import PIXEL_DATA_TAGS, AttributeFix, sanitised_copy
 
-__all__ = ["check_single_frame_sources", "harmonised_sources", "multiframe_source", "sort_datasets_along_normal"]
-
-def sort_datasets_along_normal(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """Sort single-frame images by their position along the slice normal (ascending).
-
-    Parameters
-    ----------
-    datasets : sequence of pydicom.Dataset
-        Single-frame instances of one series, sharing ImageOrientationPatient.
-
-    Returns
-    -------
-    list of pydicom.Dataset
-        The datasets ordered by ``dot(ImagePositionPatient, row_cosine x column_cosine)``.
-        A volume built by stacking their pixel arrays in this order has axes (Z, Y, X) =
-        (slice, row, column), and its label map can be passed to
-        :func:`operators.dicom.seg.sop.build_segmentation` together with this list.
-
-    Raises
-    ------
-    ValueError
-        If orientations differ between instances or two instances share a position.
-    """
-    if not datasets:
-        raise ValueError("no datasets to sort")
-    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
-    for ds in datasets[1:]:
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4):
-            raise ValueError(
-                f"instance {ds.SOPInstanceUID} has a different ImageOrientationPatient; "
-                "a single volume cannot be built"
-            )
-    normal = np.cross(iop[:3], iop[3:])
-    keyed = [(float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))), ds)
-             for ds in datasets]
-    keyed.sort(key=lambda t: t[0])
-    positions = np.array([k for k, _ in keyed])
-    if len(positions) > 1 and np.min(np.diff(positions)) < 1e-3:
-        raise ValueError("two instances share the same position along the slice normal")
-    return [ds for _, ds in keyed]
-
+__all__ = ["check_single_frame_sources", "harmonised_sources", "multiframe_source"]
 
 def check_single_frame_sources(labels: np.ndarray, source_datasets: Sequence[pydicom.Dataset]) -> None:
     """Check that single-frame sources match the label map slice for slice.
