@@ -29,7 +29,7 @@ import numpy as np
 
 from benchmarks.reporting import write_result
 
-__all__ = ["PROFILES", "main", "run_profile"]
+__all__ = ["PROFILES", "main", "region_dice", "run_profile"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ PROFILES: dict[str, list[str]] = {
 }
 
 
-def _region_dice(out: Path, report: dict[str, Any], study: Path) -> dict[str, float]:
+def region_dice(out: Path, report: dict[str, Any], study: Path) -> dict[str, float]:
     """Dice of each written region against the expert labels, on the reference series' grid."""
     import highdicom as hd
     import pydicom
@@ -59,8 +59,8 @@ def _region_dice(out: Path, report: dict[str, Any], study: Path) -> dict[str, fl
     written = missing.get("regions_written") or ["WT", "TC", "ET"]  # all four sequences: every region
     ref_uid = report["registration"]["reference_series_instance_uid"]
     doc = json.loads((study / "study.json").read_text())
-    files = [p for p in sorted((study / "dicom").rglob("*.dcm"))]
-    sources = [ds for ds in (pydicom.dcmread(p) for p in files)
+    headers = ((p, pydicom.dcmread(p, stop_before_pixels=True)) for p in sorted((study / "dicom").rglob("*.dcm")))
+    sources = [pydicom.dcmread(p) for p, ds in headers
                if getattr(ds, "SeriesInstanceUID", None) == ref_uid and getattr(ds, "Modality", "") == "MR"]
     series = series_to_image(sources)
     seg = hd.seg.segread(out / "segmentation.dcm")
@@ -107,7 +107,7 @@ def _comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _holoscan_stack() -> None:
+def holoscan_stack() -> None:
     """The 32 MB stack Holoscan asks for (as run.sh's ``ulimit -s 32768``), where the hard limit allows."""
     import resource
 
@@ -127,7 +127,7 @@ def run_profile(name: str, case_dir: Path, models: Path, work: Path,
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "app", "-i", str(study / "dicom"), "-o", str(out), "-m", str(models)],
                           cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
-                          preexec_fn=_holoscan_stack)
+                          preexec_fn=holoscan_stack)
     wall = time.perf_counter() - t0
     report = json.loads((out / "report.json").read_text())
     expected = json.loads((study / "study.json").read_text())["clinical"]["expected"]
@@ -142,7 +142,7 @@ def run_profile(name: str, case_dir: Path, models: Path, work: Path,
     row["expected_dice_held_out"] = missing.get("expected_dice_held_out")
     if proc.returncode == 0:
         row["files"] = sorted(p.name for p in out.iterdir())
-        row["dice"] = _region_dice(out, report, study)
+        row["dice"] = region_dice(out, report, study)
     return row
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.clinical_profiles import holoscan_stack
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,10 +44,5 @@ def run_app(input_dir: Path, output_dir: Path, model_dir: Path, *, env: dict[str
     return AppRun(proc.returncode, proc.stdout + proc.stderr, Path(output_dir))
 
 
-def raise_stack_limit() -> None:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
-    want = 32 * 1024 * 1024
-    if hard == resource.RLIM_INFINITY or hard >= want:
-        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+#: The 32 MB stack Holoscan asks for, in each app subprocess.
+raise_stack_limit = holoscan_stack

@@ -245,9 +245,20 @@ def test_the_fingerprint_across_cpu_classes_keeps_the_label_counts_within_one_pe
     after = copy.deepcopy(before)
     after["label_counts"] = {k: int(v * 1.005) for k, v in before["label_counts"].items()}
     after["segmentation.dcm"]["dataset"]["PixelData"] = "sha256:other"
-    sr = after["volumes_sr.dcm"]["dataset"]["ContentSequence"]
-    if isinstance(sr, dict):  # a collapsed sequence: its hash covers the volumes
-        sr["sha256"] = "other"
+    def volumes(node):  # every measured value of the SR (the tumour volumes)
+        if isinstance(node, dict):
+            if "NumericValue" in node:
+                yield node
+            for v in node.values():
+                yield from volumes(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from volumes(v)
+
+    measured = list(volumes(after["volumes_sr.dcm"]))
+    assert measured, "the SR's volumes are in the fingerprint"
+    for item in measured:
+        item["NumericValue"] = "0.5"
     assert compare(after, before, exact=False) == []
     assert compare(after, before, exact=True) != []
     moved = copy.deepcopy(after)
