@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -59,7 +58,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 from engines.model.modalities import MODALITIES
-from samples.dicom_writer import SeriesPlan, deterministic_uid, prepare_study_folder, sanitise, study_context, write_series
+from samples.dicom_writer import SeriesPlan, deterministic_uid, sanitise, staged_dicom_folder, study_context, write_series
 from samples.make_study import resample_moving
 from samples.scanner_protocols import VENDORS, SequenceProtocol
 from samples.volumes import (
@@ -308,7 +307,6 @@ def make_clinical_study(
     ctx = dataclasses.replace(ctx, vendor=VENDORS[_VENDOR_INDEX[profile]](),
                               study_uid=deterministic_uid(seed, ctx.uid_case, "clinical", profile, mask_series,
                                                 contrast_evidence, "study"))
-    staging = prepare_study_folder(out_dir, overwrite)
     frame_of_reference = deterministic_uid(seed, ctx.uid_case, "clinical", profile, "frame-of-reference")
     written: list[dict[str, Any]] = []
     expected: dict[str, str] = {}
@@ -317,7 +315,7 @@ def make_clinical_study(
         flair_start = next(t for s, t in exam if s.key == "flair")
         mask_proto = dataclasses.replace(names["flair"], image_type=("ORIGINAL", "PRIMARY"))
         exam.append((ClinicalSeries("mask", mask_proto, "mask"), flair_start))
-    try:
+    with staged_dicom_folder(out_dir, overwrite) as staging:
         for number, (spec, minute) in enumerate(exam, start=1):
             if spec.source == "mask":
                 truth = load_volume(seg_path)
@@ -359,10 +357,6 @@ def make_clinical_study(
                     "flair": "flair", "t2": "t2"}.get(spec.key)
             if role:
                 expected[role] = plan.series_uid
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    staging.rename(out_dir / "dicom")
     write_ground_truth(seg_path, out_dir / "ground_truth.nii.gz", slab)
     doc = {
         "generator": "samples.clinical_profiles 1.0", "case_id": case_id, "seed": seed,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -317,3 +318,16 @@ def prepare_study_folder(out_dir: Path, overwrite: bool) -> Path:
         shutil.rmtree(staging)
     staging.mkdir()
     return staging
+
+
+@contextmanager
+def staged_dicom_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """The staging folder of a study's DICOM tree (:func:`prepare_study_folder`): renamed
+    ``<out>/dicom`` when the block ends, removed when it raises (never a half-written study)."""
+    staging = prepare_study_folder(out_dir, overwrite)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.rename(out_dir / "dicom")

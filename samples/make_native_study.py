@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import numpy as np
 
 from engines.model.modalities import MODALITIES
 from operators.spatial.grid import choose_reference
-from samples.dicom_writer import decimal_strings, prepare_study_folder, study_context, write_series
+from samples.dicom_writer import decimal_strings, staged_dicom_folder, study_context, write_series
 from samples.make_study import OneLineArgumentParser, plan_series
 from samples.scanner_protocols import ACQUISITION_ORDER
 from samples.study_manifest import SeriesManifest
@@ -149,10 +148,9 @@ def make_native_study(
 
     ctx = study_context(case_id, seed, None)
     plans = plan_series(ctx, present, seed, None, reference)
-    staging = prepare_study_folder(out_dir, overwrite)
     dicom_dir = out_dir / "dicom"
     series: dict[str, SeriesManifest] = {}
-    try:
+    with staged_dicom_folder(out_dir, overwrite) as staging:
         for m in ACQUISITION_ORDER:
             if m not in plans:
                 continue
@@ -160,10 +158,6 @@ def make_native_study(
             series[m] = SeriesManifest.from_plan(plans[m], vols[m], dicom_dir / written.name)
             LOG.info("%-5s <- %s -> dicom/%s: %s voxels, %s mm", m, files[m].name, written.name,
                      "x".join(map(str, vols[m].data.shape)), "x".join(decimal_strings(vols[m].spacing)))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    staging.rename(dicom_dir)
     doc: dict[str, Any] = {
         "generator": _GENERATOR,
         "case_id": case_id,

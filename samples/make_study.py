@@ -75,7 +75,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -94,9 +93,9 @@ from samples.dicom_writer import (
     StudyContext,
     decimal_strings,
     deterministic_uid,
-    prepare_study_folder,
     refuse_existing_study,
     sanitise,
+    staged_dicom_folder,
     study_context,
     write_series,
 )
@@ -346,17 +345,11 @@ def make_study(
 
     ctx = study_context(case_id, seed, misalign_seed, slab)
     plans = plan_series(ctx, present, seed, misalign_seed, reference)
-    staging = prepare_study_folder(out_dir, overwrite)
     dicom_dir = out_dir / "dicom"
-
-    try:
+    with staged_dicom_folder(out_dir, overwrite) as staging:
         series, transforms = _write_all_series(
             ctx, plans, vols, reference, staging, dicom_dir, seed, misalign_seed, timings
         )
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written study
-        raise
-    staging.rename(dicom_dir)
     write_ground_truth(seg_path, out_dir / "ground_truth.nii.gz", slab)
 
     manifest = StudyManifest(

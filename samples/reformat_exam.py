@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import pydicom
 from pydicom.uid import ImplicitVRLittleEndian
 
 from samples.clinical_profiles import sliding_mip
-from samples.dicom_writer import SeriesPlan, deterministic_uid, prepare_study_folder, sanitise, study_context, write_series
+from samples.dicom_writer import SeriesPlan, deterministic_uid, sanitise, staged_dicom_folder, study_context, write_series
 from samples.make_study import resample_moving
 from samples.scanner_protocols import SequenceProtocol
 from samples.volumes import (
@@ -154,11 +153,10 @@ def make_reformat_study(case_dir: str | Path, out_dir: str | Path, *, seed: int 
     truth = _far_off(truth)
     ctx = study_context(case_id, seed, None, slab)
     ctx = dataclasses.replace(ctx, study_uid=deterministic_uid(seed, ctx.uid_case, "reformats", "study"))
-    staging = prepare_study_folder(out_dir, overwrite)
     frame_of_reference = deterministic_uid(seed, ctx.uid_case, "reformats", "frame-of-reference")
     expected: dict[str, str] = {}
     written: list[dict[str, Any]] = []
-    try:
+    with staged_dicom_folder(out_dir, overwrite) as staging:
         t1_post = _reformat(vols["t1ce"], TILTS_DEG["t1ce"])
         series = [("t2", 401, _reformat(vols["t2"], TILTS_DEG["t2"]), 6.0),
                   ("t1ce", 701, t1_post, 20.0),
@@ -179,10 +177,6 @@ def make_reformat_study(case_dir: str | Path, out_dir: str | Path, *, seed: int 
                             "tilt_deg": TILTS_DEG.get(key, TILTS_DEG["t1ce"]), "folder": f"dicom/{folder.name}"})
         t1_folder = next(staging.glob("701_*"))
         _manual_seg(t1_folder, truth, TILTS_DEG["t1ce"], staging / "manual_seg.dcm")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    staging.rename(out_dir / "dicom")
     import nibabel as nib
 
     # the expert labels in the exam's (far-off) patient space: LPS -> RAS affine for NIfTI

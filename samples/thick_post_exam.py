@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 import pydicom
 from scipy.ndimage import uniform_filter1d
 
-from samples.dicom_writer import SeriesPlan, deterministic_uid, prepare_study_folder, sanitise, study_context, write_series
+from samples.dicom_writer import SeriesPlan, deterministic_uid, sanitise, staged_dicom_folder, study_context, write_series
 from samples.scanner_protocols import SequenceProtocol
 from samples.volumes import (
     StudyBuildError,
@@ -128,13 +127,12 @@ def make_thick_post_study(case_dir: str | Path, out_dir: str | Path, *, seed: in
         vols = {m: crop_slab(v, slab) for m, v in vols.items()}
     ctx = study_context(case_id, seed, None, slab)
     ctx = dataclasses.replace(ctx, study_uid=deterministic_uid(seed, ctx.uid_case, "thick-post", "study"))
-    staging = prepare_study_folder(out_dir, overwrite)
     frame_of_reference = deterministic_uid(seed, ctx.uid_case, "thick-post", "frame-of-reference")
     n_k = vols["t1"].data.shape[2]
     localiser = crop_slab(vols["t1"], (n_k // 2 - 1, n_k // 2 + 2))
     written: list[dict[str, Any]] = []
     expected: dict[str, str] = {}
-    try:
+    with staged_dicom_folder(out_dir, overwrite) as staging:
         for key, number, vol, minute in (("localiser", 1, localiser, 0.0),
                                          ("t1ce", 2, thick_gapped(vols["t1ce"]), 6.0)):
             protocol = _PROTOCOLS[key]
@@ -151,10 +149,6 @@ def make_thick_post_study(case_dir: str | Path, out_dir: str | Path, *, seed: in
             written.append({"key": key, "series_number": number, "series_instance_uid": plan.series_uid,
                             "series_description": protocol.series_description, "n_slices": int(vol.data.shape[2]),
                             "folder": f"dicom/{folder.name}"})
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    staging.rename(out_dir / "dicom")
     write_ground_truth(seg_path, out_dir / "ground_truth.nii.gz", slab)
     doc = {
         "generator": "samples.thick_post_exam 1.0", "case_id": case_id, "seed": seed,
