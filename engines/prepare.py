@@ -120,6 +120,68 @@ def verify_onnx(net: MSNet, path: Path, batch: int | None = None) -> dict[str, A
     return {"ops": ops, "verify_input_shape": list(x.shape), "ort_vs_torch_max_abs": err}
 
 
+
+def export_network(net: MSNet, name: str, out: Path, source: dict[str, Any]) -> dict[str, Any]:
+    """Write ``<name>.pt``, ``<name>.onnx`` and ``<name>.folded.onnx`` of ``net`` into ``out``,
+    each ONNX file checked against PyTorch; returns the network's manifest entry (``source``:
+    where its weights came from, merged in)."""
+    t0 = time.perf_counter()
+    pt = out / f"{name}.pt"
+    onnx_path = out / f"{name}.onnx"
+    torch.save(net.state_dict(), pt)
+    exporter = export_onnx(net, onnx_path)
+    facts = verify_onnx(net, onnx_path)
+    folded_path = out / f"{name}{FOLDED_SUFFIX}"
+    export_folded_onnx(net, folded_path, FOLDED_BATCH, OPSET)
+    folded_facts = verify_onnx(net, folded_path, batch=FOLDED_BATCH)
+    entry = {
+        "kind": net.kind,
+        "files": {"pt": pt.name, "onnx": onnx_path.name, "onnx_folded": folded_path.name},
+        "sha256": {pt.name: sha256(pt), onnx_path.name: sha256(onnx_path), folded_path.name: sha256(folded_path)},
+        "onnx_folded": {"batch": FOLDED_BATCH, "shape": [FOLDED_BATCH, 4, "D", "H", "W"],
+                        "layout": "slabs folded end to end in depth (engines.model.msnet_folded)",
+                        "ort_vs_torch_max_abs": folded_facts["ort_vs_torch_max_abs"]},
+        **source,
+        "exporter": exporter,
+        "opset": OPSET,
+        "input": {"name": INPUT_NAME, "dtype": "float32", "axes": INPUT_AXES,
+                  "shape": ["N", 4, "D", "H", "W"],
+                  "channels": list(CHANNEL_NAMES)},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "axes": OUTPUT_AXES,
+                   "shape": ["N", 2, "D-8", "H", "W"], "classes": ["background", "foreground"]},
+        "constraints": {"D_min": 9, "H_W_multiple_of": net.spatial_multiple,
+                        "normalisation": "batch statistics over (N, D, H, W)"},
+        **facts,
+    }
+    log.info("%s: exported (%s), ORT vs torch max|d| %.2e, %.1f s",
+             name, exporter, facts["ort_vs_torch_max_abs"], time.perf_counter() - t0)
+    return entry
+
+
+def add_fine_tuned(out: Path, source: Path) -> list[str]:
+    """Export the fine-tuned networks of ``source`` (``<name>.pt`` per network its
+    ``dropout_manifest.json`` lists, :mod:`engines.model.missing.train_dropout`) into the model
+    folder ``out`` beside the shipped ones, and record them in ``out/manifest.json`` with the
+    training manifest. Returns their names. Raises ``FileNotFoundError`` / ``ValueError`` when
+    ``source`` lacks the manifest or a listed file, or a file's SHA-256 differs from it."""
+    from engines.model.missing.train_dropout import MANIFEST
+    from engines.model.weights import network_kind
+
+    training = json.loads((source / MANIFEST).read_text())
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    names = list(training["students"].values())
+    for name in names:
+        pt = source / f"{name}.pt"
+        if sha256(pt) != training["files"][pt.name]:
+            raise ValueError(f"{pt}: SHA-256 differs from {source / MANIFEST}")
+        net = MSNet(network_kind(name))
+        net.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
+        net.float().eval()
+        manifest["networks"][name] = export_network(net, name, out, {"fine_tuned": training})
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return names
+
 def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS, brain_extraction: bool = True,
             measure_cpu: bool = True) -> dict[str, Any]:
     """Write ``.pt``, ``.onnx`` and ``manifest.json`` for ``networks`` into ``out``.
@@ -147,38 +209,9 @@ def prepare(out: Path, weights_dir: Path, networks: Sequence[str] = NETWORKS, br
         "networks": {},
     }
     for name in networks:
-        t0 = time.perf_counter()
-        net = load_network(name, weights_dir)
-        pt = out / f"{name}.pt"
-        onnx_path = out / f"{name}.onnx"
-        torch.save(net.state_dict(), pt)
-        exporter = export_onnx(net, onnx_path)
-        facts = verify_onnx(net, onnx_path)
-        folded_path = out / f"{name}{FOLDED_SUFFIX}"
-        export_folded_onnx(net, folded_path, FOLDED_BATCH, OPSET)
-        folded_facts = verify_onnx(net, folded_path, batch=FOLDED_BATCH)
         src = npz_path(name, weights_dir)
-        manifest["networks"][name] = {
-            "kind": net.kind,
-            "files": {"pt": pt.name, "onnx": onnx_path.name, "onnx_folded": folded_path.name},
-            "sha256": {pt.name: sha256(pt), onnx_path.name: sha256(onnx_path), folded_path.name: sha256(folded_path)},
-            "onnx_folded": {"batch": FOLDED_BATCH, "shape": [FOLDED_BATCH, 4, "D", "H", "W"],
-                            "layout": "slabs folded end to end in depth (engines.model.msnet_folded)",
-                            "ort_vs_torch_max_abs": folded_facts["ort_vs_torch_max_abs"]},
-            "source_npz": {"file": src.name, "sha256": sha256(src)},
-            "exporter": exporter,
-            "opset": OPSET,
-            "input": {"name": INPUT_NAME, "dtype": "float32", "axes": INPUT_AXES,
-                      "shape": ["N", 4, "D", "H", "W"],
-                      "channels": list(CHANNEL_NAMES)},
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "axes": OUTPUT_AXES,
-                       "shape": ["N", 2, "D-8", "H", "W"], "classes": ["background", "foreground"]},
-            "constraints": {"D_min": 9, "H_W_multiple_of": net.spatial_multiple,
-                            "normalisation": "batch statistics over (N, D, H, W)"},
-            **facts,
-        }
-        log.info("%s: exported (%s), ORT vs torch max|d| %.2e, %.1f s",
-                 name, exporter, facts["ort_vs_torch_max_abs"], time.perf_counter() - t0)
+        manifest["networks"][name] = export_network(
+            load_network(name, weights_dir), name, out, {"source_npz": {"file": src.name, "sha256": sha256(src)}})
     if brain_extraction:
         from engines.brain.hd_bet_network import export_hd_bet_onnx
 
@@ -223,8 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="export HD-BET's network too (hd_bet.onnx; default: yes)")
     p.add_argument("--measure-cpu", action=argparse.BooleanOptionalAction, default=True,
                    help="time FP32 against BF16 on this CPU into cpu-precision.json (default: yes)")
+    p.add_argument("--fine-tuned", type=Path, default=None,
+                   help="only add the fine-tuned networks of this folder (engines.model.missing.train_dropout's "
+                        "--out) to the existing model folder --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.fine_tuned:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+        add_fine_tuned(args.out, args.fine_tuned)
+        return 0
     weights = args.weights or default_weights_dir()
     if not weights.is_dir():
         p.error(f"weights folder not found: {weights}")

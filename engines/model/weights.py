@@ -31,6 +31,11 @@ NETWORKS: list[str] = [
     "en32", "en32sg", "en32cr",
 ]
 
+#: A network fine-tuned from one of :data:`NETWORKS` (same architecture, other weights) is named
+#: after it with this suffix, e.g. ``wt32md``: the WT networks fine-tuned by modality dropout
+#: (:mod:`engines.model.missing.train_dropout`). Engines load it from ``<model dir>/<name>.pt``.
+DROPOUT_SUFFIX = "md"
+
 _IGNORED_SUFFIXES = ("moving_mean", "moving_variance", "biased", "local_step")
 
 
@@ -39,12 +44,18 @@ def npz_path(name: str, weights_dir: Path | str) -> Path:
     return Path(weights_dir) / f"msnet_{name}_20000.npz"
 
 
+def base_network(name: str) -> str:
+    """The network of :data:`NETWORKS` that ``name`` is or was fine-tuned from (``wt32md`` ->
+    ``wt32``). Raises ``KeyError`` for any other name."""
+    base = name[: -len(DROPOUT_SUFFIX)] if name.endswith(DROPOUT_SUFFIX) else name
+    if base not in NETWORKS:
+        raise KeyError(f"unknown network {name!r}; expected one of {NETWORKS} (or one with the suffix {DROPOUT_SUFFIX!r})")
+    return base
+
+
 def network_kind(name: str) -> Kind:
-    """``"wt"``, ``"tc"`` or ``"en"`` from a network name such as ``tc32cr``."""
-    kind = name[:2]
-    if name not in NETWORKS:
-        raise KeyError(f"unknown network {name!r}; expected one of {NETWORKS}")
-    return kind  # type: ignore[return-value]
+    """``"wt"``, ``"tc"`` or ``"en"`` from a network name such as ``tc32cr`` or ``wt32md``."""
+    return base_network(name)[:2]  # type: ignore[return-value]
 
 
 def default_weights_dir() -> Path:
