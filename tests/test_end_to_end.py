@@ -144,6 +144,7 @@ def test_seg_geometry_and_labels_match_ground_truth(aligned_run: AppRun, aligned
     np.testing.assert_allclose(reference_img.GetDirection(), truth_img.GetDirection(), atol=1e-6)
 
 
+@pytest.mark.slow  # a second whole-case cascade (a minute on 2 cores); test_outputs_unchanged_by_the_redesign pins the SEG
 def test_seg_dice_equals_numpy_protocol(aligned_run: AppRun, aligned_study: Path, brats_dir: Path, models_dir: Path) -> None:
     """The app (DICOM in, SEG out) and the plain NumPy protocol on the NIfTI agree (± 0.01)."""
     from engines.model.cascade import segment_brats

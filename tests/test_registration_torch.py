@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from operators.registration_operator import choose_registration_backend, register_and_resample
@@ -25,6 +26,7 @@ def _misaligned_t2(brats_dir: Path) -> tuple[sitk.Image, sitk.Image, sitk.Transf
     return ref.to_sitk(), moving, truth.to_sitk()
 
 
+@pytest.mark.slow  # 1-2 min on 2 cores; the default suite checks the GPU check's coarse registration (< 3 mm, no SimpleITK)
 def test_torch_registration_recovers_a_known_misalignment_on_the_cpu(brats_dir: Path) -> None:
     fixed, moving, truth = _misaligned_t2(brats_dir)  # T2, 0.94 x 0.94 x 3 mm, moved by 1-5 deg / mm
     corners = brain_box_corners(brain_mask_from_nonzero([fixed]))

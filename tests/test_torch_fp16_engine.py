@@ -57,6 +57,7 @@ def test_half_statistics_stay_finite_where_a_half_square_overflows() -> None:
     assert torch.allclose(got.float(), ref, atol=2e-2, rtol=1e-2)
 
 
+@pytest.mark.slow  # BF16 is emulated, not computed, on CPUs without AVX512-BF16 / AMX: about a minute there
 def test_bf16_on_cpu_keeps_the_masks(cascade_weights_dir: Path, batch: np.ndarray) -> None:
     """Half precision (BF16 here, 8 mantissa bits) moves logits by < 1.5 and keeps >= 99 % of
     the argmax (the OpenVINO BF16 engine's bar, tests/test_engines.py)."""
