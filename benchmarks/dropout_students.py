@@ -12,9 +12,9 @@ every case, the cascade runs twice with the strategy table's TC / EN fill and co
 the table says (the shipped WT networks on the table's WT fill), once with the WT stage's three
 networks replaced by the students (withheld channels zero, as they were trained). Every run is a
 line of ``runs.jsonl`` in ``--out`` (resumed where it stopped); ``table.md`` and ``summary.json``
-hold the means per case group. The students are exported through :func:`engines.prepare.add_fine_tuned`
-into a scratch copy of the model folder (links to its files), so they run on the same engine as
-the shipped networks.
+hold the means per case group, ``dropout_students.png`` every case. The students are exported
+through :func:`engines.prepare.add_fine_tuned` into a scratch copy of the model folder (links to
+its files), so they run on the same engine as the shipped networks.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from benchmarks.evaluation import brats_metrics
 from benchmarks.missing_sequences import HELD_OUT_CASES, REGIONS, SELECTION_CASES
-from benchmarks.reporting import markdown_header, markdown_row
+from benchmarks.reporting import markdown_header, markdown_row, pyplot, save_figure
 from engines.model.brats_cases import load_case
 from engines.model.cascade import CascadePredictor, PostProcessing, StageSpec, preprocess
 from engines.model.cascade.config import STAGES
@@ -118,6 +118,31 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Per subset, per case: Dice of each region with the shipped WT networks and with the students."""
+    plt = pyplot()
+    subsets = list(dict.fromkeys(r["subset"] for r in rows))
+    cases = [*SELECTION_CASES, *HELD_OUT_CASES]
+    fig, axes = plt.subplots(len(subsets), len(REGIONS), figsize=(4.2 * len(REGIONS), 3.4 * len(subsets)), squeeze=False)
+    for i, subset in enumerate(subsets):
+        for j, region in enumerate(REGIONS):
+            ax = axes[i][j]
+            for k, variant in enumerate(VARIANTS):
+                by_case = {r["case"]: r["metrics"][region]["dice"] for r in rows
+                           if r["subset"] == subset and r["variant"] == variant}
+                xs = [n + (k - 0.5) * 0.38 for n, c in enumerate(cases) if c in by_case]
+                ax.bar(xs, [by_case[c] for c in cases if c in by_case], width=0.38,
+                       label="shipped WT networks (table)" if variant == "table" else "students")
+            ax.axvline(len(SELECTION_CASES) - 0.5, color="grey", lw=0.8)
+            ax.set_xticks(range(len(cases)), [c.replace("Brats18_", "").removesuffix("_1") for c in cases],
+                          rotation=60, fontsize=7)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{subset}: {region} Dice (left of line: selection)", fontsize=9)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7, loc="lower left")
+    save_figure(fig, path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", type=Path, required=True, help="folder of the BraTS case folders")
@@ -159,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(rows)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (args.out / "table.md").write_text(markdown_table(summary))
+    plot(rows, args.out / "dropout_students.png")
     print(markdown_table(summary))
     return 0
 
