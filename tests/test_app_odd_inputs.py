@@ -58,6 +58,7 @@ def _odd_study(brats_dir: Path, shared_dir: Path, root: Path) -> Path:
     return study
 
 
+@pytest.mark.slow  # a full app run (~1 min on 2 cores); its readers are unit-tested in test_dicom_input
 def test_app_valid_odd_study_gives_a_valid_seg(brats_dir: Path, shared_dir: Path, models_dir: Path, tmp_path: Path) -> None:
     """Compressed (RLE, JPEG-LS, JPEG 2000), non-ASCII and long text, a lying description, a
     path-like description, a localiser, a derived series, junk and duplicated files, and an

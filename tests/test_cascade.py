@@ -267,6 +267,7 @@ def _engine(models: Path) -> InferenceEngine:
     return create_engine("openvino-folded", model_dir=models, threads=min(os.cpu_count() or 1, 4))
 
 
+@pytest.mark.slow  # nine networks on a real crop; the default suite has them in the app and the golden logits
 def test_real_case_cropped_end_to_end(brats_dir: Path, onnx_models: Path) -> None:
     """One real case through all nine real networks, cropped to the tumour for speed.
 

@@ -278,6 +278,7 @@ def pacs():
         yield server
 
 
+@pytest.mark.slow  # ~50 s; the default suite's PACS test: the app sends its SEG and SR (test_send_results)
 @pytest.mark.pacs
 def test_study_and_seg_round_trip_through_orthanc(aligned_run: AppRun, aligned_study: Path, pacs) -> None:
     """C-STORE the study and the produced SEG into a real Orthanc; read both back over REST."""

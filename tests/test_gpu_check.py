@@ -21,8 +21,9 @@ from tests.conftest import REPO_ROOT, shared_root
 OUTPUTS = ("results.json", "results.md", "latency.png", "memory.png", "quality.png", "stages.png", "gpu_check.log")
 
 
-#: The default suite's dry run leaves torch.compile out (its Inductor compile is minutes of the
-#: suite's budget on 2 cores); the slow one runs every engine, as the device call does.
+#: The default suite's dry run leaves torch.compile (its Inductor compile is minutes of the suite's
+#: budget on 2 cores) and the app end to end (tested by test_end_to_end) out; the slow one runs
+#: everything, as the device call does.
 WITHOUT_COMPILE = ("eager-fp32", "fp16", "tensorrt-fp16")
 
 
@@ -32,7 +33,7 @@ WITHOUT_COMPILE = ("eager-fp32", "fp16", "tensorrt-fp16")
 ])
 def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu-check"
-    chosen = ["--engines", ",".join(engines)] if engines else []
+    chosen = ["--engines", ",".join(engines), "--no-app"] if engines else []
     proc = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--out", str(out), "--device", "cpu", "--quick", "--models", str(models_dir),
          *chosen],
@@ -72,6 +73,17 @@ def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Pat
     assert reg["status"] == "ok" and reg["runs"][0]["wall_s"] > 0, reg
     assert reg["runs"][0]["corner_error_mm"] < 3.0  # one coarse level: close, not the 1 mm protocol
 
+    goals = doc["summary"]["goals"]
+    assert set(goals) == {"speedup_vs_eager", "speedup_vs_compile", "peak_allocated_ratio", "abs_delta_dice",
+                          "label_agreement", "end_to_end_s"}
+    assert goals["peak_allocated_ratio"]["measured"] is None  # no GPU memory on a CPU run
+    md = (out / "results.md").read_text()
+    for heading in ("## Model only (MPA table 2)", "## Quality on the case (MPA table 1)", "## Goals (FP16 engine)"):
+        assert heading in md
+    if engines:  # --no-app
+        assert doc["app"].get("status") != "ok" and goals["end_to_end_s"]["measured"] is None
+        return
+    assert "## The app end to end" in md
     app = doc["app"]
     assert app["status"] == "ok", app
     (run,) = app["runs"]
@@ -79,15 +91,6 @@ def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Pat
     assert {"load", "select", "register_and_resample", "segment", "write_seg"} <= set(run["stages_s"])
     # No CUDA here: the requested FP16 engine is passed over, and the report says why.
     assert "torch-cuda-fp16" in run["choice_reason"] and run["engine"] != "torch-cuda-fp16"
-
-    goals = doc["summary"]["goals"]
-    assert set(goals) == {"speedup_vs_eager", "speedup_vs_compile", "peak_allocated_ratio", "abs_delta_dice",
-                          "label_agreement", "end_to_end_s"}
-    assert goals["peak_allocated_ratio"]["measured"] is None  # no GPU memory on a CPU run
-    md = (out / "results.md").read_text()
-    for heading in ("## Model only (MPA table 2)", "## Quality on the case (MPA table 1)",
-                    "## The app end to end", "## Goals (FP16 engine)"):
-        assert heading in md
 
 
 def test_the_registration_phase_runs_without_simpleitk(brats_dir: Path) -> None:

@@ -56,6 +56,7 @@ def test_backend_choice_follows_the_machine_and_the_setting() -> None:
     assert choose_registration_backend("torch-cpu")[0] == "torch-cpu"
 
 
+@pytest.mark.slow  # the torch backend on a whole study (~30 s); its core is checked on the CPU by the tests above
 def test_the_operator_registers_with_the_torch_backend_when_asked(small_study: Path) -> None:
     from operators.dicom.study_loader import load_study
     from operators.selection.modality_selector import SelectionRules, select_modalities

@@ -219,6 +219,7 @@ def test_inference_timeout_is_bounded(triton: TritonServer, models_dir: Path) ->
     assert time.monotonic() - t0 < 10
 
 
+@pytest.mark.slow  # a stage on a real case (~20 s); remote logits bit-identical to local stay in the default run
 def test_cascade_stage_remote_equals_local_on_a_real_case(triton: TritonServer, models_dir: Path,
                                                          brats_dir: Path) -> None:
     """The cascade's tumour-core stage (three views, protocol batches with noise padding) on a
