@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import sys
 import tempfile
@@ -32,8 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.evaluation import brats_metrics
-from benchmarks.missing_sequences import HELD_OUT_CASES, REGIONS, SELECTION_CASES
+from benchmarks.missing_sequences import HELD_OUT_CASES, REGIONS, SELECTION_CASES, mean_metric, rounded_metrics
 from benchmarks.reporting import markdown_header, markdown_row, pyplot, save_figure
 from engines.model.brats_cases import load_case
 from engines.model.cascade import CascadePredictor, PostProcessing, StageSpec, preprocess
@@ -72,25 +70,23 @@ def student_stages() -> dict[str, StageSpec]:
 
 
 def measure(
-    case_dir: Path, subset: str, variant: str, entry: dict[str, Any], predictors: dict[str, CascadePredictor],
-    fill_models: tuple[Any, Any],
+    case: tuple[str, tuple[np.ndarray, np.ndarray, tuple[float, float, float]]], subset: str, variant: str,
+    entry: dict[str, Any], engine: Any, fill_models: tuple[Any, Any],
 ) -> dict[str, Any]:
-    """One cascade run: ``variant`` ``"table"`` (the strategy table's fills) or ``"students"``
-    (the WT stage's input zero-filled and its networks the students); metrics per region."""
-    vols, seg, spacing = load_case(case_dir)
-    available = subset_available(subset)
+    """One cascade run on ``case`` (its name and :func:`engines.model.brats_cases.load_case`):
+    ``variant`` ``"table"`` (the strategy table's fills) or ``"students"`` (the WT stage's input
+    zero-filled and its networks the students); metrics per region."""
+    name, (vols, seg, spacing) = case
     fills = dict(entry["fills"]) if variant == "table" else {"wt": "zero", "core": entry["fills"]["core"]}
+    rules = PostProcessing(keep_core_outside_whole=bool(entry.get("keep_core_outside_whole")))
     t0 = time.perf_counter()
-    pre = preprocess(vols, available, seed=0)
+    pre = preprocess(vols, subset_available(subset), seed=0)
     inputs = stage_inputs(pre.image, pre.brain_mask, pre.available, fills, pre.seed, *fill_models)
-    predictor = predictors[variant]
-    predictor.rules = PostProcessing(keep_core_outside_whole=bool(entry.get("keep_core_outside_whole")))
+    predictor = CascadePredictor(engine, student_stages() if variant == "students" else None, rules)
     res = predictor.predict_preprocessed(pre, inputs)
-    metrics = {r: {"dice": round(m["dice"], 4), "hd95": None if math.isnan(m["hd95"]) else round(m["hd95"], 2)}
-               for r, m in brats_metrics(res.labels, seg, spacing).items()}
-    return {"case": case_dir.name, "subset": subset, "variant": variant, "fills": fills,
-            "keep_core_outside_whole": predictor.rules.keep_core_outside_whole, "metrics": metrics,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {"case": name, "subset": subset, "variant": variant, "fills": fills,
+            "keep_core_outside_whole": rules.keep_core_outside_whole,
+            "metrics": rounded_metrics(res.labels, seg, spacing), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -103,7 +99,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 chosen = [r for r in rows if r["subset"] == subset and r["variant"] == variant and r["case"] in cases]
                 if len(chosen) == len(cases):
                     out.setdefault(subset, {}).setdefault(variant, {})[group] = {
-                        reg: round(float(np.mean([r["metrics"][reg]["dice"] for r in chosen])), 4) for reg in REGIONS}
+                        reg: mean_metric(chosen, reg) for reg in REGIONS}
     return out
 
 
@@ -169,11 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dropout-students-") as scratch:
         folder = staged_model_folder(args.models, args.students, Path(scratch))
         engine = create_engine(args.engine, model_dir=folder)
-        predictors = {"table": CascadePredictor(engine), "students": CascadePredictor(engine, student_stages())}
         todo = [(c, s, v) for s in subsets for c in cases for v in VARIANTS if (c, s, v) not in done]
         t0 = time.perf_counter()
+        loaded: tuple[str, Any] = ("", None)
         for i, (case, subset, variant) in enumerate(todo):
-            row = measure(args.cases / case, subset, variant, table[subset], predictors, fill_models)
+            if loaded[0] != case:  # the runs of one case follow each other: read it once
+                loaded = (case, load_case(args.cases / case))
+            row = measure(loaded, subset, variant, table[subset], engine, fill_models)
             rows.append(row)
             with runs_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -155,21 +155,24 @@ class Measurer:
         res = self.predictor.predict_preprocessed(pre, inputs)
         seconds = time.perf_counter() - t0
 
-        def rounded(labels: np.ndarray) -> dict[str, Any]:
-            return {r: {"dice": round(m["dice"], 4), "hd95": None if math.isnan(m["hd95"]) else round(m["hd95"], 2)}
-                    for r, m in brats_metrics(labels, seg, spacing).items()}
-
         # The same networks' masks fused under both core rules (item 4: the rule that drops a core
         # lying mostly outside the whole tumour, revisited per subset).
         keep_core = labels_under_rules(res, pre.brain_mask, PostProcessing(keep_core_outside_whole=True))
         row = {"case": case, "subset": subset, "fills": dict(fills), "seconds": round(seconds, 1),
                "engine": self.engine.describe().get("name", type(self.engine).__name__),
-               "metrics": rounded(res.labels), "metrics_keep_core": rounded(keep_core)}
+               "metrics": rounded_metrics(res.labels, seg, spacing),
+               "metrics_keep_core": rounded_metrics(keep_core, seg, spacing)}
         self.runs.add(row)
         self.done += 1
         log.info("%s %s wt=%s core=%s: Dice WT %.3f TC %.3f ET %.3f (%.0f s)", case, subset, fills["wt"],
                  fills["core"], *(row["metrics"][r]["dice"] for r in REGIONS), seconds)
         return row
+
+
+def rounded_metrics(labels: np.ndarray, seg: np.ndarray, spacing: Sequence[float]) -> dict[str, Any]:
+    """Dice (4 decimals) and HD95 (mm, 2 decimals; ``None`` when undefined) per region, as a run records them."""
+    return {r: {"dice": round(m["dice"], 4), "hd95": None if math.isnan(m["hd95"]) else round(m["hd95"], 2)}
+            for r, m in brats_metrics(labels, seg, spacing).items()}
 
 
 def stage_masks(result: CascadeResult, brain_mask: np.ndarray) -> dict[str, np.ndarray]:

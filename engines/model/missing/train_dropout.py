@@ -53,6 +53,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,15 @@ class TrainingView:
     targets: np.ndarray
     brain: np.ndarray
 
-    @property
+    @cached_property
     def tumour_voxels(self) -> np.ndarray:
-        """``(n, 3)`` indices of the voxels the teacher or the expert calls tumour."""
+        """``(n, 3)`` indices of the voxels the teacher or the expert calls tumour (computed once)."""
         return np.argwhere((self.targets[0] > 0.5) | (self.targets[1] > 0.5))
+
+    @cached_property
+    def brain_voxels(self) -> np.ndarray:
+        """``(n, 3)`` indices of the brain's voxels (computed once)."""
+        return np.argwhere(self.brain)
 
 
 def teacher_probability(
@@ -172,7 +178,7 @@ def draw_batch(
     for _ in range(batch):
         case = cases[int(rng.integers(len(cases)))]
         tumour = case.tumour_voxels
-        pool = tumour if (rng.random() < 0.5 and len(tumour)) else np.argwhere(case.brain)
+        pool = tumour if (rng.random() < 0.5 and len(tumour)) else case.brain_voxels
         d, h, w = (int(v) for v in pool[int(rng.integers(len(pool)))])
         out_start = (d - OUT_SLICES // 2, h - patch // 2, w - patch // 2)
         in_start = (out_start[0] - CONTEXT, *out_start[1:])
