@@ -23,8 +23,8 @@ MISSING_SCENARIOS = {
 }
 
 
-#: The missing-sequence scenarios run on 60 of the 155 slices, through the tumour (the default
-#: suite's budget; the regions and what the report says do not depend on the slab).
+#: The missing-sequence scenarios run on 60 of the 155 slices, through the tumour (an app run each;
+#: the regions and what the report says do not depend on the slab).
 SCENARIO_SLAB = (50, 110)
 
 
