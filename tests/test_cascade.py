@@ -84,6 +84,43 @@ def test_inplane_patch_rule() -> None:
     assert C.inplane_patch(40, 96) == 96
 
 
+def test_inplane_buckets_round_sizes_above_the_base_only() -> None:
+    assert C.inplane_patch(151, 160, bucket=16) == 160  # at the base: unchanged
+    assert C.inplane_patch(185, 180, bucket=16) == 196  # 188 -> 180 + 16
+    assert C.inplane_patch(196, 180, bucket=16) == 196
+    assert C.inplane_patch(197, 180, bucket=16) == 212
+    assert C.inplane_patch(97, 96, bucket=32) == 128
+    for bucket in (8, 16, 32):  # every size meets one of few shapes, never smaller than the exact patch
+        sizes = {C.inplane_patch(n, 96, bucket=bucket) for n in range(1, 241)}
+        assert all(C.inplane_patch(n, 96, bucket=bucket) >= C.inplane_patch(n, 96) for n in range(1, 241))
+        assert sizes == {96 + k * bucket for k in range(-(-(240 - 96) // bucket) + 1)}
+    with pytest.raises(ValueError, match="multiple of 4"):
+        C.inplane_patch(100, 96, bucket=10)
+
+
+def test_predict_view_in_buckets_crops_the_rim_away() -> None:
+    """A bucketed patch is larger than the exact one; the echo output is still the volume's own."""
+    rng = np.random.default_rng(4)
+    vol = rng.standard_normal((4, 12, 27, 101)).astype(np.float32)
+    eng = EchoEngine()
+    predictor = C.CascadePredictor(eng, inplane_bucket=16)
+    prob = predictor.predict_view("tc32", vol, (24, 96), np.random.default_rng(2), (True,) * 4).probability
+    np.testing.assert_allclose(prob, _sigmoid(vol[0]), rtol=0, atol=1e-6)
+    assert {b.shape[3:] for _, b in eng.batches} == {(40, 112)}  # 28 -> 24 + 16, 104 -> 96 + 16
+
+
+def test_predictor_takes_the_engines_bucket_and_reports_it() -> None:
+    class BucketEngine(EchoEngine):
+        inplane_bucket = 32
+
+    assert C.CascadePredictor(EchoEngine()).inplane_bucket is None  # CPU engines: exact patches
+    assert C.CascadePredictor(BucketEngine()).inplane_bucket == 32
+    assert C.CascadePredictor(BucketEngine(), inplane_bucket=None).inplane_bucket is None
+    res = C.CascadePredictor(BucketEngine()).predict(_synthetic_case(), (True,) * 4, seed=0)
+    assert res.engine["inplane_bucket"] == 32
+    assert "inplane_bucket" not in C.CascadePredictor(EchoEngine()).predict(_synthetic_case(), (True,) * 4).engine
+
+
 def test_extract_patch_noise_only_outside_and_only_in_noise_channels() -> None:
     vol = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5) + 100
     rng = np.random.default_rng(0)

@@ -265,6 +265,21 @@ def test_created_engines_carry_their_registry_name(models_dir: Path) -> None:
     assert (folded.name, folded.registry_name) == ("openvino", "openvino-folded")
 
 
+def test_gpu_engines_ask_for_inplane_buckets_and_cpu_engines_do_not(models_dir: Path) -> None:
+    """The CPU engines get exact patches (their cost grows with the patch; CPU results unchanged);
+    the engines that build per shape on a GPU ask for buckets."""
+    from engines.runtimes.base import GPU_INPLANE_BUCKET
+    from engines.runtimes.cuda_engines import OnnxRuntimeCudaEngine
+    from engines.runtimes.registry import create_engine
+    from engines.runtimes.tensorrt_engine import TensorRTEngine
+    from engines.runtimes.torch_engine import TorchEngine
+
+    for name in ("torch", "onnxruntime", "openvino", "openvino-folded"):
+        assert create_engine(name, model_dir=models_dir).inplane_bucket is None, name
+    assert TorchEngine(model_dir=models_dir, device="cuda").inplane_bucket == GPU_INPLANE_BUCKET  # built, not run
+    assert OnnxRuntimeCudaEngine.inplane_bucket == TensorRTEngine.inplane_bucket == GPU_INPLANE_BUCKET
+
+
 def test_missing_runtime_is_unavailable_but_a_bug_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     """A runtime library that is not installed makes the engine unavailable (skip, fall back);
     a missing module of our own is a bug and propagates as such."""

@@ -29,13 +29,28 @@ def test_default_profile_covers_every_protocol_batch() -> None:
             for n in (1, 5):
                 assert prof.covers((n, 4, 19, h, w))
             assert prof.covers((5, 4, 19, 240, 240))  # WT patch grown to the whole BraTS grid
-            assert not prof.covers((5, 4, 19, 244, 240))  # -> static plan for that shape
+            assert prof.covers((5, 4, 19, 244, 240))  # ... and in its in-plane bucket (180 + 4 x 16)
+            assert not prof.covers((5, 4, 19, 260, 240))  # -> static plan for that shape
             assert not prof.covers((6, 4, 19, h, w))
+
+
+def test_default_profile_covers_every_bucketed_patch_of_the_brats_grid() -> None:
+    from engines.model import cascade as C
+    from engines.runtimes.base import GPU_INPLANE_BUCKET
+
+    for stage in C.STAGES.values():
+        for view, net in stage.networks.items():
+            prof = T.default_profile(net)
+            bh, bw = stage.patch_hw[view]
+            for size in range(1, 241):
+                h = C.inplane_patch(size, bh, bucket=GPU_INPLANE_BUCKET)
+                w = C.inplane_patch(size, bw, bucket=GPU_INPLANE_BUCKET)
+                assert prof.covers((5, 4, 19, h, w)), (net, size, h, w)
 
 
 def test_profile_text_is_canonical() -> None:
     p = T.default_profile("wt32")
-    assert p.text() == "slabs:min=1x4x9x16x16,opt=5x4x19x180x160,max=5x4x19x240x240"
+    assert p.text() == "slabs:min=1x4x9x16x16,opt=5x4x19x180x160,max=5x4x19x256x256"
     s = T.ShapeProfile.static((5, 4, 19, 244, 240))
     assert s.min == s.opt == s.max and s.covers((5, 4, 19, 244, 240))
 

@@ -24,6 +24,10 @@ import numpy as np
 #: input ``(N, 4, D, H, W)`` slabs, output ``(N, 2, D - 8, H, W)`` logits.
 INPUT_NAME = "slabs"
 OUTPUT_NAME = "logits"
+#: In-plane patch bucket (voxels) of the engines that build something per batch shape on a GPU
+#: (CUDA graphs, cuDNN autotuning, compiled kernels, TensorRT profiles): see
+#: :func:`engines.model.cascade.tiling.inplane_patch`.
+GPU_INPLANE_BUCKET = 16
 
 
 class EngineUnavailable(RuntimeError):
@@ -47,6 +51,10 @@ class InferenceEngine(abc.ABC):
     #: The measured FP32 / BF16 choice behind it, when the CPU precision was chosen by
     #: measurement (:meth:`engines.runtimes.cpu_precision.PrecisionChoice.as_report`).
     precision_choice: dict[str, Any] | None = None
+    #: In-plane patch bucket (voxels) this engine asks the cascade for: :data:`GPU_INPLANE_BUCKET`
+    #: on the GPU engines, ``None`` (exact patches) on the CPU ones, whose cost grows with the
+    #: patch and who build nothing per shape.
+    inplane_bucket: int | None = None
 
     @abc.abstractmethod
     def prepare(self, networks: Sequence[str]) -> None:

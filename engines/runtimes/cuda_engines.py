@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engines.runtimes.base import EngineUnavailable
+from engines.runtimes.base import GPU_INPLANE_BUCKET, EngineUnavailable
 from engines.runtimes.onnx_engine import OnnxRuntimeEngine
 from engines.runtimes.torch_engine import TorchEngine
 
@@ -43,6 +43,7 @@ class OnnxRuntimeCudaEngine(OnnxRuntimeEngine):
     """ONNX Runtime with the CUDA execution provider (CPU provider kept for unsupported ops)."""
 
     name = "onnxruntime-cuda"
+    inplane_bucket = GPU_INPLANE_BUCKET
 
     def __init__(self, model_dir: Path | None = None, weights_dir: Path | None = None,
                  threads: int | None = None, providers: Sequence[str] | None = None) -> None:

@@ -5,7 +5,7 @@ Build
 For each network, ``<model_dir>/<net>.onnx`` is parsed into an explicit-batch network and
 built with one optimisation profile that covers the protocol's batch shapes
 (:func:`default_profile`: ``N`` 1..5, ``D`` 9..19, ``H``/``W`` from 16 to
-``max_hw`` = 240, optimised for the protocol's own patch of that view). A batch outside the
+``max_hw`` = 256, optimised for the protocol's own patch of that view). A batch outside the
 profile gets its own plan built for exactly that static shape (also cached). In FP16 the
 batch-statistics reductions and their ``Sqrt``/``Div``/``Pow`` are pinned to FP32
 (``PREFER_PRECISION_CONSTRAINTS``): a mean over ~2e6 voxels per channel must not be
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from engines.model.cascade import protocol_shape
-from engines.runtimes.base import EngineUnavailable, InferenceEngine
+from engines.runtimes.base import GPU_INPLANE_BUCKET, EngineUnavailable, InferenceEngine
 from engines.runtimes.engine_cache import CacheKey, EngineCache, default_cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp16", "fp32")
 MIN_DEPTH = 9
 MIN_HW = 16
-DEFAULT_MAX_HW = 240
+#: The 240 x 240 BraTS grid in its in-plane bucket (:data:`~engines.runtimes.base.GPU_INPLANE_BUCKET`:
+#: a 180 base patch grown to 240 runs at 244).
+DEFAULT_MAX_HW = 256
 
 Shape = tuple[int, int, int, int, int]
 
@@ -82,7 +84,7 @@ def default_profile(network: str, max_hw: int = DEFAULT_MAX_HW) -> ShapeProfile:
 
     ``N`` 1..5 (opt 5: the protocol always pads to 5), ``D`` 9..19 (opt 19), ``H``/``W``
     16..``max_hw`` (opt: the view's base patch; the WT patch grows with the brain box up
-    to the 240 x 240 BraTS grid).
+    to the 240 x 240 BraTS grid, 244 in its bucket).
     """
     opt = protocol_shape(network)  # (5, 4, 19, base H, base W)
     n, c, d, oh, ow = opt
@@ -174,7 +176,7 @@ class TensorRTEngine(InferenceEngine):
     cache_dir
         Plan cache folder; default :func:`engines.runtimes.engine_cache.default_cache_dir`.
     max_hw
-        Largest ``H``/``W`` of the dynamic profile (default 240, the BraTS grid).
+        Largest ``H``/``W`` of the dynamic profile (default 256: the BraTS grid, bucketed).
     cuda_graphs
         Capture each shape's enqueue into a CUDA graph and replay it.
     workspace_gib
@@ -182,6 +184,7 @@ class TensorRTEngine(InferenceEngine):
     """
 
     name = "tensorrt"
+    inplane_bucket = GPU_INPLANE_BUCKET
 
     def __init__(
         self,

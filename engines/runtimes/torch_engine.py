@@ -12,7 +12,7 @@ import torch
 
 from engines.model.msnet import MSNet
 from engines.model.weights import load_network, network_kind
-from engines.runtimes.base import InferenceEngine
+from engines.runtimes.base import GPU_INPLANE_BUCKET, InferenceEngine
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class TorchEngine(InferenceEngine):
         self.weights_dir = Path(weights_dir) if weights_dir else None
         self.threads = threads or os.cpu_count() or 1
         self.device = torch.device(device)
+        self.inplane_bucket = GPU_INPLANE_BUCKET if self.device.type == "cuda" else None
         self._nets: dict[str, MSNet] = {}
 
     def _load(self, network: str) -> MSNet:

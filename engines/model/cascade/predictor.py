@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -145,6 +145,10 @@ class CascadePredictor:
         authors'; :func:`~.config.smoke_stages` only for smoke runs).
     rules
         The post-processing size rules.
+    inplane_bucket
+        In-plane patch bucket (voxels; :func:`~engines.model.cascade.tiling.inplane_patch`):
+        ``"engine"`` (default) the engine's own :attr:`~engines.runtimes.base.InferenceEngine.inplane_bucket`
+        (``None`` on the CPU engines: exact patches), else this value (``None``: exact patches).
     """
 
     def __init__(
@@ -152,10 +156,14 @@ class CascadePredictor:
         engine: InferenceEngine,
         stages: Mapping[str, StageSpec] | None = None,
         rules: PostProcessing = PostProcessing(),
+        inplane_bucket: int | None | Literal["engine"] = "engine",
     ) -> None:
         self.engine = engine
         self.stages: Mapping[str, StageSpec] = stages or STAGES
         self.rules = rules
+        self.inplane_bucket: int | None = (
+            getattr(engine, "inplane_bucket", None) if inplane_bucket == "engine" else inplane_bucket
+        )
 
     def predict(
         self,
@@ -286,7 +294,8 @@ class CascadePredictor:
             timings=timings,
             available=pre.available,
             imputed_channels=pre.imputed_channels,
-            engine=self.engine.describe(),
+            # the bucket only where there is one: a CPU engine's description is what it always was
+            engine={**self.engine.describe(), **({"inplane_bucket": self.inplane_bucket} if self.inplane_bucket else {})},
             seed=pre.seed,
             notes=notes,
             fills={group: given.fill for group, given in inputs.items()},
@@ -343,7 +352,7 @@ class CascadePredictor:
             float32 ``(4, D, H, W)`` in the network's view order.
         base_hw
             Base in-plane patch ``(H, W)``, grown to cover the volume
-            (:func:`~engines.model.cascade.tiling.inplane_patch`).
+            (:func:`~engines.model.cascade.tiling.inplane_patch`, in buckets when the predictor has one).
         rng
             Source of every noise voxel of the view's batches.
         noise_channels
@@ -354,7 +363,7 @@ class CascadePredictor:
         ViewPrediction
             float32 ``(D, H, W)``; where slabs overlap, the later slab wins.
         """
-        tiling = SlabTiling.of(volume.shape[1:], base_hw)
+        tiling = SlabTiling.of(volume.shape[1:], base_hw, self.inplane_bucket)
         prob = np.zeros(tiling.shape, dtype=np.float32)
         network_seconds = 0.0
         for starts, batch in tiling.batches(volume, rng, noise_channels):

@@ -8,6 +8,13 @@ a ``(D, H, W)`` result back. Along D the view is cut into slabs of
 is one patch centred on the volume (:func:`inplane_patch`). Voxels outside the volume are N(0, 1)
 noise in the noise channels and 0 in the others; a short last batch is padded with noise slabs
 (they take part in the networks' batch statistics).
+
+Shape buckets: an engine that builds something per batch shape (a CUDA graph, compiled kernels,
+a TensorRT profile) asks for in-plane buckets (``InferenceEngine.inplane_bucket``); a patch
+larger than the base is then rounded up to ``base + k * bucket``, so the cases a site meets share
+a few shapes per network. The extra rim is outside the volume (noise, as any rim) and is cropped
+away from the output; it takes part in the batch statistics, so labels may move slightly
+(measured: ``benchmarks/shape_buckets.py``).
 """
 from __future__ import annotations
 
@@ -43,9 +50,15 @@ def slab_starts(depth: int, out_slices: int = OUT_SLICES) -> list[int]:
     return [c - half for c in centres]
 
 
-def inplane_patch(size: int, base: int, multiple: int = INPLANE_MULTIPLE) -> int:
-    """In-plane patch size: ``max(size rounded up to a multiple of 4, base)``."""
-    return max(-(-size // multiple) * multiple, base)
+def inplane_patch(size: int, base: int, multiple: int = INPLANE_MULTIPLE, bucket: int | None = None) -> int:
+    """In-plane patch size: ``max(size rounded up to a multiple of 4, base)``; with ``bucket``
+    (voxels, a multiple of 4), a size above ``base`` is rounded up further to ``base + k * bucket``."""
+    if bucket is not None and (bucket <= 0 or bucket % multiple):
+        raise ValueError(f"in-plane bucket must be a positive multiple of {multiple}, got {bucket}")
+    exact = max(-(-size // multiple) * multiple, base)
+    if bucket is None or exact == base:
+        return exact
+    return base + -(-(exact - base) // bucket) * bucket
 
 
 def extract_patch(
@@ -94,7 +107,7 @@ class SlabTiling:
         ``(D, H, W)`` of the volume.
     patch_hw
         In-plane patch ``(h, w)`` of every slab: :func:`inplane_patch` of the volume's size and
-        the base patch.
+        the base patch (and the bucket, when one is asked for).
     origin_hw
         In-plane start ``(h0, w0)`` of every patch in the volume (``<= 0``: the patch is centred
         and at least as large as the volume).
@@ -108,10 +121,11 @@ class SlabTiling:
     starts: tuple[int, ...]
 
     @classmethod
-    def of(cls, shape: Sequence[int], base_hw: tuple[int, int]) -> SlabTiling:
-        """The tiling of a volume of ``shape`` ``(D, H, W)`` with base in-plane patch ``base_hw``."""
+    def of(cls, shape: Sequence[int], base_hw: tuple[int, int], bucket: int | None = None) -> SlabTiling:
+        """The tiling of a volume of ``shape`` ``(D, H, W)`` with base in-plane patch ``base_hw``
+        (``bucket``: :func:`inplane_patch`'s)."""
         depth, h, w = (int(n) for n in shape)
-        ph, pw = inplane_patch(h, base_hw[0]), inplane_patch(w, base_hw[1])
+        ph, pw = inplane_patch(h, base_hw[0], bucket=bucket), inplane_patch(w, base_hw[1], bucket=bucket)
         return cls((depth, h, w), (ph, pw), (h // 2 - ph // 2, w // 2 - pw // 2), tuple(slab_starts(depth)))
 
     @property
