@@ -244,6 +244,19 @@ def _measure_cpu_precision(out: Path) -> list[dict[str, Any]]:
     return choices
 
 
+def build_gpu_packages(model_dir: Path, networks: Sequence[str], cache_dir: Path | None = None,
+                       device: str = "cuda") -> dict[str, dict[str, Any]]:
+    """Build (or find) the ahead-of-time package of each network for this device
+    (:mod:`engines.runtimes.aot_packages`), the engine the app's ``torch-cuda-fp16-aot`` loads;
+    returns per network ``{"package": "built" | "loaded", "seconds", "key"}``. ``device="cpu"``
+    (tests) builds FP32 packages for the CPU."""
+    from engines.runtimes.registry import create_engine
+
+    options = {} if device == "cuda" else {"device": device, "precision": "fp32"}
+    engine = create_engine("torch-cuda-fp16-aot", model_dir=model_dir, cache_dir=cache_dir, **options)
+    return engine.load_packages(networks)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -259,8 +272,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fine-tuned", type=Path, default=None,
                    help="only add the fine-tuned networks of this folder (engines.model.missing.train_dropout's "
                         "--out) to the existing model folder --out")
+    p.add_argument("--gpu", action="store_true",
+                   help="only build the GPU engine's ahead-of-time packages (torch-cuda-fp16-aot) of the existing "
+                        "model folder --out into the engine cache, for this GPU, driver, CUDA and torch")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="engine cache for --gpu (default: the app's, engines.runtimes.engine_cache.default_cache_dir)")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # --gpu on the CPU: tests only
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.gpu:
+        build_gpu_packages(args.out, args.networks, args.cache_dir, args.device)
+        return 0
     if args.fine_tuned:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
         add_fine_tuned(args.out, args.fine_tuned)

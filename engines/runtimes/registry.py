@@ -54,6 +54,9 @@ _REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
     "torch-cuda": ("engines.runtimes.cuda_engines:TorchCudaEngine", {}),
     # FP16 on CUDA without TensorRT: compiled, channels-last, one CUDA graph per (network, shape).
     "torch-cuda-fp16": ("engines.runtimes.torch_fp16_engine:TorchHalfEngine", {}),
+    # The same, each network an AOTInductor package built once per GPU / driver / CUDA / torch
+    # into the engine cache and only loaded by later processes (not in ``auto`` until measured).
+    "torch-cuda-fp16-aot": ("engines.runtimes.torch_fp16_engine:TorchHalfEngine", {"aot": True}),
     "onnxruntime-cuda": ("engines.runtimes.cuda_engines:OnnxRuntimeCudaEngine", {}),
     "triton": ("engines.runtimes.triton_engine:TritonEngine", {}),  # remote: needs url= (the app's -t)
 }

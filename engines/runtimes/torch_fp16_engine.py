@@ -24,6 +24,12 @@ engine share one memory pool and, per batch shape, one set of input / output buf
 and output cross the bus through pinned host buffers. ``compile=False`` and
 ``cuda_graphs=False`` switch either part off (ablation; fallbacks when one cannot run).
 
+Ahead of time (``aot=True``, registered as ``torch-cuda-fp16-aot``): instead of ``torch.compile``
+in the process, each network -- the same cast, layout, network and cast back -- is an AOTInductor
+package built once per device and software stack into the engine cache
+(:mod:`engines.runtimes.aot_packages`; ``python -m engines.prepare --gpu``, or the first run) and
+only loaded by later processes; CUDA graphs are captured per shape as above.
+
 Devices
 -------
 Registered as ``torch-cuda-fp16``; construction raises :class:`engines.runtimes.base.EngineUnavailable`
@@ -47,6 +53,7 @@ import numpy as np
 import torch
 
 from engines.model.msnet_folded import FoldedMSNet
+from engines.runtimes import aot_packages
 from engines.runtimes.base import EngineUnavailable
 from engines.runtimes.engine_cache import default_cache_dir
 from engines.runtimes.torch_compile_engine import compile_network, mark_hw_dynamic
@@ -217,6 +224,9 @@ class TorchHalfEngine(TorchEngine):
         cuDNN autotuning (``torch.backends.cudnn.benchmark``, process-wide). Off by default: it
         tries every algorithm of every convolution at each new shape, and the cascade meets a
         new shape with almost every case.
+    aot
+        Run each network as an AOTInductor package from ``<cache_dir>/aot`` (built there when
+        absent or stale) instead of ``torch.compile``; ``compile`` is then ignored.
     """
 
     name = "torch-cuda-fp16"
@@ -235,6 +245,7 @@ class TorchHalfEngine(TorchEngine):
         dynamic_hw: bool = True,
         cache_dir: Path | None = None,
         cudnn_benchmark: bool = False,
+        aot: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -257,7 +268,11 @@ class TorchHalfEngine(TorchEngine):
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.graph_kind = graph
-        self.compile = (self.device.type == "cuda") if compile is None else bool(compile)
+        self.aot = bool(aot)
+        self.compile = False if self.aot else (self.device.type == "cuda") if compile is None else bool(compile)
+        #: Per network: ``"loaded"`` or ``"built"`` and the seconds it took (``aot`` only).
+        self.aot_sources: dict[str, dict[str, Any]] = {}
+        self._weights_sha256: dict[str, str] = {}
         self.cuda_graphs = bool(cuda_graphs)
         self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
         self.dynamic_hw = dynamic_hw
@@ -288,15 +303,62 @@ class TorchHalfEngine(TorchEngine):
             raise ValueError(f"batch must be (N, 4, D, H, W), got {s}")
         return RunnerKey(network, s, self.precision, self.graph_kind)  # type: ignore[arg-type]
 
-    def _body(self, network: str, compiled: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        """FP32 ``(N, 4, D, H, W)`` -> FP32 logits, through the half-precision network."""
-        key = f"{network}:{'compiled' if compiled else 'eager'}"
-        if key in self._bodies:
-            return self._bodies[key]
+    def aot_key(self, network: str) -> aot_packages.AotKey:
+        """The :class:`~engines.runtimes.aot_packages.AotKey` of ``network`` on this engine's
+        device, precision, graph and layout (its weights loaded)."""
+        if network not in self._nets:
+            super().prepare([network])
+        if network not in self._weights_sha256:  # the FP32 weights, before any cast to half
+            self._weights_sha256[network] = aot_packages.state_sha256(self._nets[network])
+        return aot_packages.AotKey(
+            network=network, weights_sha256=self._weights_sha256[network], graph=self.graph_kind,
+            precision=self.precision, memory_format="channels_last_3d" if self.channels_last else "contiguous",
+            torch=torch.__version__, **aot_packages.device_identity(self.device))
+
+    def load_packages(self, networks: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``aot`` only: load, or build and store, each network's package now (``engines.prepare
+        --gpu``; otherwise it happens at a network's first call). Returns :attr:`aot_sources`."""
+        if not self.aot:
+            raise ValueError("load_packages: this engine was not created with aot=True")
+        for network in networks:
+            self._body(network, compiled=False)
+        return {n: self.aot_sources[n] for n in networks}
+
+    def _aot_body(self, network: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network's AOTInductor package (loaded, or built and stored)."""
+        key = self.aot_key(network)  # hashes the FP32 weights: before they are cast below
+        example = torch.zeros((aot_packages.BATCH_SLABS, 4, aot_packages.SLAB_DEPTH, 96, 96), device=self.device)
+        compiled, how, seconds = aot_packages.load_or_build(
+            lambda: aot_packages.HalfPrecisionNetwork(self._model(network), self.dtype, self._layout()).eval(),
+            example, self.cache_dir, key)
+        self.aot_sources[network] = {"package": how, "seconds": round(seconds, 3), "key": key.digest()}
+        log.info("torch-cuda-fp16: %s AOT package %s in %.2f s", network, how, seconds)
+
+        def body(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return compiled(x)
+
+        return body
+
+    def _layout(self) -> torch.memory_format:
+        return torch.channels_last_3d if self.channels_last else torch.contiguous_format
+
+    def _model(self, network: str) -> torch.nn.Module:
+        """The network in this engine's precision, graph and memory layout."""
         net = self._nets[network].to(self.dtype).eval()
         model: torch.nn.Module = FoldedMSNet(net).to(self.dtype).eval() if self.graph_kind == "folded" else net
-        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
-        model = model.to(memory_format=layout)
+        return model.to(memory_format=self._layout())
+
+    def _body(self, network: str, compiled: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """FP32 ``(N, 4, D, H, W)`` -> FP32 logits, through the half-precision network."""
+        key = f"{network}:{'aot' if self.aot else 'compiled' if compiled else 'eager'}"
+        if key in self._bodies:
+            return self._bodies[key]
+        if self.aot:
+            self._bodies[key] = self._aot_body(network)
+            return self._bodies[key]
+        model = self._model(network)
+        layout = self._layout()
         if compiled:
             model = compile_network(model, self.dynamic_hw)  # type: ignore[assignment]
         dtype, dynamic = self.dtype, compiled and self.dynamic_hw
@@ -361,13 +423,15 @@ class TorchHalfEngine(TorchEngine):
             "device": str(self.device),
             "precision": self.precision,
             "graph": self.graph_kind,
-            "compile": (f"torch.compile(inductor, fullgraph), {'H, W symbolic' if self.dynamic_hw else 'static shapes'}"
+            "compile": ("AOTInductor packages (engine cache), H, W symbolic" if self.aot else
+                        f"torch.compile(inductor, fullgraph), {'H, W symbolic' if self.dynamic_hw else 'static shapes'}"
                         if self.compile else "none (eager)"),
             "cuda_graphs": self.cuda_graphs,
             "memory_format": "channels_last_3d" if self.channels_last else "contiguous",
             "cudnn_benchmark": self.cudnn_benchmark,
             "normalisation_statistics": "fp32",
             "compile_cache": self.compile_cache,
+            **({"aot_packages": dict(self.aot_sources)} if self.aot else {}),
             "shapes_built": len(self._runners),
             "build_seconds": dict(self.build_seconds),
             "notes": list(self.notes),
