@@ -22,23 +22,15 @@ from monai.deploy.core import AppContext, Application
 
 from app import __version__
 from app.settings import AppSettings
-from engines.model.missing.strategies import SubsetPlan
 from operators.dicom_seg_writer_operator import DicomSegWriterOperator
 from operators.errors import InputError
 from operators.modality_selector_operator import ModalitySelectorOperator
-from operators.outputs.report import base_report, pipeline_sections, selection_section
+from operators.outputs.report import finished_report
 from operators.outputs.staging import OutputStaging, check_writable, remove_stale_staging, set_aside_earlier_outputs
 from operators.registration_operator import RegistrationOperator
 from operators.report_writer_operator import ReportWriterOperator
 from operators.segmentation_operator import SegmentationOperator
 from operators.study_loader_operator import StudyLoaderOperator
-from operators.study_model import (
-    ModalitySelection,
-    RegistrationRecord,
-    SegmentationRecord,
-    Timings,
-    WrittenOutputs,
-)
 
 APP_NAME = "brats-seg-map"
 
@@ -97,7 +89,7 @@ class BrainTumorSegApp(Application):
             # app would close a cycle through Holoscan's C++ graph that Python's garbage
             # collector cannot see, and keep every app (its graph, GXF context) alive until exit.
             self, staging=self.staging, name="report_writer",
-            build_report=functools.partial(build_report, earlier_outputs=self.earlier_outputs),
+            build_report=functools.partial(finished_report, APP_NAME, __version__, earlier_outputs=self.earlier_outputs),
         )
         # Data flows one way; each operator takes what it needs on named ports. One Timings value
         # follows the chain loader -> selector -> registration -> segmentation -> SEG writer -> report.
@@ -112,17 +104,3 @@ class BrainTumorSegApp(Application):
         self.add_flow(registration, reporter, {("registration", "registration")})
         self.add_flow(segmentation, reporter, {("segmentation", "segmentation"), ("plan", "plan")})
         self.add_flow(seg_writer, reporter, {("outputs", "outputs"), ("timings", "timings")})
-
-
-def build_report(*, selection: ModalitySelection, registration: RegistrationRecord, segmentation: SegmentationRecord,
-                 plan: SubsetPlan | None, outputs: WrittenOutputs, timings: Timings,
-                 earlier_outputs: Path | None = None) -> dict:
-    """The report of a finished graph: the input section from the selection, then the pipeline
-    sections (:func:`operators.outputs.report.pipeline_sections`); ``earlier_outputs``: where an
-    earlier run's outputs were moved (:func:`operators.outputs.staging.set_aside_earlier_outputs`)."""
-    report = base_report(APP_NAME, __version__)
-    if earlier_outputs is not None:
-        report["earlier_outputs_moved_to"] = earlier_outputs.name
-    report["input"] = selection_section(selection)
-    report.update(pipeline_sections(selection, registration, segmentation, plan, outputs, timings))
-    return report

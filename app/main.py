@@ -32,7 +32,7 @@ logger = logging.getLogger("app")
 APP_NAME = "brats-seg-map"
 
 
-def _failure_report(output_dir: Path | None, code: str, message: str, earlier_outputs: Path | None = None,
+def write_failure_report(output_dir: Path | None, code: str, message: str, earlier_outputs: Path | None = None,
                     sections: dict | None = None) -> None:
     if output_dir is None:
         return
@@ -56,7 +56,7 @@ def _fail(app, code: str, one_line: str, exit_code: int, sections: dict | None =
     logger.error("%s", one_line)
     if app is not None:
         app.discard_outputs()
-    _failure_report(getattr(app, "output_dir", None), code, one_line, getattr(app, "earlier_outputs", None),
+    write_failure_report(getattr(app, "output_dir", None), code, one_line, getattr(app, "earlier_outputs", None),
                     sections)
     return exit_code
 

@@ -109,9 +109,9 @@ def count_network_flops(study: Path, models: Path) -> dict[str, Any]:
     from engines.model.cascade import segment_brats_full
     from engines.runtimes.registry import choose_engine
     from operators.dicom.study_loader import load_study
-    from operators.registration_operator import register_and_resample
-    from operators.segmentation_operator import missing_sequence_plan
+    from operators.segmentation.segment import missing_sequence_plan
     from operators.selection.modality_selector import SelectionRules, select_modalities
+    from operators.spatial.model_input import register_and_resample
 
     log = logging.getLogger("app_e2e.flops")
     with tempfile.TemporaryDirectory() as cache:

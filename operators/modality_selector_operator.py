@@ -6,8 +6,7 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.errors import NoUsableSeriesError
-from operators.selection.modality_selector import SelectionRules, select_modalities
+from operators.selection.modality_selector import SelectionRules, select_usable_modalities
 from operators.study_model import Stage, Timings
 
 
@@ -41,13 +40,6 @@ class ModalitySelectorOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         study = op_input.receive("study")
         timings: Timings = op_input.receive("timings")
-        selection = select_modalities(study, self.rules)
-        if not selection.selected:
-            described = "; ".join(
-                f"'{c.series_description}': {c.reasons[0]}" for c in selection.candidates
-            )
-            raise NoUsableSeriesError(
-                f"none of the {len(study.series)} series is a usable FLAIR/T1/T1ce/T2 MR series ({described})"
-            )
+        selection = select_usable_modalities(study, self.rules)
         op_output.emit(selection, "selection")
         op_output.emit(timings.merged(Timings({Stage.SELECT: selection.duration_s})), "timings")

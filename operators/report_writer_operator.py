@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from operators.outputs.staging import REPORT_NAME, OutputStaging, write_json_atomically
+from operators.outputs.staging import REPORT_NAME, OutputStaging, publish_with_report
 
 #: The named inputs (:meth:`ReportWriterOperator.setup`), each handed to ``build_report`` as the
 #: keyword of its name.
@@ -56,14 +56,7 @@ class ReportWriterOperator(Operator):
     def compute(self, op_input, op_output, context) -> None:
         start = time.perf_counter()
         inputs: dict[str, Any] = {name: op_input.receive(name) for name in REPORT_INPUTS}
-        report = self.build_report(**inputs)
-
-        def write_report(published) -> None:  # under the staging lock (see OutputStaging)
-            report["status"] = "ok"
-            report["outputs"] = sorted(p.name for p in published) + [REPORT_NAME]
-            write_json_atomically(self.staging.output_dir / REPORT_NAME, report)
-
-        published = self.staging.publish(then=write_report)
+        published = publish_with_report(self.staging, self.build_report(**inputs))
         self._logger.info(
             "Wrote %s and %d other file(s) in %.2f s", REPORT_NAME, len(published), time.perf_counter() - start
         )

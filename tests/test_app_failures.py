@@ -42,21 +42,23 @@ _LATE_FAILURE = """
 import sys
 import numpy as np
 import operators.segmentation_operator as so
-import operators.report_writer_operator as rw
+from operators.segmentation.segment import SegmentationOutcome
+import operators.outputs.staging as staging
 from operators.study_model import SegmentationRecord, Timings
 
 def fast_segment(model_input, model_dir, engine_name, seed, logger, **remote):  # no inference: a blob
     labels = np.zeros(model_input.volumes.shape[1:], dtype=np.uint8)
     z, y, x = (n // 2 for n in labels.shape)
     labels[z - 2:z + 2, y - 10:y + 10, x - 10:x + 10] = 2
-    return so.SegmentationOutcome(labels, None, SegmentationRecord({"runtime": "fake"}, [], []), Timings())
+    return SegmentationOutcome(labels, None, SegmentationRecord({"runtime": "fake"}, [], []), Timings())
 
 def disk_full(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
+from app.main import main  # first: its failure report keeps the real writer
+
 so.segment = fast_segment
-rw.write_json_atomically = disk_full  # the SEG and PNG are already published when this runs
-from app.main import main
+staging.write_json_atomically = disk_full  # publish_with_report's: the SEG and PNG are already published then
 sys.exit(main(sys.argv))
 """
 

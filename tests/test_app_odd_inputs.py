@@ -99,11 +99,12 @@ _NOTHING_FOUND = """
 import sys
 import numpy as np
 import operators.segmentation_operator as so
+from operators.segmentation.segment import SegmentationOutcome
 from operators.study_model import SegmentationRecord, Timings
 
 def nothing_found(model_input, model_dir, engine_name, seed, logger, **remote):  # the engine finds no tumour
     labels = np.zeros(model_input.volumes.shape[1:], dtype=np.uint8)
-    return so.SegmentationOutcome(labels, None, SegmentationRecord({"runtime": "stub"}, [], []), Timings())
+    return SegmentationOutcome(labels, None, SegmentationRecord({"runtime": "stub"}, [], []), Timings())
 
 so.segment = nothing_found
 from app.main import main

@@ -279,7 +279,7 @@ def test_enhancement_is_measured_after_registration_across_frames_of_reference(b
 def test_the_registration_reuses_the_images_the_contrast_check_built(clinical_studies: dict[str, Path]) -> None:
     import logging
 
-    from operators.registration_operator import register_and_resample
+    from operators.spatial.model_input import register_and_resample
 
     selection = _select(clinical_studies["ge"])
     t1ce_uid = selection.selected["t1ce"].header.series_instance_uid

@@ -7,6 +7,7 @@ misalignment scenarios are separate runs.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import highdicom as hd
@@ -311,3 +312,66 @@ def test_study_and_seg_round_trip_through_orthanc(aligned_run: AppRun, aligned_s
     assert back.SOPInstanceUID == seg.SOPInstanceUID
     frames = back.pixel_array
     assert frames.shape[0] == int(seg.NumberOfFrames) and frames.any()
+
+
+def _run_direct(studies: list[Path], out: Path, models_dir: Path) -> AppRun:
+    args = [a for s in studies for a in ("-i", str(s))] + ["-o", str(out), "-m", str(models_dir)]
+    return run_app(None, out, models_dir, entry=["-m", "app.direct"], extra_args=args)  # type: ignore[arg-type]
+
+
+def test_direct_runner_writes_what_the_app_writes_and_goes_on_after_a_failed_study(
+        aligned_study: Path, models_dir: Path, tmp_path: Path) -> None:
+    """``python -m app.direct`` (the stages without the Holoscan scheduler, one process): run.sh's
+    study gives the app's outputs exactly (the golden fingerprint the app's own run is held to);
+    an empty folder after it fails alone (exit 2, a failed report and nothing else in its
+    folder); the process exits with the failure's code."""
+    from tests.output_fingerprint import check_unchanged
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    run = _run_direct([aligned_study / "dicom", empty], out, models_dir)
+    assert run.returncode == 2, run.log[-3000:]
+    print("\n" + check_unchanged("run-sh-study", out / "0_dicom", aligned_study / "dicom"))
+    assert sorted(p.name for p in (out / "1_empty").iterdir()) == ["report.json"]
+    failed = json.loads((out / "1_empty" / "report.json").read_text())
+    assert failed["status"] == "failed" and failed["error_code"] and "\n" not in failed["error"]
+    runs = json.loads((out / "direct_runs.json").read_text())["runs"]
+    assert [(r["exit_code"], r["warm"], r["status"]) for r in runs] == [(0, False, "ok"), (2, True, "failed")]
+    assert runs[0]["stage_breakdown_s"]["network"] > 0
+
+
+@pytest.mark.slow  # a second whole study in the same process (~1 min more); the default run checks the first
+def test_direct_runner_second_study_reuses_the_engine_and_writes_the_same(
+        aligned_study: Path, models_dir: Path, tmp_path: Path) -> None:
+    from tests.output_fingerprint import check_unchanged
+
+    out = tmp_path / "out"
+    run = _run_direct([aligned_study / "dicom"] * 2, out, models_dir)
+    assert run.returncode == 0, run.log[-3000:]
+    for k in (0, 1):
+        print("\n" + check_unchanged("run-sh-study", out / f"{k}_dicom", aligned_study / "dicom"))
+    runs = json.loads((out / "direct_runs.json").read_text())["runs"]
+    assert [r["warm"] for r in runs] == [False, True]
+    assert run.log.count("Engine: ") == 1  # chosen once, by the first study
+
+
+def test_direct_runner_imports_without_holoscan_or_the_deploy_sdk() -> None:
+    """The runner must start where Holoscan and the MONAI Deploy SDK are absent (a GPU image):
+    importing it with both blocked succeeds."""
+    import subprocess
+    import sys
+
+    script = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("holoscan", "monai"):
+            raise ImportError(f"{name} blocked")
+sys.meta_path.insert(0, Block())
+import app.direct
+print("ok", app.direct.run_study.__name__)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr[-2000:]

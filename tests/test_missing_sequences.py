@@ -297,7 +297,7 @@ def test_segmentation_refuses_before_building_an_engine(monkeypatch: pytest.Monk
     import logging
     from types import SimpleNamespace
 
-    import operators.segmentation_operator as seg_op
+    import operators.segmentation.segment as seg_op
     from operators.errors import InsufficientSequencesError
 
     table = json.loads(json.dumps(load_table()))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from operators.registration_operator import choose_registration_backend, register_and_resample
+from operators.spatial.model_input import choose_registration_backend, register_and_resample
 from operators.spatial.registration_torch import register_rigid_torch, torch_registration_device
 from tests.registration_checks import brain_box_corners, brain_mask_from_nonzero, transform_error
 

@@ -14,7 +14,7 @@ def test_degenerate_channel_on_the_model_grid_is_a_typed_error(models_dir: Path)
     import logging
     from types import SimpleNamespace
 
-    from operators.segmentation_operator import segment
+    from operators.segmentation.segment import segment
 
     blank = SimpleNamespace(volumes=np.zeros((4, 8, 8, 8), dtype=np.float32), available=(True, False, False, False))
     with pytest.raises(errors.DegenerateIntensityError, match="model grid"):

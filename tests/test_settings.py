@@ -179,7 +179,7 @@ def test_threshold_settings_change_the_labels(env: dict[str, str], blob_kept: bo
     post-processing: the enhancing label of the big blob, the small blob's whole tumour."""
     import logging
 
-    import operators.segmentation_operator as seg_op
+    import operators.segmentation.segment as seg_op
 
     for var, value in env.items():
         monkeypatch.setenv(var, value)
@@ -247,7 +247,7 @@ def test_seed_setting_changes_the_noise_and_only_the_noise(tmp_path: Path, monke
 
     import numpy as np
 
-    import operators.segmentation_operator as seg_op
+    import operators.segmentation.segment as seg_op
 
     def batches_for(seed_text: str) -> list[Any]:
         monkeypatch.setenv("BRATS_SEED", seed_text)

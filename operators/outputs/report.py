@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from engines.model.missing.strategies import SubsetPlan
@@ -112,6 +113,20 @@ def registration_series(record: RegistrationRecord) -> dict[str, Any]:
     series = {MODALITY_DISPLAY[record.reference_modality]: reference}
     series.update({MODALITY_DISPLAY[m]: r for m, r in record.moving.items()})
     return series
+
+
+def finished_report(app_name: str, app_version: str, *, selection: ModalitySelection,
+                    registration: RegistrationRecord, segmentation: SegmentationRecord, plan: SubsetPlan | None,
+                    outputs: WrittenOutputs, timings: Timings, earlier_outputs: Path | None = None) -> dict[str, Any]:
+    """The report of a finished run: the input section from the selection, then the pipeline
+    sections (:func:`pipeline_sections`); ``earlier_outputs``: where an earlier run's outputs
+    were moved (:func:`operators.outputs.staging.set_aside_earlier_outputs`)."""
+    report = base_report(app_name, app_version)
+    if earlier_outputs is not None:
+        report["earlier_outputs_moved_to"] = earlier_outputs.name
+    report["input"] = selection_section(selection)
+    report.update(pipeline_sections(selection, registration, segmentation, plan, outputs, timings))
+    return report
 
 
 def pipeline_sections(selection: ModalitySelection, registration: RegistrationRecord,

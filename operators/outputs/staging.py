@@ -135,6 +135,18 @@ class OutputStaging:
             self.published.clear()
 
 
+def publish_with_report(staging: OutputStaging, report: dict) -> list[Path]:
+    """Publish everything staged, then write ``report.json`` (``status: "ok"``, the published
+    files listed) last, under the staging lock. Returns the published files."""
+
+    def write_report(published: list[Path]) -> None:
+        report["status"] = "ok"
+        report["outputs"] = sorted(p.name for p in published) + [REPORT_NAME]
+        write_json_atomically(staging.output_dir / REPORT_NAME, report)
+
+    return staging.publish(then=write_report)
+
+
 def remove_stale_staging(output_dir: Path) -> None:
     """Remove staging folders left by a killed earlier run (never touches other files)."""
     for stale in Path(output_dir).glob(f"{STAGING_PREFIX}*"):

@@ -303,6 +303,19 @@ def _t1_weighted(series: Sequence[LoadedSeries], rules: SelectionRules) -> list[
     return found
 
 
+def select_usable_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySelection:
+    """:func:`select_modalities`, refusing a study in which no series is usable
+    (:class:`operators.errors.NoUsableSeriesError`, one line naming each candidate's reason)."""
+    from operators.errors import NoUsableSeriesError
+
+    selection = select_modalities(study, rules)
+    if not selection.selected:
+        described = "; ".join(f"'{c.series_description}': {c.reasons[0]}" for c in selection.candidates)
+        raise NoUsableSeriesError(
+            f"none of the {len(study.series)} series is a usable FLAIR/T1/T1ce/T2 MR series ({described})")
+    return selection
+
+
 def select_modalities(study: LoadedStudy, rules: SelectionRules) -> ModalitySelection:
     """Classify every series of the study and pick at most one usable series per modality."""
     start = time.perf_counter()
