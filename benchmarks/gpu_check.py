@@ -20,9 +20,12 @@ what is left is skipped and the reason recorded):
    shapes), to show what each part of the engine buys;
 4. quality: Dice / HD95 / sensitivity against the expert labels per scenario, and the label
    agreement of each engine with eager FP32;
-5. the app end to end (``python -m app``) on a DICOM study made from the same case, with its
-   stage breakdown from ``report.json`` -- where the app's own stack (Holoscan, SimpleITK,
-   pydicom, highdicom) is importable; otherwise skipped with the missing modules named.
+5. the app end to end on a DICOM study made from the same case (:mod:`benchmarks.gpu_check_e2e`):
+   ``python -m app`` with its stage breakdown from ``report.json``, where the app's own stack
+   (Holoscan, SimpleITK, pydicom, highdicom) is importable; then the stages without Holoscan
+   (``python -m app.direct``): cold (a fresh process per study, the engine already built) and
+   warm (later studies of one process), p50 / p95 per stage, where SimpleITK, pydicom and
+   highdicom are importable; otherwise each skipped with the missing modules named.
 
 Outputs in ``--out`` (at most 8 files, what the GPU tool brings back): ``results.json``,
 ``results.md`` (MPA tables 1 and 2 and the goals), ``latency.png``, ``memory.png``,
@@ -47,7 +50,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.gpu_check_e2e import end_to_end, missing_modules
 from benchmarks.gpu_check_measure import (
     CPU_ENGINES,
     ENGINES,
@@ -72,7 +75,6 @@ from benchmarks.gpu_check_measure import (
 )
 from benchmarks.gpu_check_report import summarise, write_markdown, write_plots
 from benchmarks.measurement import REFERENCE_SHAPE, SCENARIOS, crop_to_tumour, hardware_facts, runtime_versions
-from benchmarks.reporting import percentiles
 from engines.model.brats_cases import load_case
 
 log = logging.getLogger("benchmarks.gpu_check")
@@ -82,23 +84,7 @@ DEFAULT_CASE = "Brats18_TCIA01_201_1"
 QUALITY_RESERVE_S = 45.0
 
 
-# ----------------------------------------------------------------------------- app end to end
-
-APP_MODULES = ("holoscan", "monai.deploy", "SimpleITK", "pydicom", "highdicom")
-
-
-def missing_modules(names: Sequence[str]) -> list[str]:
-    """Those of ``names`` this interpreter cannot import."""
-    import importlib.util
-
-    out = []
-    for n in names:
-        try:
-            if importlib.util.find_spec(n) is None:
-                out.append(n)
-        except (ImportError, ValueError):
-            out.append(n)
-    return out
+# ----------------------------------------------------------------------------- registration
 
 
 #: What the registration phase imports: no SimpleITK (the GPU image has none). hf-deepali travels
@@ -155,69 +141,6 @@ def registration_timing(args: argparse.Namespace, budget: Budget) -> dict[str, A
             "protocol": "quick: one 4 mm level" if args.quick else "4 / 2 / 1 mm pyramid (the app's)"}
 
 
-def app_end_to_end(args: argparse.Namespace, seg: np.ndarray, budget: Budget, engine: str) -> dict[str, Any]:
-    """``python -m app`` on a DICOM study of the case (``seg``: its labels, uncropped, (Z, Y, X)):
-    stage times from ``report.json``.
-
-    The first run starts cold (compilation, engine cache empty); later runs reuse the engine
-    cache in the same work folder, as a MAP with a mounted cache does.
-    """
-    if args.no_app:
-        return {"status": "skipped", "reason": "--no-app"}
-    missing = missing_modules(APP_MODULES)
-    if missing:
-        return {"status": "skipped", "reason": f"the app's stack is not importable here (missing: {', '.join(missing)})"}
-    repo = Path(__file__).resolve().parents[1]
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-app-"))
-    res: dict[str, Any] = {"status": "ok", "engine_requested": engine, "runs": []}
-    cmd = [sys.executable, "-m", "samples.make_study", str(args.case), str(work / "study"), "--quiet"]
-    if args.quick:  # a slab of the case around the tumour: same code, fewer slices
-        z = np.nonzero(seg.any(axis=(1, 2)))[0]
-        centre = int(z.mean()) if z.size else seg.shape[0] // 2
-        cmd += ["--slices", f"{max(centre - 6, 0)}:{min(centre + 6, seg.shape[0])}"]
-        res["study"] = f"slab {cmd[-1]} of {args.case.name}"
-    else:
-        res["study"] = f"{args.case.name}, four series, {seg.shape[2]}x{seg.shape[1]}x{seg.shape[0]}"
-    t = time.perf_counter()
-    made = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
-    if made.returncode != 0:
-        return {"status": "failed", "reason": f"make_study exit {made.returncode}: {made.stderr.strip()[-300:]}"}
-    res["make_study_s"] = time.perf_counter() - t
-    env = {**os.environ, "BRATS_ENGINE": engine, "PYTHONUNBUFFERED": "1"}
-    for i in range(args.app_runs):
-        need = res["runs"][-1]["wall_s"] * 1.2 if res["runs"] else 60.0
-        if not budget.allows(need):
-            res["runs"].append({"skipped": budget.skip_reason(f"app run {i + 1}", need)})
-            break
-        out_dir = work / f"out{i}"
-        t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "app", "-i", str(work / "study" / "dicom"), "-o", str(out_dir),
-                               "-m", str(args.models), "-w", str(work / "work")],
-                              cwd=repo, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        run: dict[str, Any] = {"exit_code": proc.returncode, "wall_s": wall, "cold": i == 0}
-        report_path = out_dir / "report.json"
-        if report_path.is_file():
-            report = json.loads(report_path.read_text())
-            run["status"] = report.get("status")
-            run["stages_s"] = report.get("timings_s", {})
-            run["engine"] = (report.get("segmentation") or {}).get("engine", {}).get("engine")
-            run["choice_reason"] = (report.get("segmentation") or {}).get("engine", {}).get("choice_reason")
-            run["segmentation_timings_s"] = (report.get("segmentation") or {}).get("timings_s", {})
-        if proc.returncode != 0:
-            run["log_tail"] = (proc.stdout + proc.stderr)[-600:]
-        res["runs"].append(run)
-        log.info("app run %d: exit %d, %.1f s, stages %s", i + 1, proc.returncode, wall, run.get("stages_s"))
-    done = [r for r in res["runs"] if r.get("exit_code") == 0]
-    if not done:
-        res["status"] = "failed"
-        res["reason"] = "no app run succeeded"
-    warm = [r["wall_s"] for r in done if not r["cold"]] or [r["wall_s"] for r in done]
-    if warm:
-        res["wall_after_first_s"] = percentiles(warm)
-    return res
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -241,7 +164,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of {list(ENGINES)}")
     p.add_argument("--no-variants", action="store_true", help="skip the FP16 variants")
     p.add_argument("--no-app", action="store_true", help="skip the app end to end")
-    p.add_argument("--app-runs", type=int, default=None, help="app runs (default 3; quick 1)")
+    p.add_argument("--app-runs", type=int, default=None, help="python -m app runs (default 3; quick 1)")
+    p.add_argument("--e2e-cold", type=int, default=None,
+                   help="app.direct: fresh processes of one study each, after an uncounted build process (default 5; quick 1)")
+    p.add_argument("--e2e-warm", type=int, default=None,
+                   help="app.direct: studies in the one warm process, the first left out (default 6; quick 2)")
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     import torch
@@ -263,6 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.crop = [24, 48, 48]
         args.runs, args.warmup = args.runs or 2, 1 if args.warmup is None else args.warmup
         args.app_runs = args.app_runs or 1
+        args.e2e_cold, args.e2e_warm, args.e2e_build = args.e2e_cold or 1, args.e2e_warm or 2, False
     else:
         from engines.model.weights import NETWORKS
 
@@ -272,6 +200,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.crop = None
         args.runs, args.warmup = args.runs or 20, 3 if args.warmup is None else args.warmup
         args.app_runs = args.app_runs or 3
+        args.e2e_cold, args.e2e_warm, args.e2e_build = args.e2e_cold or 5, args.e2e_warm or 6, True
         args.budget_s = args.budget_s or 420.0
     args.engine_names = [e for e in args.engines.split(",") if e]
     bad = [e for e in args.engine_names if e not in ENGINES]
@@ -373,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save()
 
     # 5. the app end to end
-    doc["app"] = app_end_to_end(args, seg_full, budget, table[PRODUCT][0])
+    doc["app"] = end_to_end(args, seg_full, budget, table[PRODUCT][0])
     log.info("app end to end: %s", doc["app"].get("status"))
     save()
 

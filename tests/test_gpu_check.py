@@ -75,7 +75,7 @@ def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Pat
 
     goals = doc["summary"]["goals"]
     assert set(goals) == {"speedup_vs_eager", "speedup_vs_compile", "peak_allocated_ratio", "abs_delta_dice",
-                          "label_agreement", "end_to_end_s"}
+                          "label_agreement", "end_to_end_s", "end_to_end_cold_s", "end_to_end_warm_p95_s"}
     assert goals["peak_allocated_ratio"]["measured"] is None  # no GPU memory on a CPU run
     md = (out / "results.md").read_text()
     for heading in ("## Model only (MPA table 2)", "## Quality on the case (MPA table 1)", "## Goals (FP16 engine)"):
@@ -84,13 +84,19 @@ def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Pat
         assert doc["app"].get("status") != "ok" and goals["end_to_end_s"]["measured"] is None
         return
     assert "## The app end to end" in md
-    app = doc["app"]
+    app = doc["app"]["app"]
     assert app["status"] == "ok", app
     (run,) = app["runs"]
     assert run["exit_code"] == 0 and run["status"] == "ok"
     assert {"load", "select", "register_and_resample", "segment", "write_seg"} <= set(run["stages_s"])
     # No CUDA here: the requested FP16 engine is passed over, and the report says why.
     assert "torch-cuda-fp16" in run["choice_reason"] and run["engine"] != "torch-cuda-fp16"
+    direct = doc["app"]["direct"]  # the stages without Holoscan: one cold process, one warm study
+    assert direct["status"] == "ok", direct
+    assert direct["cold"]["process_wall_s"]["n"] == 1 and direct["warm"]["study_wall_s"]["n"] == 1
+    assert direct["warm"]["stages_s"]["network"]["p50"] > 0
+    assert goals["end_to_end_cold_s"]["measured"] == direct["cold"]["process_wall_s"]["p50"]
+    assert "### The stages without Holoscan" in md
 
 
 def test_the_registration_phase_runs_without_simpleitk(brats_dir: Path) -> None:
@@ -120,3 +126,22 @@ print(json.dumps(res))
     assert res["status"] == "ok" and not res["loaded"], res
     (run,) = res["runs"]
     assert run["wall_s"] > 0 and run["corner_error_mm"] < 3.0 < res["untouched_corner_error_mm"], res
+
+
+def test_direct_phase_table_and_goals_from_cold_and_warm_runs() -> None:
+    """The app.direct phase's summary: cold goal from the fresh processes' wall p50, warm goal from
+    the later studies' p95 (not the first study of the warm process), one table row per stage."""
+    from benchmarks.gpu_check_e2e import stage_percentiles
+    from benchmarks.gpu_check_report import GOALS, direct_lines
+    from benchmarks.reporting import percentiles
+
+    warm_runs = [{"wall_s": w, "breakdown_s": {"load": 0.1, "network": w - 0.1}} for w in (1.0, 1.2, 3.0)]
+    direct = {"status": "ok", "cold": {"process_wall_s": percentiles([9.0, 11.0]), "study_wall_s": percentiles([4.0, 5.0]),
+                                       "stages_s": stage_percentiles([{"breakdown_s": {"load": 1.0, "network": 3.0}}] * 2)},
+              "warm": {"study_wall_s": percentiles([r["wall_s"] for r in warm_runs]), "stages_s": stage_percentiles(warm_runs)}}
+    md = "\n".join(direct_lines(direct))
+    assert "| network | 3.00 | 3.00 |" in md and "| load |" in md
+    assert direct["warm"]["study_wall_s"]["p95"] > 2.5  # the slow third study counts
+    assert GOALS["end_to_end_cold_s"] == 10.0 and GOALS["end_to_end_warm_p95_s"] == 2.0
+    assert "skipped: no SimpleITK" in "\n".join(direct_lines({"status": "skipped", "reason": "no SimpleITK"}))
+
