@@ -26,8 +26,11 @@ INPUT_NAME = "slabs"
 OUTPUT_NAME = "logits"
 #: In-plane patch bucket (voxels) of the engines that build something per batch shape on a GPU
 #: (CUDA graphs, cuDNN autotuning, compiled kernels, TensorRT profiles): see
-#: :func:`engines.model.cascade.tiling.inplane_patch`.
-GPU_INPLANE_BUCKET = 16
+#: :func:`engines.model.cascade.tiling.inplane_patch`. ``None``, off: a bucket of 16 moved a
+#: region's Dice by up to 0.002 on 2 of the 8 BraTS cases (more than the 0.001 allowed) for 19 ->
+#: 15 shapes over them (``benchmarks/results/shape_buckets``); the GPU engines compile H and W
+#: symbolic, so a new shape costs them a CUDA graph capture, not a compilation.
+GPU_INPLANE_BUCKET: int | None = None
 
 
 class EngineUnavailable(RuntimeError):
@@ -53,7 +56,7 @@ class InferenceEngine(abc.ABC):
     precision_choice: dict[str, Any] | None = None
     #: In-plane patch bucket (voxels) this engine asks the cascade for: :data:`GPU_INPLANE_BUCKET`
     #: on the GPU engines, ``None`` (exact patches) on the CPU ones, whose cost grows with the
-    #: patch and who build nothing per shape.
+    #: patch.
     inplane_bucket: int | None = None
 
     @abc.abstractmethod

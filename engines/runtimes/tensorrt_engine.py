@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp16", "fp32")
 MIN_DEPTH = 9
 MIN_HW = 16
-#: The 240 x 240 BraTS grid in its in-plane bucket (:data:`~engines.runtimes.base.GPU_INPLANE_BUCKET`:
-#: a 180 base patch grown to 240 runs at 244).
+#: The 240 x 240 BraTS grid, also in an in-plane bucket of 16 (:data:`~engines.runtimes.base.GPU_INPLANE_BUCKET`:
+#: a 180 base patch grown to 240 then runs at 244).
 DEFAULT_MAX_HW = 256
 
 Shape = tuple[int, int, int, int, int]

@@ -10,11 +10,12 @@ noise in the noise channels and 0 in the others; a short last batch is padded wi
 (they take part in the networks' batch statistics).
 
 Shape buckets: an engine that builds something per batch shape (a CUDA graph, compiled kernels,
-a TensorRT profile) asks for in-plane buckets (``InferenceEngine.inplane_bucket``); a patch
-larger than the base is then rounded up to ``base + k * bucket``, so the cases a site meets share
-a few shapes per network. The extra rim is outside the volume (noise, as any rim) and is cropped
-away from the output; it takes part in the batch statistics, so labels may move slightly
-(measured: ``benchmarks/shape_buckets.py``).
+a TensorRT profile) may ask for in-plane buckets (``InferenceEngine.inplane_bucket``; none does
+by default: :data:`engines.runtimes.base.GPU_INPLANE_BUCKET`); a patch larger than the base is
+then rounded up to ``base + k * bucket``, so the cases a site meets share fewer shapes per
+network. The extra rim is outside the volume (noise, as any rim) and is cropped away from the
+output; it takes part in the batch statistics and changes the noise drawn, so labels move
+slightly (measured: ``benchmarks/shape_buckets.py``).
 """
 from __future__ import annotations
 
