@@ -1,9 +1,11 @@
 """The application end to end, as a user runs it: DICOM in -> SEG on disk, repeated.
 
 ``python -m benchmarks.app_e2e --study <dicom folder> --models <model folder> --out DIR
-[--runs 3] [--warmup 1] [--engine auto] [--env KEY=VALUE ...]``
+[--runs 3] [--warmup 1] [--engine auto] [--env KEY=VALUE ...] [--runner app|direct|both]``
 
-Each run is a fresh ``python -m app`` process (what a clinical orchestrator starts), so the
+Each run is a fresh ``python -m app`` process (what a clinical orchestrator starts;
+``--runner direct``: ``python -m app.direct``, the same stages without the Holoscan scheduler;
+``both``: the two alternated, compared in ``app_vs_direct.json``), so the
 warm-up runs fill the engine cache and the file-system cache, not a process' memory. Per
 stage (``report.json``'s ``stage_breakdown_s``: load, select, series to volume, registration,
 resampling, brain extraction, the networks alone, the rest of the cascade, back to the
@@ -45,9 +47,13 @@ __all__ = ["main", "summarise"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_app(study: Path, models: Path, out: Path, env: dict[str, str]) -> tuple[float, dict[str, Any]]:
-    """One app process; returns its wall time (s) and its report."""
-    cmd = [sys.executable, "-m", "app", "-i", str(study), "-o", str(out), "-m", str(models)]
+#: ``--runner``: the module each process runs (``app.direct``: the stages without Holoscan).
+RUNNERS = {"app": "app", "direct": "app.direct"}
+
+
+def _run_app(study: Path, models: Path, out: Path, env: dict[str, str], runner: str = "app") -> tuple[float, dict[str, Any]]:
+    """One app process (``runner``: a key of :data:`RUNNERS`); returns its wall time (s) and its report."""
+    cmd = [sys.executable, "-m", RUNNERS[runner], "-i", str(study), "-o", str(out), "-m", str(models)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, **env}, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -178,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--engine", default=None, help="BRATS_ENGINE for the runs (default: the app's auto)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="more environment for the app")
+    p.add_argument("--runner", choices=(*RUNNERS, "both"), default="app",
+                   help="python -m app (default), app.direct (the stages without Holoscan), or both, alternated run by "
+                        "run (compared in app_vs_direct.json)")
     p.add_argument("--flops", action="store_true",
                    help="count the networks' FLOP once in this process (GFLOP/s against the CPU's FP32 peak)")
     args = p.parse_args(argv)
@@ -187,19 +196,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.engine:
         env["BRATS_ENGINE"] = args.engine
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.runner == "both":
+        return compare_runners(args, env)
     walls: list[float] = []
     reports: list[dict[str, Any]] = []
     total = args.warmup + args.runs
     with tempfile.TemporaryDirectory(dir=args.out) as scratch:
         for i in range(total):
             kind = "warm-up" if i < args.warmup else "run"
-            wall, report = _run_app(args.study, args.models, Path(scratch) / f"run{i}", env)
+            wall, report = _run_app(args.study, args.models, Path(scratch) / f"run{i}", env, args.runner)
             left = (total - i - 1) * wall
             print(f"[app_e2e] {kind} {i + 1}/{total}: {wall:.1f} s (about {left / 60:.1f} min left)", flush=True)
             if i >= args.warmup:
                 walls.append(wall)
                 reports.append(report)
     summary = summarise(walls, reports)
+    summary["runner"] = RUNNERS[args.runner]
     summary["study"] = str(args.study)
     summary["host"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                        "cpu": cpu_identity()}
@@ -225,6 +237,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wall p50 {summary['wall_s']['p50']:.1f} s, p95 {summary['wall_s']['p95']:.1f} s; registration + "
           f"resampling {summary['registration_and_resampling_share']:.1%} of the stages; zero-time network bound "
           f"x{bound:.2f}" if bound else "no network time recorded")
+    return 0
+
+
+def compare_runners(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """``--runner both``: ``python -m app`` and ``app.direct`` alternated (``--warmup`` rounds of
+    each first), each a fresh process per study; ``app_vs_direct.json`` holds both summaries and,
+    per stage and for the wall, the direct runner's p50 minus the app's."""
+    walls: dict[str, list[float]] = {r: [] for r in RUNNERS}
+    reports: dict[str, list[dict[str, Any]]] = {r: [] for r in RUNNERS}
+    total = args.warmup + args.runs
+    with tempfile.TemporaryDirectory(dir=args.out) as scratch:
+        for i in range(total):
+            for runner in RUNNERS:  # alternated: a slow spell of a shared machine hits both
+                wall, report = _run_app(args.study, args.models, Path(scratch) / f"{runner}{i}", env, runner)
+                print(f"[app_e2e] {runner} {'warm-up' if i < args.warmup else 'run'} {i + 1}/{total}: {wall:.1f} s", flush=True)
+                if i >= args.warmup:
+                    walls[runner].append(wall)
+                    reports[runner].append(report)
+    summaries = {r: summarise(walls[r], reports[r]) for r in RUNNERS}
+    app, direct = summaries["app"], summaries["direct"]
+    diff = {"wall_p50_s": direct["wall_s"]["p50"] - app["wall_s"]["p50"],
+            "wall_p50_ratio": direct["wall_s"]["p50"] / app["wall_s"]["p50"],
+            "stages_p50_s": {s: direct["stages_s"][s]["p50"] - v["p50"] for s, v in app["stages_s"].items()
+                             if s in direct["stages_s"]},
+            "outside_stages_p50_s": {r: summaries[r]["wall_s"]["p50"] - summaries[r]["stages_total_p50_s"] for r in RUNNERS}}
+    doc = {"study": str(args.study), "runs_each": args.runs, "warmup_each": args.warmup, "cpu": cpu_identity(),
+           "command": "python -m benchmarks.app_e2e " + " ".join(sys.argv[1:]), "app": app, "direct": direct,
+           "direct_minus_app": diff}
+    (args.out / "app_vs_direct.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wall p50: app {app['wall_s']['p50']:.1f} s, direct {direct['wall_s']['p50']:.1f} s "
+          f"(ratio {diff['wall_p50_ratio']:.3f}); outside the stages: {diff['outside_stages_p50_s']}")
     return 0
 
 
