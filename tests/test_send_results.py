@@ -83,6 +83,7 @@ def sending_run(orthanc, small_study: Path, models_dir: Path, tmp_path_factory: 
     return run_app(small_study, tmp_path_factory.mktemp("out"), models_dir, env={"BRATS_SEND_DIMSE": dest}), dest
 
 
+@pytest.mark.slow  # a whole app run (~55 s); C-STORE into the real Orthanc, its refusals and timeouts stay in the default run
 def test_app_sends_its_seg_and_sr_to_the_pacs(orthanc, sending_run) -> None:
     run, dest = sending_run
     assert run.returncode == 0, run.log[-3000:]
@@ -93,6 +94,7 @@ def test_app_sends_its_seg_and_sr_to_the_pacs(orthanc, sending_run) -> None:
     assert {result["seg_sop_instance_uid"], result["sr_sop_instance_uid"]} <= stored
 
 
+@pytest.mark.slow  # on the app run above (its fixture)
 def test_failed_send_returns_6_records_it_and_keeps_the_outputs(sending_run, tmp_path: Path) -> None:
     """The app's send step on published outputs (the run above), towards a port nothing listens on."""
     import shutil

@@ -260,6 +260,7 @@ def test_orthanc_dicomweb_serves_the_study_through_the_proxy(session: Session) -
         assert b"<div id=\"root\"" in resp.read()
 
 
+@pytest.mark.slow  # a browser session (~30 s); Orthanc's DICOMweb through the viewer's proxy stays in the default run
 def test_ohif_shows_the_seg_with_its_labels_colours_and_pixels(session: Session) -> None:
     page, study = session.page, session.study
     t0 = time.monotonic()
