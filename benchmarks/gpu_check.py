@@ -19,7 +19,9 @@ what is left is skipped and the reason recorded):
 3. FP16 variants on the reference batch (no compile, no CUDA graphs, folded graph, static
    shapes), to show what each part of the engine buys;
 4. quality: Dice / HD95 / sensitivity against the expert labels per scenario, and the label
-   agreement of each engine with eager FP32;
+   agreement of each engine with eager FP32; then the PyTorch registration on this device and
+   the engine's start in fresh processes, AOT packages loaded against the JIT-compiled FP16
+   engine (:mod:`benchmarks.gpu_check_aot`; ``--aot``, on by default with CUDA);
 5. the app end to end on a DICOM study made from the same case (:mod:`benchmarks.gpu_check_e2e`):
    ``python -m app`` with its stage breakdown from ``report.json``, where the app's own stack
    (Holoscan, SimpleITK, pydicom, highdicom) is importable; then the stages without Holoscan
@@ -59,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.gpu_check_aot import aot_start
 from benchmarks.gpu_check_e2e import end_to_end, missing_modules
 from benchmarks.gpu_check_measure import (
     CPU_ENGINES,
@@ -165,6 +168,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-variants", action="store_true", help="skip the FP16 variants")
     p.add_argument("--no-app", action="store_true", help="skip the app end to end")
     p.add_argument("--app-runs", type=int, default=None, help="python -m app runs (default 3; quick 1)")
+    p.add_argument("--aot", action=argparse.BooleanOptionalAction, default=None,
+                   help="the start-up phase: AOT packages built, then loaded in fresh processes against the JIT engine "
+                        "(default: on with CUDA, off on the CPU)")
+    p.add_argument("--aot-jobs", type=int, default=3, help="processes building the AOT packages at once (default 3)")
+    p.add_argument("--aot-starts", type=int, default=None, help="fresh processes per engine (default 3; quick 1)")
     p.add_argument("--e2e-cold", type=int, default=None,
                    help="app.direct: fresh processes of one study each, after an uncounted build process (default 5; quick 1)")
     p.add_argument("--e2e-warm", type=int, default=None,
@@ -177,6 +185,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
+    args.aot = args.device == "cuda" if args.aot is None else args.aot
+    args.aot_starts = args.aot_starts or (1 if args.quick else 3)
     shared = default_shared()
     args.case = args.case or shared / "data" / "brats18" / DEFAULT_CASE
     args.weights = args.weights or shared / "models" / "brats17-cascade"
@@ -299,6 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 4b. registration on this device (the PyTorch backend)
     doc["registration"] = registration_timing(args, budget)
     log.info("registration: %s", doc["registration"])
+    save()
+
+    # 4c. the engine's start in a fresh process: AOT packages loaded against the JIT engine
+    doc["aot_start"] = aot_start(args, budget)
+    log.info("AOT start-up: %s %s", doc["aot_start"].get("status"), doc["aot_start"].get("summary", ""))
     save()
 
     # 5. the app end to end

@@ -194,6 +194,7 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
                                        number_or_dash(run.get("wall_s")), run.get("engine", "–"),
                                        stages or run.get("skipped", "")]))
 
+    lines += aot_lines(doc.get("aot_start", {}))
     lines += direct_lines(direct)
     lines += ["", "## Goals (FP16 engine)", "", *markdown_header(["goal", "target", "measured", "met"], "lrrl")]
     for key, g in summ.get("goals", {}).items():
@@ -203,6 +204,23 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
     if skipped:
         lines += ["", "## Not measured", "", *skipped]
     path.write_text("\n".join(lines) + "\n")
+
+
+def aot_lines(aot: dict[str, Any]) -> list[str]:
+    """The Markdown of the start-up phase: per kind of start, process wall and first calls."""
+    lines = ["", "## The FP16 engine's start in a fresh process (AOT packages loaded vs compiled in the process)", ""]
+    if aot.get("status") != "ok":
+        return lines + [f"{aot.get('status', 'not run')}: {aot.get('reason', '')}"]
+    build = aot.get("build", {})
+    lines.append(f"AOT packages of {len(aot.get('networks', []))} network(s) built in {build.get('wall_s', 0):.1f} s "
+                 f"({build.get('jobs')} processes); reference batch {aot.get('reference_shape')}.")
+    lines += ["", *markdown_header(["start", "processes", "process wall p50 s", "first calls, sum over networks p50 s",
+                                    "slowest first call p50 s", "later call p50 ms (mean)"], "lrrrrr")]
+    for kind, v in aot.get("summary", {}).items():
+        lines.append(markdown_row([kind, v["process_wall_s"]["n"], f"{v['process_wall_s']['p50']:.2f}",
+                                   f"{v['first_call_s_sum_over_networks']['p50']:.2f}",
+                                   f"{v['first_call_s_max_network']['p50']:.2f}", f"{1e3 * v['later_call_p50_s_mean']:.1f}"]))
+    return lines
 
 
 def direct_lines(direct: dict[str, Any]) -> list[str]:

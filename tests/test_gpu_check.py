@@ -33,7 +33,8 @@ WITHOUT_COMPILE = ("eager-fp32", "fp16", "tensorrt-fp16")
 ])
 def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "gpu-check"
-    chosen = ["--engines", ",".join(engines), "--no-app"] if engines else []
+    # every engine: also the start-up phase (the AOT package of wt32 built on the CPU, ~2-3 min)
+    chosen = ["--engines", ",".join(engines), "--no-app"] if engines else ["--aot"]
     proc = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--out", str(out), "--device", "cpu", "--quick", "--models", str(models_dir),
          *chosen],
@@ -72,6 +73,17 @@ def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Pat
     reg = doc["registration"]
     assert reg["status"] == "ok" and reg["runs"][0]["wall_s"] > 0, reg
     assert reg["runs"][0]["corner_error_mm"] < 3.0  # one coarse level: close, not the 1 mm protocol
+
+    aot = doc["aot_start"]
+    if engines:  # the CPU's default: not asked for, and it says so
+        assert aot["status"] == "skipped" and "--aot" in aot["reason"]
+    else:  # built once, then loaded -- not built -- by a fresh process
+        assert aot["status"] == "ok", aot
+        assert list(aot["build"]["packages"]) == ["wt32"] and aot["build"]["packages"]["wt32"]["package_bytes"] > 0
+        (start,) = aot["starts"]["aot"]
+        assert start["aot_packages"]["wt32"]["package"] == "loaded"
+        assert set(aot["summary"]) == {"jit-cold", "aot"}
+        assert "## The FP16 engine's start in a fresh process" in (out / "results.md").read_text()
 
     goals = doc["summary"]["goals"]
     assert set(goals) == {"speedup_vs_eager", "speedup_vs_compile", "peak_allocated_ratio", "abs_delta_dice",
