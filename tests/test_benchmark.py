@@ -69,6 +69,8 @@ def _check_outputs(out: Path, engines: list[str], with_reference_quality: bool) 
     return res
 
 
+@pytest.mark.slow  # the CPU benchmark end to end (~30 s; default suite at its 15-min budget); the GPU check's
+# dry run (tests/test_gpu_check.py) runs the shared measurement code, tests/test_engines.py every engine it times
 def test_benchmark_quick_smoke(one_case: Path, bench_models: Path, tmp_path: Path) -> None:
     from benchmarks.run import main
 
