@@ -32,6 +32,7 @@ import numpy as np
 
 from benchmarks.gpu_check_measure import Budget
 from benchmarks.reporting import percentiles
+from engines.runtimes.aot_packages import describe_packages
 
 REPO = Path(__file__).resolve().parents[1]
 #: The engines compared: JIT-compiled in the process, AOT packages loaded.
@@ -104,9 +105,8 @@ def _build(args: argparse.Namespace, cache: Path, networks: list[str]) -> dict[s
              for g in groups]
     logs = [p.communicate()[0] for p in procs]
     res = {"jobs": jobs, "wall_s": time.perf_counter() - t, "exit_codes": [p.returncode for p in procs]}
-    sidecars = sorted((cache / "aot").glob("*.json")) if (cache / "aot").is_dir() else []
-    res["packages"] = {json.loads(s.read_text())["key"]["network"]: {k: json.loads(s.read_text())[k] for k in
-                       ("export_s", "compile_s", "package_bytes")} for s in sidecars}
+    res["packages"] = {meta["key"]["network"]: {k: meta[k] for k in ("export_s", "compile_s", "package_bytes")}
+                       for meta in describe_packages(cache)}
     if any(res["exit_codes"]):
         res["log_tail"] = "\n".join(log[-400:] for log in logs)
     return res

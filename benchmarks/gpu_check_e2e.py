@@ -114,12 +114,12 @@ def app_end_to_end(args: argparse.Namespace, study: Path, budget: Budget, engine
 
 def _direct(studies: list[Path], out: Path, args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[str, Any]:
     """One ``python -m app.direct`` process on ``studies``: its wall time and its runs."""
+    timings = out.parent / f"{out.name}.json"
     cmd = [sys.executable, "-m", "app.direct", *[a for s in studies for a in ("-i", str(s))], "-o", str(out),
-           "-m", str(args.models), "-w", str(work / "work"), "--timings", str(out.parent / f"{out.name}.json")]
+           "-m", str(args.models), "-w", str(work / "work"), "--timings", str(timings)]
     t = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
-    timings = out.parent / f"{out.name}.json"
     runs = json.loads(timings.read_text())["runs"] if timings.is_file() else []
     reports = [Path(r["output"]) / "report.json" for r in runs]
     for r, path in zip(runs, reports):

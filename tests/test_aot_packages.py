@@ -121,7 +121,16 @@ def test_shapes_symbolic_in_multiples_of_four_over_every_patch(tmp_path: Path, m
     A.build_package(torch.nn.Identity(), torch.zeros(1), tmp_path, _key())
     (dims,) = seen[0]  # type: ignore[misc]
     assert sorted(dims) == [3, 4]  # N and D static (the protocol's 5 x 19), H and W symbolic
-    assert (A.MIN_HW, A.MAX_HW) == (16, 256)  # covers every bucketed patch (tests/test_tensorrt_engine.py)
+    # Every in-plane patch the cascade can feed (each stage and view, boxes up to the 240 grid,
+    # exact or in a bucket of 16) lies in the packages' range, a multiple of 4.
+    from engines.model import cascade as C
+
+    for stage in C.STAGES.values():
+        for base in {n for hw in stage.patch_hw.values() for n in hw}:
+            for size in range(1, 241):
+                for bucket in (None, 16):
+                    patch = C.inplane_patch(size, base, bucket=bucket)
+                    assert A.MIN_HW <= patch <= A.MAX_HW and patch % 4 == 0, (base, size, bucket, patch)
 
 
 def test_aot_engine_is_registered_and_needs_cuda(models_dir: Path) -> None:

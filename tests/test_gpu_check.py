@@ -140,20 +140,32 @@ print(json.dumps(res))
     assert run["wall_s"] > 0 and run["corner_error_mm"] < 3.0 < res["untouched_corner_error_mm"], res
 
 
-def test_direct_phase_table_and_goals_from_cold_and_warm_runs() -> None:
-    """The app.direct phase's summary: cold goal from the fresh processes' wall p50, warm goal from
-    the later studies' p95 (not the first study of the warm process), one table row per stage."""
-    from benchmarks.gpu_check_e2e import stage_percentiles
-    from benchmarks.gpu_check_report import GOALS, direct_lines
-    from benchmarks.reporting import percentiles
+def test_direct_phase_cold_from_fresh_processes_and_warm_without_each_process_first_study(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app.direct phase's aggregation, its processes replaced by stand-ins: cold from the
+    fresh processes' wall (the build process not counted), warm from the later studies of the
+    warm process only (its first study is that process' cold one), a table row per stage."""
+    import argparse
 
-    warm_runs = [{"wall_s": w, "breakdown_s": {"load": 0.1, "network": w - 0.1}} for w in (1.0, 1.2, 3.0)]
-    direct = {"status": "ok", "cold": {"process_wall_s": percentiles([9.0, 11.0]), "study_wall_s": percentiles([4.0, 5.0]),
-                                       "stages_s": stage_percentiles([{"breakdown_s": {"load": 1.0, "network": 3.0}}] * 2)},
-              "warm": {"study_wall_s": percentiles([r["wall_s"] for r in warm_runs]), "stages_s": stage_percentiles(warm_runs)}}
-    md = "\n".join(direct_lines(direct))
-    assert "| network | 3.00 | 3.00 |" in md and "| load |" in md
-    assert direct["warm"]["study_wall_s"]["p95"] > 2.5  # the slow third study counts
-    assert GOALS["end_to_end_cold_s"] == 10.0 and GOALS["end_to_end_warm_p95_s"] == 2.0
+    import benchmarks.gpu_check_e2e as e2e
+    from benchmarks.gpu_check_measure import Budget
+    from benchmarks.gpu_check_report import direct_lines
+
+    calls: list[int] = []
+
+    def fake_direct(studies, out, args, work, env):  # one process: its wall and a run per study
+        calls.append(len(studies))
+        walls = [30.0] + [1.0 + 0.1 * k for k in range(1, len(studies))] if len(studies) > 1 else [4.0 + len(calls)]
+        runs = [{"wall_s": w, "exit_code": 0, "breakdown_s": {"load": 0.1, "network": w - 0.1}} for w in walls]
+        return {"exit_code": 0, "process_wall_s": 100.0 if len(calls) == 1 else sum(walls) + 2.0, "runs": runs}
+
+    monkeypatch.setattr(e2e, "missing_modules", lambda names: [])
+    monkeypatch.setattr(e2e, "_direct", fake_direct)
+    args = argparse.Namespace(e2e_build=True, e2e_cold=2, e2e_warm=4)
+    res = e2e.direct_end_to_end(args, tmp_path / "study", Budget(None), "auto", tmp_path)
+    assert calls == [1, 1, 1, 4]  # build, two cold processes, one warm process of four studies
+    assert res["cold"]["process_wall_s"]["n"] == 2 and res["cold"]["process_wall_s"]["max"] < 100.0  # build left out
+    assert res["warm"]["study_wall_s"]["n"] == 3 and res["warm"]["study_wall_s"]["max"] < 2.0  # 30 s first study left out
+    md = "\n".join(direct_lines(res))
+    assert "| network |" in md and "| load |" in md and "**process, start to exit**" in md
     assert "skipped: no SimpleITK" in "\n".join(direct_lines({"status": "skipped", "reason": "no SimpleITK"}))
-

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -33,6 +32,8 @@ from typing import Any
 import torch
 
 from engines.atomic_write import write_bytes_atomically
+from engines.runtimes.cpu_host import cpu_identity
+from engines.runtimes.engine_cache import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -135,37 +136,14 @@ def _nvidia_driver() -> str:
         return "unknown"
 
 
-def _cpu_identity() -> tuple[str, str]:
-    """``("cpu: <model name>", "<vector extensions>")`` from ``/proc/cpuinfo`` (else ``platform``)."""
-    model, flags = platform.processor() or platform.machine(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = " ".join(sorted(f for f in have if f.startswith(("avx", "amx", "fma", "sse4"))))
-    except OSError:
-        pass
-    return f"cpu: {model}", flags
-
-
 def device_identity(device: torch.device) -> dict[str, str]:
     """The device fields of an :class:`AotKey` for ``device``."""
     if device.type == "cuda":
         cap = torch.cuda.get_device_capability(device)
         return {"device": f"cuda: {torch.cuda.get_device_name(device)}", "device_features": f"{cap[0]}.{cap[1]}",
                 "driver": _nvidia_driver(), "cuda": str(torch.version.cuda)}
-    name, flags = _cpu_identity()
-    return {"device": name, "device_features": flags, "driver": "", "cuda": ""}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    cpu = cpu_identity()  # the vector extensions Inductor generates code for
+    return {"device": f"cpu: {cpu['model']}", "device_features": " ".join(cpu["flags"]), "driver": "", "cuda": ""}
 
 
 def package_paths(cache_dir: Path, key: AotKey) -> tuple[Path, Path]:
