@@ -142,7 +142,8 @@ def direct_end_to_end(args: argparse.Namespace, study: Path, budget: Budget, eng
     missing = missing_modules(DIRECT_MODULES)
     if missing:
         return {"status": "skipped", "reason": f"app.direct's stack is not importable here (missing: {', '.join(missing)}; "
-                                               "the spatial stages and the DICOM reading / writing need them)"}
+                                               "the spatial stages and the DICOM reading / writing need them: they travel "
+                                               "in .gpu-carry, bash benchmarks/stage_gpu_carry.sh)"}
     env = {**os.environ, "BRATS_ENGINE": engine, "PYTHONUNBUFFERED": "1"}
     res: dict[str, Any] = {"status": "ok", "engine_requested": engine, "study": str(study)}
     if args.e2e_build:

@@ -112,8 +112,9 @@ def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Pat
 
 
 def test_the_registration_phase_runs_without_simpleitk(brats_dir: Path) -> None:
-    """The GPU image has no SimpleITK (its 52.7 MB wheel does not fit the carry): the phase, in a
-    process where importing SimpleITK (or pydicom) fails, still registers and measures."""
+    """The GPU image has no SimpleITK (it travels, repacked, in .gpu-carry; a device call sent
+    without it still measures the registration): the phase, in a process where importing
+    SimpleITK (or pydicom) fails, still registers and measures."""
     import sys
 
     script = f"""
