@@ -72,9 +72,14 @@ RUNNER_CARRIED = ("simpleitk", "pydicom", "highdicom")
 
 def archive_packages(archive: Path) -> set[str]:
     """Top-level importable names an archive holds (``*.whl`` or ``*.tar.xz`` of an unpacked
-    wheel): its first path components less ``*.dist-info`` / ``*.data``, ``.py`` dropped."""
+    wheel): its first path components less ``*.dist-info`` / ``*.data``, ``.py`` dropped. For a
+    tarball, the list ``stage_gpu_carry.sh`` wrote beside it (``<archive>.top_level``) when
+    present: listing an xz stream decompresses all of it."""
+    listed = archive.with_name(archive.name + ".top_level")
     if archive.name.endswith(".whl"):
         names = zipfile.ZipFile(archive).namelist()
+    elif listed.is_file():
+        names = listed.read_text().split()
     else:
         with tarfile.open(archive) as tar:
             names = tar.getnames()

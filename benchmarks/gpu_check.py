@@ -26,8 +26,9 @@ what is left is skipped and the reason recorded):
    ``python -m app`` with its stage breakdown from ``report.json``, where the app's own stack
    (Holoscan, SimpleITK, pydicom, highdicom) is importable; then the stages without Holoscan
    (``python -m app.direct``): cold (a fresh process per study, the engine already built) and
-   warm (later studies of one process), p50 / p95 per stage, where SimpleITK, pydicom and
-   highdicom are importable; otherwise each skipped with the missing modules named.
+   warm (later studies of one process), p50 / p95 per stage, and the labels against the expert's
+   and the CPU path's, where SimpleITK, pydicom and highdicom are importable (on a GPU image:
+   from ``.gpu-carry``); otherwise each skipped with the missing modules named.
 
 Outputs in ``--out`` (at most 8 files, what the GPU tool brings back): ``results.json``,
 ``results.md`` (MPA tables 1 and 2 and the goals), ``latency.png``, ``memory.png``,

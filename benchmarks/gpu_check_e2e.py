@@ -5,6 +5,11 @@ Cold: a fresh process per study, the engine already built (a first, uncounted pr
 engine cache in the shared work folder, as a MAP with a mounted cache has it); warm: one process
 given ``--e2e-warm`` studies, the first of which is left out (it is that process' cold one). Per
 stage (``report.json``'s ``stage_breakdown_s``) and for the wall time: p50 / p95 / max / mean.
+
+Labels: the first cold run's SEG against the expert labels (Dice per written region, on the
+reference series' grid) and, for the whole case of the CPU reference, against the Dice the CPU
+path reached on the same study (:data:`CPU_REFERENCE`, written on the CPU by
+``python -m benchmarks.gpu_check_e2e --cpu-reference``).
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 APP_MODULES = ("holoscan", "monai.deploy", "SimpleITK", "pydicom", "highdicom")
 #: What ``python -m app.direct`` imports beyond torch / numpy / scipy (no Holoscan, no SDK).
 DIRECT_MODULES = ("SimpleITK", "pydicom", "highdicom")
+#: The CPU path's Dice on run.sh's study (the case the GPU check's phase 5 runs by default).
+CPU_REFERENCE = REPO / "benchmarks" / "results" / "cpu_reference" / "Brats18_TCIA01_201_1.json"
 
 
 def missing_modules(names: Sequence[str]) -> list[str]:
@@ -178,7 +185,46 @@ def direct_end_to_end(args: argparse.Namespace, study: Path, budget: Budget, eng
     if not ok_cold and not warm_runs:
         res["status"] = "failed"
         res["reason"] = "no app.direct run succeeded"
+    elif ok_cold:
+        res["labels"] = labels_against_references(Path(ok_cold[0]["runs"][0]["output"]), study.parent,
+                                                  whole_case=not args.quick)
     return res
+
+
+def labels_against_references(output: Path, study_root: Path, whole_case: bool,
+                              reference_file: Path = CPU_REFERENCE) -> dict[str, Any]:
+    """Dice per written region of ``output``'s SEG against the expert labels of the study made
+    by ``samples.make_study`` in ``study_root``; ``whole_case``: also the change against the
+    CPU path's Dice in ``reference_file`` when it is of the same case and regions."""
+    from benchmarks.clinical_profiles import region_dice
+
+    report = json.loads((output / "report.json").read_text())
+    res: dict[str, Any] = {"dice_vs_expert": region_dice(output, report, study_root)}
+    case = json.loads((study_root / "study.json").read_text()).get("patient_id")
+    ref = json.loads(reference_file.read_text()) if reference_file.is_file() else None
+    if not whole_case or ref is None or ref["case"] != case or set(ref["dice_vs_expert"]) != set(res["dice_vs_expert"]):
+        res["vs_cpu_path"] = {"status": "skipped", "reason": f"no CPU reference for this study ({case}, "
+                                                                f"{'whole case' if whole_case else 'a slab'})"}
+        return res
+    delta = {r: round(res["dice_vs_expert"][r] - d, 4) for r, d in ref["dice_vs_expert"].items()}
+    res["vs_cpu_path"] = {"status": "ok", "cpu_dice_vs_expert": ref["dice_vs_expert"], "delta_dice": delta,
+                          "max_abs_delta_dice": max(abs(d) for d in delta.values()), "reference": ref["command"]}
+    return res
+
+
+def write_cpu_reference(output: Path, study_root: Path, path: Path, command: str) -> dict[str, Any]:
+    """The CPU path's Dice on a ``samples.make_study`` study, as :func:`labels_against_references`
+    compares a GPU run with it: written to ``path`` with the command, the engine and the CPU."""
+    from engines.runtimes.cpu_host import cpu_identity
+
+    report = json.loads((output / "report.json").read_text())
+    doc = {"case": json.loads((study_root / "study.json").read_text()).get("patient_id"),
+           "dice_vs_expert": labels_against_references(output, study_root, whole_case=False)["dice_vs_expert"],
+           "engine": (report.get("segmentation") or {}).get("engine", {}).get("engine"),
+           "command": command, "cpu": cpu_identity()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
 
 
 def end_to_end(args: argparse.Namespace, seg: np.ndarray, budget: Budget, engine: str) -> dict[str, Any]:
@@ -197,3 +243,21 @@ def end_to_end(args: argparse.Namespace, seg: np.ndarray, budget: Budget, engine
         res["status"] = "failed" if any(res[k]["status"] == "failed" for k in ("app", "direct")) else "skipped"
         res["reason"] = "; ".join(f"{k}: {res[k].get('reason')}" for k in ("app", "direct"))
     return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check_e2e",
+                                description="Write the CPU path's Dice on a make_study study (the GPU check's reference).")
+    p.add_argument("--cpu-reference", type=Path, required=True, metavar="OUTPUT",
+                   help="the output folder of python -m app (or app.direct) on the study")
+    p.add_argument("--study", type=Path, required=True, help="the folder samples.make_study wrote (study.json, dicom/)")
+    p.add_argument("--out", type=Path, default=CPU_REFERENCE)
+    args = p.parse_args(argv)
+    doc = write_cpu_reference(args.cpu_reference, args.study, args.out,
+                              "python -m benchmarks.gpu_check_e2e " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(json.dumps(doc["dice_vs_expert"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -31,6 +31,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$TMP" "$SITK"
 python3 -m zipfile -e "$TMP"/simpleitk-*.whl "$TMP/unpacked"
 (cd "$TMP/unpacked" && tar -cf - -- *) | XZ_OPT="-6 -T0" xz > "$OUT/wheels/simpleitk-${SITK#*==}.tar.xz"
+ls "$TMP/unpacked" > "$OUT/wheels/simpleitk-${SITK#*==}.tar.xz.top_level"  # what it holds, without decompressing it
 cp "$SHARED"/models/brats17-cascade/*.npz "$SHARED"/models/brats17-cascade/README.md "$SHARED"/models/brats17-cascade/LICENSE.txt \
   "$OUT/shared/models/brats17-cascade/"
 cp -r "$SHARED/data/brats18/$CASE" "$OUT/shared/data/brats18/"

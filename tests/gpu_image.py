@@ -3,9 +3,11 @@
 The GPU machines' image has the distributions :data:`benchmarks.gpu_carry.GPU_IMAGE_DISTRIBUTIONS`
 and nothing else; what the project needs beyond them travels. To test that on a machine without
 that image, :func:`link_distributions` links, from this interpreter's site-packages, the files
-of the named distributions only (read off each one's ``RECORD``) into a folder, and
+of the named distributions only (read off each one's ``RECORD``) into a folder;
 :func:`isolated_python` runs this interpreter without its site-packages (``-S``) and with only
-the given folders on ``sys.path``: a module outside them fails to import, as it would there.
+the given folders on ``sys.path``, and :func:`image_venv` makes a virtual environment whose
+only packages are that folder's (for scripts that start further processes with
+``sys.executable``): a module outside them fails to import, as it would there.
 """
 from __future__ import annotations
 
@@ -49,6 +51,17 @@ def link_distributions(names: Iterable[str], dest: Path, site: Path = SITE_PACKA
             if (site / top).exists() and not (dest / top).exists():
                 (dest / top).symlink_to(site / top)
     return found
+
+
+def image_venv(dest: Path, image: Path) -> Path:
+    """A virtual environment (no pip) at ``dest`` whose site-packages holds only a ``.pth``
+    pointing at ``image``; returns its ``python``."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
+    python = dest / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "gpu-image.pth").write_text(f"{image}\n")
+    return python
 
 
 def isolated_python(args: Sequence[str], path: Sequence[Path], *, timeout: float = 900,

@@ -112,6 +112,11 @@ def test_archives_are_unpacked_once_and_only_where_the_python_lacks_them(tmp_pat
     (carry / "wheels" / "notes.txt").write_text("not an archive")
 
     assert archive_packages(carry / "wheels" / "carrynative-2.0.tar.xz") == {"carrynative"}
+    listed = carry / "wheels" / "listed-1.0.tar.xz"  # the staged list is read, the stream is not
+    listed.write_bytes(b"not xz")
+    Path(f"{listed}.top_level").write_text("listedpkg\nlisted-1.0.dist-info\n")
+    assert archive_packages(listed) == {"listedpkg"}
+    listed.unlink()
     site = tmp_path / "site"
     folders = unpack(carry, site)
     assert [f.name for f in folders] == ["carrynative-2.0.tar.xz", "carrytestpkg-1.0-py3-none-any.whl"]
@@ -142,25 +147,32 @@ def test_the_size_counts_the_tree_and_the_carried_folders_but_not_what_git_ignor
     assert sizes == {"working tree": 1500 + gitignore, ".carry": 3000, "total": 4500 + gitignore}
 
 
-@pytest.mark.slow  # downloads four wheels, xz-compresses SimpleITK (~2 min) and runs a 12-slice study (~2 min)
-def test_the_staged_bundle_fits_and_the_runner_segments_with_it(
-        gpu_image: Path, small_study: Path, models_dir: Path, tmp_path: Path) -> None:
-    carry = tmp_path / "gpu-carry"
+@pytest.fixture(scope="module")
+def staged_carry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``bash benchmarks/stage_gpu_carry.sh`` for real: downloads the pinned wheels, xz-compresses
+    SimpleITK (~2-3 min on 2 cores)."""
+    carry = tmp_path_factory.mktemp("staged") / "gpu-carry"
     staged = subprocess.run(["bash", "benchmarks/stage_gpu_carry.sh"], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "GPU_CARRY": str(carry)}, timeout=1200)
     assert staged.returncode == 0, staged.stderr[-3000:]
-    sizes = travelling_size(REPO, [carry])
+    return carry
+
+
+@pytest.mark.slow  # the staging (~3 min) and a 12-slice study through the runner (~2 min)
+def test_the_staged_bundle_fits_and_the_runner_segments_with_it(
+        gpu_image: Path, staged_carry: Path, small_study: Path, models_dir: Path, tmp_path: Path) -> None:
+    sizes = travelling_size(REPO, [staged_carry])
     print(f"\n[carry] MiB: { {k: round(v / 2**20, 1) for k, v in sizes.items()} }")
     assert sizes["total"] <= CARRY_LIMIT_BYTES
     site = tmp_path / "site"
     # the image's own packages (as there): only the archives of what it lacks are unpacked
-    unpacked = isolated_python(["-m", "benchmarks.gpu_carry", "unpack", "--carry", str(carry), "--site", str(site)],
-                               [REPO, gpu_image])
+    unpacked = isolated_python(["-m", "benchmarks.gpu_carry", "unpack", "--carry", str(staged_carry),
+                                "--site", str(site)], [REPO, gpu_image])
     assert unpacked.returncode == 0, unpacked.stderr[-2000:]
     folders = [Path(p) for p in unpacked.stdout.strip().split(os.pathsep)]
     assert sorted(f.name.split("-")[0] for f in folders) == sorted(
         ["hf_deepali", "highdicom", "monai", "nibabel", "pydicom", "simpleitk"])
-    with lzma.open(next((carry / "wheels").glob("simpleitk-*.tar.xz"))) as f:
+    with lzma.open(next((staged_carry / "wheels").glob("simpleitk-*.tar.xz"))) as f:
         assert f.read(1)  # a valid xz stream
     out = tmp_path / "out"
     run = isolated_python(["-m", "app.direct", "-i", str(small_study), "-o", str(out), "-m", str(models_dir)],
@@ -168,3 +180,31 @@ def test_the_staged_bundle_fits_and_the_runner_segments_with_it(
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert json.loads((out / "report.json").read_text())["status"] == "ok"
     assert {"segmentation.dcm", "volumes_sr.dcm"} <= {p.name for p in out.iterdir()}
+
+
+@pytest.mark.slow  # the device call's own command, quick, on the CPU (~6 min with the staging shared)
+def test_the_device_call_runs_the_stages_in_the_stand_in_image(
+        gpu_image: Path, staged_carry: Path, models_dir: Path, tmp_path: Path) -> None:
+    """``bash benchmarks/gpu_check.sh`` as the device call runs it -- the image's Python (a
+    virtual environment of the stand-in's packages), the staged carry, no ../shared -- quick
+    on the CPU: the carry is unpacked there, ``python -m app`` is skipped for Holoscan alone,
+    ``app.direct`` runs cold and warm."""
+    from tests.gpu_image import image_venv
+
+    python = image_venv(tmp_path / "venv", gpu_image)
+    out = tmp_path / "gpu-check"
+    env = {k: v for k, v in os.environ.items() if k not in ("BRATS_SHARED", "PYTHONPATH")}
+    env |= {"GPU_CHECK_PYTHON": str(python), "GPU_CARRY": str(staged_carry), "GPU_CARRY_SITE": str(tmp_path / "site"),
+            "BRATS_SHARED": str(staged_carry / "shared")}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--out", str(out), "--device", "cpu", "--quick",
+                           "--models", str(models_dir), "--engines", "eager-fp32,fp16"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["registration"]["status"] == "ok", doc["registration"]
+    app = doc["app"]["app"]
+    assert app["status"] == "skipped" and "holoscan" in app["reason"] and "SimpleITK" not in app["reason"], app
+    direct = doc["app"]["direct"]
+    assert direct["status"] == "ok", direct
+    assert direct["cold"]["process_wall_s"]["n"] == 1 and direct["warm"]["study_wall_s"]["n"] == 1
+    assert (tmp_path / "site" / next(staged_carry.glob("wheels/simpleitk-*.tar.xz")).name / "SimpleITK").is_dir()

@@ -87,7 +87,8 @@ def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Pat
 
     goals = doc["summary"]["goals"]
     assert set(goals) == {"speedup_vs_eager", "speedup_vs_compile", "peak_allocated_ratio", "abs_delta_dice",
-                          "label_agreement", "end_to_end_s", "end_to_end_cold_s", "end_to_end_warm_p95_s"}
+                          "label_agreement", "end_to_end_s", "end_to_end_cold_s", "end_to_end_warm_p95_s",
+                          "networks_per_case_s", "labels_vs_cpu_abs_delta_dice"}
     assert goals["peak_allocated_ratio"]["measured"] is None  # no GPU memory on a CPU run
     md = (out / "results.md").read_text()
     for heading in ("## Model only (MPA table 2)", "## Quality on the case (MPA table 1)", "## Goals (FP16 engine)"):
@@ -108,6 +109,10 @@ def test_gpu_check_quick_on_cpu(engines: tuple[str, ...] | None, models_dir: Pat
     assert direct["cold"]["process_wall_s"]["n"] == 1 and direct["warm"]["study_wall_s"]["n"] == 1
     assert direct["warm"]["stages_s"]["network"]["p50"] > 0
     assert goals["end_to_end_cold_s"]["measured"] == direct["cold"]["process_wall_s"]["p50"]
+    assert goals["networks_per_case_s"]["measured"] == direct["warm"]["stages_s"]["network"]["p50"]
+    # the slab's labels against the expert's; the CPU reference is of the whole case: not compared
+    assert set(direct["labels"]["dice_vs_expert"]) == {"WT", "TC", "ET"}
+    assert direct["labels"]["vs_cpu_path"]["status"] == "skipped" and goals["labels_vs_cpu_abs_delta_dice"]["measured"] is None
     assert "### The stages without Holoscan" in md
 
 
@@ -157,14 +162,20 @@ def test_direct_phase_cold_from_fresh_processes_and_warm_without_each_process_fi
     def fake_direct(studies, out, args, work, env):  # one process: its wall and a run per study
         calls.append(len(studies))
         walls = [30.0] + [1.0 + 0.1 * k for k in range(1, len(studies))] if len(studies) > 1 else [4.0 + len(calls)]
-        runs = [{"wall_s": w, "exit_code": 0, "breakdown_s": {"load": 0.1, "network": w - 0.1}} for w in walls]
+        runs = [{"wall_s": w, "exit_code": 0, "breakdown_s": {"load": 0.1, "network": w - 0.1},
+                 "output": str(out / str(k))} for k, w in enumerate(walls)]
         return {"exit_code": 0, "process_wall_s": 100.0 if len(calls) == 1 else sum(walls) + 2.0, "runs": runs}
 
     monkeypatch.setattr(e2e, "missing_modules", lambda names: [])
     monkeypatch.setattr(e2e, "_direct", fake_direct)
-    args = argparse.Namespace(e2e_build=True, e2e_cold=2, e2e_warm=4)
-    res = e2e.direct_end_to_end(args, tmp_path / "study", Budget(None), "auto", tmp_path)
+    compared: list[tuple[Path, Path, bool]] = []
+    monkeypatch.setattr(e2e, "labels_against_references",
+                        lambda output, root, whole_case: compared.append((output, root, whole_case)) or {"dice": 1})
+    args = argparse.Namespace(e2e_build=True, e2e_cold=2, e2e_warm=4, quick=False)
+    res = e2e.direct_end_to_end(args, tmp_path / "study" / "dicom", Budget(None), "auto", tmp_path)
     assert calls == [1, 1, 1, 4]  # build, two cold processes, one warm process of four studies
+    # the labels of the first cold process' study (not the build's), against the whole case's reference
+    assert compared == [(tmp_path / "direct-cold0" / "0", tmp_path / "study", True)] and res["labels"] == {"dice": 1}
     assert res["cold"]["process_wall_s"]["n"] == 2 and res["cold"]["process_wall_s"]["max"] < 100.0  # build left out
     assert res["warm"]["study_wall_s"]["n"] == 3 and res["warm"]["study_wall_s"]["max"] < 2.0  # 30 s first study left out
     md = "\n".join(direct_lines(res))

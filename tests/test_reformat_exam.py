@@ -46,6 +46,34 @@ def test_the_exam_holds_reformats_without_timing_far_from_the_isocentre(reformat
     assert manual.Modality == "SEG" and manual.StudyInstanceUID == doc["study_instance_uid"]
 
 
+def test_the_selector_picks_the_reformats_and_the_plan_writes_what_t1ce_t2_support(reformat_study: Path) -> None:
+    """The app's own load, selection and missing-sequence plan (the functions its operators
+    call), without the networks: the reformats picked, the MIP and the manual SEG passed over,
+    the regions T1ce+T2 support. The whole app run on the exam runs under -m slow below."""
+    import logging
+
+    from app.settings import APP_DIR
+    from operators.dicom.study_loader import load_study
+    from operators.outputs.report import selection_section
+    from operators.segmentation.segment import missing_sequence_plan
+    from operators.selection.modality_selector import SelectionRules, select_usable_modalities
+
+    doc = json.loads((reformat_study / "study.json").read_text())
+    selection = select_usable_modalities(load_study(reformat_study / "dicom"),
+                                         SelectionRules.load(APP_DIR / "modality_rules.json"))
+    section = selection_section(selection)
+    chosen = {s["detected_modality"]: s["series_instance_uid"] for s in section["series"]
+              if s["series_instance_uid"] in set(doc["clinical"]["expected"].values())}
+    assert chosen == doc["clinical"]["expected"]
+    assert sorted(selection.selected) == ["t1ce", "t2"]
+    mip = next(s for s in section["series"] if s["series_number"] == 702)
+    assert mip["detected_modality"] == "other" and "projection" in mip["reasons"][0]
+    assert any(f["what"] == "manual_seg.dcm" and "Segmentation" in f["reason"] for f in section["ignored_files"])
+    plan, _ = missing_sequence_plan(tuple(selection.availability.values()), logging.getLogger("test"))
+    assert plan is not None and plan.regions_written == ("TC", "ET")
+
+
+@pytest.mark.slow  # the whole app on the 60-slice exam (~80 s); the default run checks its selection and plan above
 def test_the_app_uses_the_reformats_and_writes_what_t1ce_t2_support(
         reformat_study: Path, models_dir: Path, tmp_path: Path) -> None:
     from benchmarks.clinical_profiles import region_dice
