@@ -119,3 +119,89 @@ def test_a_student_whose_file_differs_from_its_manifest_is_refused(quick_student
     shutil.copyfile(models_dir / "manifest.json", folder / "manifest.json")
     with pytest.raises(ValueError, match="SHA-256"):
         add_fine_tuned(folder, source)
+
+
+def test_cascade_batches_are_the_tiling_the_cascade_feeds() -> None:
+    """``--batches cascade``: 5 consecutive slabs of the case's tiling at the WT base patch,
+    the volume's own voxels inside, the withheld sequences zero, padding slabs of weight 0."""
+    from engines.model.cascade.config import CONTEXT, IN_SLICES, OUT_SLICES
+    from engines.model.cascade.tiling import SlabTiling
+    from engines.model.missing.dropout_batches import TrainingView, draw_cascade_batch
+
+    d, h, w = 80, 40, 36
+    image = np.random.default_rng(0).standard_normal((4, d, h, w)).astype(np.float32)
+    targets = np.stack([np.zeros((d, h, w)), np.zeros((d, h, w)), np.ones((d, h, w))]).astype(np.float32)
+    targets[1, 60:64, 10:20, 10:20] = 1.0  # tumour in the second group of slabs only
+    case = TrainingView(image, targets, np.ones((d, h, w), bool))
+    tiling = SlabTiling.of((d, h, w), (48, 48))
+    groups = [tiling.starts[i:i + 5] for i in range(0, len(tiling.starts), 5)]
+    assert len(groups) == 2 and len(groups[1]) < 5
+    h0, w0 = tiling.origin_hw
+    seen = []
+    for step in range(16):
+        x, teacher, label, weight, subset = draw_cascade_batch([case], np.random.default_rng([0, step]), (48, 48),
+                                                               ["T1ce+T2"])
+        assert subset == "T1ce+T2" and x.shape == (5, 4, IN_SLICES, *tiling.patch_hw)
+        assert weight.shape == (5, OUT_SLICES, *tiling.patch_hw)
+        assert not x[:, :2].any()  # FLAIR and T1 withheld: zero, inside the volume and out
+        inside = x[:, 2:, :, -h0:-h0 + h, -w0:-w0 + w].numpy()
+
+        def is_group(group: tuple[int, ...], inside: np.ndarray = inside) -> bool:
+            for k, a in enumerate(group):
+                lo, hi = max(0, CONTEXT - a), min(IN_SLICES, d - (a - CONTEXT))
+                if not np.array_equal(inside[k, :, lo:hi], image[2:, a - CONTEXT + lo:a - CONTEXT + hi]):
+                    return False
+            return True
+
+        (drawn,) = [g for g in groups if is_group(g)]  # the tiling's slabs, voxel for voxel
+        assert weight[:len(drawn)].flatten(1).any(1).all() and not weight[len(drawn):].any()  # padding: weight 0
+        seen.append(len(drawn))
+    assert {5, len(groups[1])} == set(seen)  # both groups drawn, the tumour's more often
+    assert seen.count(len(groups[1])) > seen.count(5)
+
+
+def _cascade_run(out: Path, quick_students: Path, brats_dir: Path, models_dir: Path, *extra: str) -> int:
+    """The GPU run's form on the CPU (quick): cascade batches, T1ce+T2 only, the teachers read
+    from a carried cache -- with an engine name that does not exist, so the teacher's engine
+    (absent on a GPU image) must never be created."""
+    return main(["--cases", str(brats_dir / CASE), "--models", str(models_dir), "--quick", "--threads", "1",
+                 "--batches", "cascade", "--subsets", "T1ce+T2", "--teacher-cache", str(quick_students / "teacher"),
+                 "--teacher-engine", "no-such-engine", "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def cascade_students(quick_students: Path, brats_dir: Path, models_dir: Path,
+                     tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cascade") / "a"
+    assert _cascade_run(out, quick_students, brats_dir, models_dir) == 0
+    return out
+
+
+def test_cascade_batches_for_one_subset_train_from_carried_teachers(
+        cascade_students: Path, quick_students: Path, brats_dir: Path, models_dir: Path, tmp_path: Path) -> None:
+    assert _digests(cascade_students) != _digests(quick_students)  # other batches, other weights
+    manifest = json.loads((cascade_students / MANIFEST).read_text())
+    assert (manifest["batches"], manifest["subsets"], manifest["batch"], manifest["device"]) == (
+        "cascade", ["T1ce+T2"], 5, "cpu")
+    with pytest.raises(SystemExit):  # the students are for subsets without FLAIR
+        _cascade_run(tmp_path / "c", quick_students, brats_dir, models_dir, "--subsets", "FLAIR+T2")
+
+
+@pytest.mark.slow  # a second quick run (~20 s); the default quick test checks the random batches' repeat
+def test_cascade_batches_repeat_bit_for_bit(cascade_students: Path, quick_students: Path, brats_dir: Path,
+                                           models_dir: Path, tmp_path: Path) -> None:
+    assert _cascade_run(tmp_path / "b", quick_students, brats_dir, models_dir) == 0
+    assert _digests(tmp_path / "b") == _digests(cascade_students)
+
+
+@pytest.mark.slow  # a teacher computed again (~15 s); the staging script relies on it (benchmarks/stage_gpu_dropout.sh)
+def test_teachers_stored_as_uint8_are_within_0002_of_the_probability(
+        quick_students: Path, brats_dir: Path, models_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "teacher"
+    assert main(["--cases", str(brats_dir / CASE), "--models", str(models_dir), "--quick", "--threads", "1",
+                 "--teacher-cache", str(cache), "--teacher-u8", "--steps", "1", "--out", str(tmp_path / "u8")]) == 0
+    (stored,) = cache.glob("*.npz")
+    with np.load(stored) as u8, np.load(quick_students / "teacher" / stored.name) as f32:
+        assert u8["teacher"].dtype == np.uint8 and f32["teacher"].dtype == np.float32
+        assert np.abs(u8["teacher"] / 255 - f32["teacher"]).max() <= 0.5 / 255 + 1e-6
+        assert f32["teacher"].max() > 0.5  # a tumour in the crop: not a comparison of zeros

@@ -3,8 +3,9 @@
 Usage::
 
     python -m engines.model.missing.train_dropout --cases <case dir> ... --out <dir> \
-        [--steps 900] [--batch 2] [--patch 96] [--lr 2e-4] [--label-weight 0.5] [--seed 0] \
-        [--threads 2] [--max-seconds S] [--quick]
+        [--steps 900] [--batch 2] [--patch 96 | --batches cascade] [--subsets T1ce+T2,...] \
+        [--lr 2e-4] [--label-weight 0.5] [--seed 0] [--threads 2] [--device cpu|cuda] \
+        [--teacher-cache DIR] [--max-seconds S] [--quick]
 
 Student and teacher
     The students start as copies of the shipped WT networks (``wt32``, ``wt32sg``, ``wt32cr``)
@@ -18,9 +19,16 @@ Batches
     a tumour voxel (teacher or expert label), half on a brain voxel, all from the cascade's own
     preprocessing of the full case (:func:`engines.model.cascade.preprocess`, seed 0). One
     subset of sequences per batch (the networks normalise with batch statistics, so a batch
-    holds one subset, as at inference), drawn from :data:`DROPOUT_SUBSETS` (the subsets without
-    FLAIR; ``T1ce+T2`` half of the time): the withheld channels are zero everywhere, patch
-    padding included -- the zero fill the app gives the WT stage.
+    holds one subset, as at inference), drawn from ``--subsets`` (default
+    :data:`DROPOUT_SUBSETS`, the subsets without FLAIR; the first half of the time, the others
+    sharing the rest): the withheld channels are zero everywhere, patch padding included -- the
+    zero fill the app gives the WT stage.
+    ``--batches cascade``: instead, the batches the cascade itself feeds the WT network of the
+    view (:meth:`engines.model.cascade.tiling.SlabTiling.batches`): 5 consecutive slabs of one
+    case's tiling, the in-plane patch covering the whole brain box (the stage's base patch or
+    larger), noise outside the volume in the available channels; half of the time a batch that
+    holds tumour. The networks normalise with batch statistics, so this is what they meet at
+    inference.
 Loss
     Binary cross-entropy of the student's foreground logit (``l1 - l0``) against the teacher's
     probability, plus ``label_weight`` times that against the expert whole-tumour label, over
@@ -31,12 +39,17 @@ Determinism and resuming
     are bit-identical (the tests check it in quick mode). A checkpoint (``checkpoint.pt`` in
     ``--out``: weights, optimiser states, losses) is written every ``--checkpoint-every`` steps
     and when ``--max-seconds`` runs out; the same command resumes from it, and refuses to when
-    its settings differ.
+    its settings differ. On CUDA (``--device cuda``) PyTorch's deterministic algorithms are
+    required (``CUBLAS_WORKSPACE_CONFIG`` set): the weights repeat on the same GPU, driver and
+    torch, not across devices.
 Outputs (``--out``)
     ``wt32md.pt``, ``wt32sgmd.pt``, ``wt32crmd.pt`` (MSNet state dicts, the format of
     :mod:`engines.prepare`'s ``<network>.pt``) and ``dropout_manifest.json``: the command, cases,
     settings, steps, seed, library versions, loss curve, time taken, the SHA-256 of every file
-    and of the shipped weights it started from. ``teacher/<case>.npz`` caches the teacher.
+    and of the shipped weights it started from. ``teacher/<case>.npz`` caches the teacher
+    (``--teacher-cache``: another folder, e.g. one computed on a CPU and carried to a GPU; the
+    teacher's engine is only created for a case whose teacher is not there; ``--teacher-u8``:
+    stored as uint8, within 0.002 and ~40x smaller).
 
 ``--quick``: 6 steps of batch 1 on 32 x 32 patches of the given cases, teacher on a 48-voxel
 crop (tests only; not a usable network).
@@ -48,12 +61,12 @@ import hashlib
 import io
 import json
 import logging
+import os
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +75,15 @@ import torch
 import torch.nn.functional as F
 
 from engines.atomic_write import write_bytes_atomically
-from engines.model.cascade import OUT_SLICES, CascadePredictor, extract_patch, preprocess
-from engines.model.cascade.config import CONTEXT, STAGES, VIEWS, StageSpec, smoke_stages
+from engines.model.cascade import CascadePredictor, preprocess
+from engines.model.cascade.config import BATCH_SIZE, STAGES, VIEWS, StageSpec, smoke_stages
 from engines.model.cascade.tiling import to_view
+from engines.model.missing.dropout_batches import (
+    DROPOUT_SUBSETS,
+    TrainingView,
+    draw_batch,
+    draw_cascade_batch,
+)
 from engines.model.missing.strategies import subset_available
 from engines.model.msnet import MSNet
 from engines.model.weights import DROPOUT_SUFFIX, default_weights_dir, load_network, npz_path
@@ -78,41 +97,8 @@ log = logging.getLogger("engines.model.missing.train_dropout")
 #: The shipped WT networks by view, and the students fine-tuned from them.
 TEACHERS: dict[str, str] = dict(STAGES["wt"].networks)
 STUDENTS: dict[str, str] = {view: name + DROPOUT_SUFFIX for view, name in TEACHERS.items()}
-#: The subsets the students are trained for: every subset without FLAIR. The first is drawn half
-#: of the time, the others share the other half.
-DROPOUT_SUBSETS: tuple[str, ...] = ("T1ce+T2", "T1+T1ce+T2", "T1+T2", "T1+T1ce", "T2", "T1ce", "T1")
 MANIFEST = "dropout_manifest.json"
 CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class TrainingView:
-    """One case in one view's order: what the batches of that view are cut from.
-
-    Attributes
-    ----------
-    image
-        float32 ``(4, D, H, W)``: the preprocessed crop (all four sequences), view order.
-    targets
-        float32 ``(3, D, H, W)``: the four-sequence WT stage's foreground probability (the
-        teacher), the expert whole tumour (labels > 0) as 0 / 1, and 1 (inside the volume).
-    brain
-        bool ``(D, H, W)``.
-    """
-
-    image: np.ndarray
-    targets: np.ndarray
-    brain: np.ndarray
-
-    @cached_property
-    def tumour_voxels(self) -> np.ndarray:
-        """``(n, 3)`` indices of the voxels the teacher or the expert calls tumour (computed once)."""
-        return np.argwhere((self.targets[0] > 0.5) | (self.targets[1] > 0.5))
-
-    @cached_property
-    def brain_voxels(self) -> np.ndarray:
-        """``(n, 3)`` indices of the brain's voxels (computed once)."""
-        return np.argwhere(self.brain)
 
 
 def teacher_probability(
@@ -125,13 +111,17 @@ def teacher_probability(
 
 def load_training_case(
     case_dir: Path,
-    teacher_engine: InferenceEngine,
+    teacher_engine: Callable[[], InferenceEngine],
     cache: Path,
     crop: int | None = None,
     stages: Mapping[str, StageSpec] | None = None,
+    teacher_u8: bool = False,
 ) -> dict[str, TrainingView]:
     """View name -> :class:`TrainingView` of one BraTS case folder; the teacher is read from
-    ``cache/<case>.npz`` when there, else computed (:func:`teacher_probability`) and stored.
+    ``cache/<case>.npz`` when there, else computed (:func:`teacher_probability`, with the engine
+    ``teacher_engine()`` gives) and stored: float32, or with ``teacher_u8`` as uint8
+    ``round(255 p)`` (within 0.002 of it, ~40x smaller: what travels to a GPU), used as
+    ``q / 255`` whichever run computed it.
     ``crop``: keep only the central ``crop`` voxels of every axis (quick mode)."""
     from engines.model.brats_cases import load_case  # nibabel reader, (Z, Y, X)
 
@@ -148,49 +138,20 @@ def load_training_case(
             teacher = npz["teacher"]
     else:
         t0 = time.perf_counter()
-        teacher = teacher_probability(image, teacher_engine, stages)
+        teacher = teacher_probability(image, teacher_engine(), stages)
+        if teacher_u8:
+            teacher = np.round(teacher * 255).astype(np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, teacher=teacher)
         write_bytes_atomically(path, buf.getvalue())
         log.info("teacher of %s: %.0f s", case_dir.name, time.perf_counter() - t0)
+    if teacher.dtype == np.uint8:
+        teacher = teacher.astype(np.float32) / 255
     if teacher.shape != brain.shape:
         raise ValueError(f"{path}: teacher {teacher.shape} is not the crop's {brain.shape}; delete the cache")
     targets = np.stack([teacher, label, np.ones_like(label)]).astype(np.float32)
     return {view: TrainingView(to_view(image, view), to_view(targets, view), to_view(brain[None], view)[0])
             for view in VIEWS}
-
-
-def draw_batch(
-    cases: Sequence[TrainingView], rng: np.random.Generator, batch: int, patch: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
-    """One training batch of a view.
-
-    Returns
-    -------
-    tuple
-        Input ``(B, 4, 19, P, P)`` (withheld channels zero), teacher and label targets
-        ``(B, 11, P, P)``, a weight ``(B, 11, P, P)`` (1 inside the volume, else 0), and the
-        subset's name.
-    """
-    subset = DROPOUT_SUBSETS[0] if rng.random() < 0.5 else DROPOUT_SUBSETS[1 + int(rng.integers(len(DROPOUT_SUBSETS) - 1))]
-    available = subset_available(subset)
-    xs, teachers, labels, weights = [], [], [], []
-    for _ in range(batch):
-        case = cases[int(rng.integers(len(cases)))]
-        tumour = case.tumour_voxels
-        pool = tumour if (rng.random() < 0.5 and len(tumour)) else case.brain_voxels
-        d, h, w = (int(v) for v in pool[int(rng.integers(len(pool)))])
-        out_start = (d - OUT_SLICES // 2, h - patch // 2, w - patch // 2)
-        in_start = (out_start[0] - CONTEXT, *out_start[1:])
-        x = extract_patch(case.image, in_start, (OUT_SLICES + 2 * CONTEXT, patch, patch), rng, available)
-        x[[not a for a in available]] = 0.0  # withheld: zero inside the volume too (the zero fill)
-        xs.append(x)
-        t, y, inside = extract_patch(case.targets, out_start, (OUT_SLICES, patch, patch), rng, (False,) * 3)
-        teachers.append(t)
-        labels.append(y)
-        weights.append(inside)
-    return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(teachers)), torch.from_numpy(np.stack(labels)),
-            torch.from_numpy(np.stack(weights)), subset)
 
 
 def distillation_loss(
@@ -214,8 +175,8 @@ class TrainingState:
     losses: list[float]
 
     @classmethod
-    def start(cls, lr: float, weights_dir: Path | None) -> TrainingState:
-        nets = {view: load_network(name, weights_dir) for view, name in TEACHERS.items()}
+    def start(cls, lr: float, weights_dir: Path | None, device: str = "cpu") -> TrainingState:
+        nets = {view: load_network(name, weights_dir).to(device) for view, name in TEACHERS.items()}
         for net in nets.values():
             for p in net.parameters():
                 p.requires_grad_(True)
@@ -230,7 +191,7 @@ class TrainingState:
         write_bytes_atomically(path, buf.getvalue())
 
     def restore(self, path: Path, settings: dict[str, Any]) -> None:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location=next(self.nets[VIEWS[0]].parameters()).device, weights_only=True)
         if saved["settings"] != settings:
             raise ValueError(f"{path} was written with other settings ({saved['settings']}); use another --out")
         for view in VIEWS:
@@ -246,16 +207,25 @@ def train(
     checkpoint: Path,
     checkpoint_every: int,
     max_seconds: float | None = None,
+    stages: Mapping[str, StageSpec] = STAGES,
 ) -> bool:
     """Run steps from ``state.step`` to ``settings["steps"]``; returns whether all were done
-    (``False``: ``max_seconds`` ran out; the checkpoint holds where it stopped)."""
+    (``False``: ``max_seconds`` ran out; the checkpoint holds where it stopped). ``stages``:
+    whose WT base patches the cascade's batches have (``settings["batches"] == "cascade"``)."""
     steps, t0 = settings["steps"], time.perf_counter()
     first = state.step
     per_view = {view: [c[view] for c in cases] for view in VIEWS}
+    subsets = settings["subsets"]
+    device = next(state.nets[VIEWS[0]].parameters()).device
     while state.step < steps:
         view = VIEWS[state.step % len(VIEWS)]
         rng = np.random.default_rng([settings["seed"], state.step])
-        x, teacher, label, weight, subset = draw_batch(per_view[view], rng, settings["batch"], settings["patch"])
+        if settings.get("batches") == "cascade":
+            drawn = draw_cascade_batch(per_view[view], rng, stages["wt"].patch_hw[view], subsets)
+        else:
+            drawn = draw_batch(per_view[view], rng, settings["batch"], settings["patch"], subsets)
+        x, teacher, label, weight = (t.to(device) for t in drawn[:4])
+        subset = drawn[4]
         loss = distillation_loss(state.nets[view](x), teacher, label, weight, settings["label_weight"])
         state.optimisers[view].zero_grad()
         loss.backward()
@@ -279,7 +249,7 @@ def train(
 def state_dict_bytes(net: MSNet) -> bytes:
     """``net``'s ``state_dict`` serialised by ``torch.save`` (the format of ``<network>.pt``)."""
     buf = io.BytesIO()
-    torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, buf)
+    torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, buf)
     return buf.getvalue()
 
 
@@ -306,6 +276,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=900, help="steps in all (the three views in turn)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--patch", type=int, default=96, help="in-plane patch (multiple of 4)")
+    p.add_argument("--batches", choices=("random", "cascade"), default="random",
+                   help="random: --batch slabs of --patch around tumour / brain voxels; cascade: the cascade's own "
+                        "batches (5 slabs of a case's tiling, --batch and --patch unused)")
+    p.add_argument("--subsets", default=",".join(DROPOUT_SUBSETS),
+                   help="comma-separated subsets to train for, without FLAIR; the first is drawn half of the time")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--teacher-cache", type=Path, default=None, help="where the teachers are (default <out>/teacher)")
+    p.add_argument("--teacher-u8", action="store_true",
+                   help="store teachers computed now as uint8 (within 0.002; what stage_gpu_dropout.sh carries)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--label-weight", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
@@ -321,6 +300,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.teacher_engine, stages = "torch", smoke_stages(48)
     if args.patch % 4:
         p.error("--patch must be a multiple of 4")
+    subsets = [x.strip() for x in args.subsets.split(",") if x.strip()]
+    try:
+        if not subsets or any(subset_available(x)[0] for x in subsets):
+            p.error(f"--subsets: subsets without FLAIR (the students replace the WT stage without it): {args.subsets}")
+    except ValueError as exc:
+        p.error(f"--subsets: {exc}")
+    if args.batches == "cascade":
+        args.batch, args.patch = BATCH_SIZE, 0  # the tiling's
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            p.error("--device cuda: no CUDA device here")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     missing = [str(c) for c in args.cases if not c.is_dir()]
     if missing:
         p.error(f"case folders not found: {missing}")
@@ -330,18 +323,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"cases": [c.name for c in args.cases], "steps": args.steps, "batch": args.batch, "patch": args.patch,
                 "lr": args.lr, "label_weight": args.label_weight, "seed": args.seed, "threads": args.threads,
-                "quick": args.quick, "subsets": list(DROPOUT_SUBSETS), "teacher_engine": args.teacher_engine}
+                "quick": args.quick, "subsets": subsets, "teacher_engine": args.teacher_engine}
+    if args.batches != "random" or args.device != "cpu":  # recorded when not the first runs' defaults
+        settings |= {"batches": args.batches, "device": args.device}
 
     t0 = time.perf_counter()
-    teacher_engine = create_engine(args.teacher_engine, args.models, args.weights, threads=args.threads)
-    cases = [load_training_case(c, teacher_engine, args.out / "teacher", crop, stages) for c in args.cases]
+    engines: list[InferenceEngine] = []
+
+    def teacher_engine() -> InferenceEngine:  # created only when a teacher is not in the cache
+        if not engines:
+            engines.append(create_engine(args.teacher_engine, args.models, args.weights, threads=args.threads))
+        return engines[0]
+
+    teachers = args.teacher_cache or args.out / "teacher"
+    cases = [load_training_case(c, teacher_engine, teachers, crop, stages, args.teacher_u8) for c in args.cases]
     log.info("%d cases ready, %.0f s", len(cases), time.perf_counter() - t0)
-    state = TrainingState.start(args.lr, args.weights)
+    state = TrainingState.start(args.lr, args.weights, args.device)
     checkpoint = args.out / CHECKPOINT
     if checkpoint.is_file():
         state.restore(checkpoint, settings)
         log.info("resumed at step %d", state.step)
-    done = train(cases, state, settings, checkpoint, args.checkpoint_every, args.max_seconds)
+    done = train(cases, state, settings, checkpoint, args.checkpoint_every, args.max_seconds, stages or STAGES)
     if not done:
         return 3
     every = max(len(state.losses) // 30, 1)
