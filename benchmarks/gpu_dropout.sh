@@ -9,13 +9,9 @@
 # modality dropout").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY="${GPU_CHECK_PYTHON:-python3}"
-[ -z "${GPU_CHECK_PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python
 CARRY="${GPU_DROPOUT_CARRY:-.gpu-carry-dropout}"
 [ -d "$CARRY/teacher" ] || { echo "no $CARRY: run bash benchmarks/stage_gpu_dropout.sh first" >&2; exit 2; }
-SITE="${GPU_CARRY_SITE:-${TMPDIR:-/tmp}/gpu-carry-site}"
-EXTRA="$("$PY" -m benchmarks.gpu_carry unpack --carry "$CARRY" --site "$SITE")"
-export PYTHONPATH="$PWD${EXTRA:+:$EXTRA}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source benchmarks/gpu_python.sh
 exec "$PY" -m engines.model.missing.train_dropout --cases "$CARRY"/cases/* --weights "$CARRY/weights" \
   --teacher-cache "$CARRY/teacher" --device cuda --batches cascade --subsets T1ce+T2 --steps 2400 \
   --checkpoint-every 150 --max-seconds 420 --threads 8 "$@"
