@@ -250,7 +250,9 @@ def direct_lines(direct: dict[str, Any]) -> list[str]:
                                *cells(warm.get("study_wall_s"))]))
     lines.append(markdown_row(["**process, start to exit**", *cells(cold.get("process_wall_s")), "–", "–"]))
     labels = direct.get("labels") or {}
-    if labels:
+    if labels.get("status") == "failed":
+        lines += ["", f"Labels not compared: {labels.get('reason')}"]
+    elif labels:
         versus = labels.get("vs_cpu_path") or {}
         lines += ["", f"Labels (first cold run) vs the expert: Dice {labels.get('dice_vs_expert')}; vs the CPU path: "
                   + (f"change {versus['delta_dice']} (CPU {versus['cpu_dice_vs_expert']}, `{versus['reference']}`)"

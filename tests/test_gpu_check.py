@@ -181,3 +181,11 @@ def test_direct_phase_cold_from_fresh_processes_and_warm_without_each_process_fi
     md = "\n".join(direct_lines(res))
     assert "| network |" in md and "| load |" in md and "**process, start to exit**" in md
     assert "skipped: no SimpleITK" in "\n".join(direct_lines({"status": "skipped", "reason": "no SimpleITK"}))
+
+    def unreadable(output, root, whole_case):
+        raise OSError("segmentation.dcm: truncated")
+
+    monkeypatch.setattr(e2e, "labels_against_references", unreadable)  # the timings stand; the reason is said
+    res = e2e.direct_end_to_end(args, tmp_path / "study" / "dicom", Budget(None), "auto", tmp_path)
+    assert res["status"] == "ok" and res["labels"]["status"] == "failed" and "truncated" in res["labels"]["reason"]
+    assert "Labels not compared: OSError" in "\n".join(direct_lines(res))
