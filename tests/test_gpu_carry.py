@@ -207,4 +207,7 @@ def test_the_device_call_runs_the_stages_in_the_stand_in_image(
     direct = doc["app"]["direct"]
     assert direct["status"] == "ok", direct
     assert direct["cold"]["process_wall_s"]["n"] == 1 and direct["warm"]["study_wall_s"]["n"] == 1
+    # the SEG read back and scored with the carried SimpleITK / highdicom / MONAI; a slab: no CPU comparison
+    assert set(direct["labels"]["dice_vs_expert"]) == {"WT", "TC", "ET"}
+    assert direct["labels"]["vs_cpu_path"]["status"] == "skipped"
     assert (tmp_path / "site" / next(staged_carry.glob("wheels/simpleitk-*.tar.xz")).name / "SimpleITK").is_dir()
