@@ -9,7 +9,7 @@ weight ``(B, 11, h, w)``.
 """
 from __future__ import annotations
 
-import itertools
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -129,9 +129,10 @@ def draw_cascade_batch(
                    if any(np.any((tumour_slices >= a) & (tumour_slices < a + OUT_SLICES)) for a in g)]
     pool = with_tumour if (with_tumour and rng.random() < 0.5) else list(range(len(groups)))
     k = pool[int(rng.integers(len(pool)))]
-    # The cascade's own batch k (its noise from a generator of this step's): the same function.
-    noise = np.random.default_rng(int(rng.integers(2**63)))
-    starts, x = next(itertools.islice(tiling.batches(case.image, noise, available), k, None))
+    # The cascade's own batch k, by the same function, on the tiling of that group alone (the
+    # groups before it are not extracted: their noise is most of a step's host work).
+    group = dataclasses.replace(tiling, starts=tuple(groups[k]))
+    starts, x = next(group.batches(case.image, np.random.default_rng(int(rng.integers(2**63))), available))
     h0, w0 = tiling.origin_hw
     t = np.zeros((BATCH_SIZE, 3, OUT_SLICES, *tiling.patch_hw), np.float32)  # padding slabs: weight 0
     for j, a in enumerate(starts):
