@@ -11,43 +11,34 @@ only packages are that folder's (for scripts that start further processes with
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
-import re
 import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 REPO = Path(__file__).resolve().parents[1]
 SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
 
 
-def normalised(name: str) -> str:
-    """A distribution name as pip compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def installed_distributions(site: Path = SITE_PACKAGES) -> dict[str, Path]:
-    """``{normalised name: its .dist-info folder}`` of ``site``."""
-    return {normalised(d.name[: -len(".dist-info")].rsplit("-", 1)[0]): d for d in site.glob("*.dist-info")}
-
-
 def link_distributions(names: Iterable[str], dest: Path, site: Path = SITE_PACKAGES) -> set[str]:
     """Link the top-level files and folders of each distribution of ``names`` installed in
-    ``site`` into ``dest`` (created); returns the names found. Top level: the first component of
-    each path its ``RECORD`` lists (its packages, modules, ``*.libs`` folders, its dist-info)."""
+    ``site`` into ``dest`` (created); returns the names found (as ``packaging`` canonicalises
+    them). Top level: the first component of each file its ``RECORD`` lists (its packages,
+    modules, ``*.libs`` folders, its dist-info)."""
     dest.mkdir(parents=True, exist_ok=True)
-    installed = installed_distributions(site)
+    wanted = {canonicalize_name(n) for n in names}
     found = set()
-    for name in {normalised(n) for n in names}:
-        info = installed.get(name)
-        if info is None:
+    for dist in importlib.metadata.distributions(path=[str(site)]):
+        name = canonicalize_name(dist.metadata["Name"])
+        if name not in wanted:
             continue
         found.add(name)
-        record = (info / "RECORD").read_text().splitlines()
-        tops = {line.split(",", 1)[0].split("/")[0] for line in record if line and not line.startswith("..")}
-        for top in tops:
+        for top in {f.parts[0] for f in dist.files or () if f.parts and f.parts[0] != ".."}:
             if (site / top).exists() and not (dest / top).exists():
                 (dest / top).symlink_to(site / top)
     return found
